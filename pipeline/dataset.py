@@ -1,0 +1,374 @@
+"""The labeled drone-video dataset: clips, CSV labels, frames, COCO conversion, split manifest.
+
+Layout (see the dataset README): ``Video_V/V_<CLASS>_<NNN>.mp4`` + ``labels_V/V_<CLASS>_<NNN>_LABELS.csv``
+and the same for ``IR``. Label rows are ``frame,label,x,y,width,height`` with ``frame`` counting from 0
+in decode order and (x, y) the top-left corner in pixels.
+
+Write the committed split manifest with ``python -m pipeline.dataset --write-split``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import random
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("drone", "bird", "airplane", "helicopter")
+MODALITIES = ("V", "IR")
+SPLITS = ("train", "val", "test")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "drone-detection-dataset"
+SPLIT_MANIFEST = REPO_ROOT / "configs" / "splits.json"
+DESCRIPTION_XLSX = "Video_dataset_description.xlsx"
+SPLIT_SEED = 0
+# One period of the split pattern: 8 train, 1 val, 1 test, interleaved so small strata still reach val/test.
+SPLIT_PATTERN = ("train",) * 4 + ("val",) + ("train",) * 4 + ("test",)
+
+_CLIP_NAME = re.compile(r"^(V|IR)_([A-Z]+)_(\d+)$")
+
+
+class DatasetError(Exception):
+    """A problem with the dataset that the caller reports as one line."""
+
+
+class EmptySplitError(DatasetError):
+    pass
+
+
+class LabelError(DatasetError):
+    """A label file that cannot be used (unknown class, malformed row)."""
+
+
+class VideoError(DatasetError):
+    """A video that cannot be opened or decoded."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str          # e.g. "IR_DRONE_001"
+    modality: str      # "V" | "IR"
+    label: str         # clip class from the file name, one of CLASSES
+    video_path: Path
+    labels_path: Path
+
+    @property
+    def number(self) -> int:
+        return int(self.name.rsplit("_", 1)[1])
+
+
+def category_id(class_id: int) -> int:
+    """COCO category id of a 0-based class index (COCO ids start at 1)."""
+    return class_id + 1
+
+
+def coco_categories() -> list[dict]:
+    return [{"id": category_id(i), "name": name, "supercategory": "object"} for i, name in enumerate(CLASSES)]
+
+
+def _check_root(root: Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset path not found: {root}")
+    return root
+
+
+def find_clips(root: Path | str = DEFAULT_ROOT, modalities: Sequence[str] = MODALITIES) -> list[Clip]:
+    """Every clip under ``root`` that has both a video and a label file, sorted by name.
+
+    A clip with only one of the two is skipped with a warning (e.g. V_BIRD_005, whose video is absent).
+    """
+    root = _check_root(Path(root))
+    clips = []
+    for modality in modalities:
+        videos = {p.stem: p for p in (root / f"Video_{modality}").glob(f"{modality}_*.mp4")}
+        labels = {p.name[: -len("_LABELS.csv")]: p for p in (root / f"labels_{modality}").glob("*_LABELS.csv")}
+        for name in sorted(videos.keys() | labels.keys()):
+            match = _CLIP_NAME.match(name)
+            if match is None or match.group(2).lower() not in CLASSES:
+                log.warning("skipping %s: name is not <V|IR>_<CLASS>_<NNN> with a known class", name)
+                continue
+            if name not in videos or name not in labels:
+                missing = "video" if name not in videos else "label file"
+                log.warning("skipping %s: %s missing", name, missing)
+                continue
+            clips.append(Clip(name, modality, match.group(2).lower(), videos[name], labels[name]))
+    return sorted(clips, key=lambda clip: clip.name)
+
+
+def read_labels(clip: Clip) -> dict[int, list[tuple[int, float, float, float, float]]]:
+    """frame index -> [(class_id, x, y, w, h)]. Raises LabelError on an unknown class or a malformed row."""
+    boxes: dict[int, list[tuple[int, float, float, float, float]]] = defaultdict(list)
+    try:
+        with open(clip.labels_path, newline="") as f:
+            for row_number, row in enumerate(csv.DictReader(f), start=2):
+                name = (row.get("label") or "").strip().lower()
+                if name not in CLASSES:
+                    raise LabelError(f"{clip.name}: unknown class name {row.get('label')!r} "
+                                     f"at {clip.labels_path.name}:{row_number}")
+                try:
+                    frame = int(row["frame"])
+                    x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
+                except (TypeError, ValueError, KeyError) as exc:
+                    raise LabelError(f"{clip.name}: malformed row at {clip.labels_path.name}:{row_number} ({exc})") from None
+                boxes[frame].append((CLASSES.index(name), x, y, w, h))
+    except OSError as exc:
+        raise LabelError(f"{clip.name}: cannot read labels: {exc.strerror}: {clip.labels_path}") from None
+    return dict(boxes)
+
+
+@lru_cache(maxsize=4096)
+def _video_info(path: Path, mtime_ns: int) -> tuple[int, int, int]:
+    """(frames, width, height) from the container's packets, without decoding."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            return frames, stream.codec_context.width, stream.codec_context.height
+    except (av.error.FFmpegError, IndexError, OSError) as exc:
+        raise VideoError(f"{path.name}: cannot open video (corrupt or unsupported): {exc}") from None
+
+
+def video_info(clip: Clip) -> tuple[int, int, int]:
+    """(frame count, width, height) of the clip's video; raises VideoError for an unreadable file."""
+    try:
+        mtime_ns = clip.video_path.stat().st_mtime_ns
+    except OSError:
+        raise VideoError(f"{clip.name}: video missing: {clip.video_path}") from None
+    return _video_info(clip.video_path, mtime_ns)
+
+
+def _cache_index(cache_dir: Path | None, clip: Clip) -> tuple[Path | None, set[int] | None]:
+    if cache_dir is None:
+        return None, None
+    clip_dir = Path(cache_dir) / clip.name
+    index_path = clip_dir / "frames.json"
+    if index_path.is_file():
+        return clip_dir, set(json.loads(index_path.read_text())["indices"])
+    return clip_dir, None
+
+
+def iter_frames(clip: Clip, stride: int = 1, cache_dir: Path | str | None = None,
+                max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, BGR uint8) for every ``stride``-th frame, in decode order.
+
+    With ``cache_dir`` decoded frames are kept as lossless PNGs under ``cache_dir/<clip>/`` and
+    re-read from there when every requested frame is present.
+    """
+    import cv2
+
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    clip_dir, cached = _cache_index(Path(cache_dir) if cache_dir else None, clip)
+    frame_count = video_info(clip)[0] if cached is not None else 0
+    wanted = range(0, frame_count, stride)
+    if cached is not None and all(i in cached for i in wanted):
+        for count, index in enumerate(wanted):
+            if max_frames is not None and count >= max_frames:
+                return
+            yield index, cv2.imread(str(clip_dir / f"{index:06d}.png"), cv2.IMREAD_COLOR)
+        return
+
+    capture = cv2.VideoCapture(str(clip.video_path))
+    if not capture.isOpened():
+        raise VideoError(f"{clip.name}: cannot open video (corrupt or unsupported): {clip.video_path}")
+    written = []
+    try:
+        index = 0
+        yielded = 0
+        while max_frames is None or yielded < max_frames:
+            if index % stride:
+                if not capture.grab():  # grab() skips the colour conversion of frames we drop
+                    break
+            else:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if clip_dir is not None:
+                    clip_dir.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(clip_dir / f"{index:06d}.png"), frame)
+                    written.append(index)
+                yield index, frame
+                yielded += 1
+            index += 1
+        else:
+            return  # stopped at max_frames: the cache index would be incomplete
+        if clip_dir is not None:
+            previous = sorted(cached or ())
+            (clip_dir / "frames.json").write_text(json.dumps({"indices": sorted(set(previous) | set(written))}))
+    finally:
+        capture.release()
+
+
+def _split_manifest(manifest: Path | str | None) -> dict:
+    path = Path(manifest) if manifest else SPLIT_MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read split manifest {path}: {exc}") from None
+
+
+def load_split(split: str, root: Path | str | None = None, modalities: Sequence[str] = MODALITIES,
+               manifest: Path | str | None = None) -> list[Clip]:
+    """Clips of ``split`` ("train" | "val" | "test" from the committed manifest, or "all" = every clip
+    found under root). Raises EmptySplitError when no clip of the split is present."""
+    root = Path(root) if root else DEFAULT_ROOT
+    if split not in SPLITS + ("all",):
+        raise DatasetError(f"unknown split {split!r}; expected one of train, val, test, all")
+    clips = find_clips(root, modalities)
+    if split != "all":
+        names = set(_split_manifest(manifest)["splits"][split])
+        found = {clip.name for clip in clips}
+        absent = sorted(name for name in names - found if name.split("_", 1)[0] in modalities)
+        if absent:
+            log.warning("split %s: %d manifest clip(s) not found under %s (e.g. %s)",
+                        split, len(absent), root, absent[0])
+        clips = [clip for clip in clips if clip.name in names]
+    if not clips:
+        raise EmptySplitError(f"split {split!r} is empty: no clip of it under {root} "
+                              f"(modalities {','.join(modalities)})")
+    return clips
+
+
+def clip_images(clip: Clip, frame_count: int, stride: int = 1) -> list[int]:
+    """Frame indices that become COCO images for a clip with ``frame_count`` decoded frames."""
+    return list(range(0, frame_count, stride))
+
+
+def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int] | None = None,
+            max_frames: int | None = None) -> dict:
+    """COCO ground truth for every ``stride``-th frame of the clips.
+
+    ``frame_counts`` (clip name -> decoded frames) overrides the container's frame count, e.g. for a
+    truncated video; label rows beyond the last frame are counted in ``info.labels_beyond_video`` and
+    warned about once per clip, never shifted. Images carry ``clip``, ``frame_index``, ``modality``.
+    """
+    images, annotations = [], []
+    beyond: dict[str, int] = {}
+    for clip in clips:
+        frames, width, height = video_info(clip)
+        if frame_counts is not None and clip.name in frame_counts:
+            frames = frame_counts[clip.name]
+        labels = read_labels(clip)
+        extra = sorted(f for f in labels if f >= frames or f < 0)
+        if extra:
+            beyond[clip.name] = sum(len(labels[f]) for f in extra)
+            log.warning("%s: %d label row(s) beyond the video's %d decoded frames (first at frame %d); "
+                        "ignored, not shifted", clip.name, beyond[clip.name], frames, extra[0])
+        indices = clip_images(clip, frames, stride)
+        if max_frames is not None:
+            indices = indices[:max_frames]
+        for frame_index in indices:
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": f"{clip.name}/{frame_index:06d}",
+                           "width": width, "height": height, "clip": clip.name,
+                           "frame_index": frame_index, "modality": clip.modality})
+            for class_id, x, y, w, h in labels.get(frame_index, ()):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": category_id(class_id), "bbox": [x, y, w, h],
+                                    "area": w * h, "iscrowd": 0})
+    return {"info": {"description": "drone-detection-dataset", "stride": stride,
+                     "labels_beyond_video": beyond},
+            "images": images, "annotations": annotations, "categories": coco_categories()}
+
+
+def read_distance_bins(root: Path | str) -> dict[str, str]:
+    """clip name -> distance bin ("close" | "medium" | "distant") from the description spreadsheet, or {}."""
+    path = Path(root) / DESCRIPTION_XLSX
+    if not path.is_file():
+        return {}
+    import openpyxl
+
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    bins = {}
+    try:
+        rows = workbook.worksheets[0].iter_rows(values_only=True)
+        header = [str(cell or "").strip().upper() for cell in next(rows)]
+        column = {name: header.index(name) for name in ("SENSOR", "CLASS", "NUMBER")}
+        column["BIN"] = next(i for i, name in enumerate(header) if name.startswith("DISTANCE"))
+        for row in rows:
+            if row[column["SENSOR"]] is None or row[column["NUMBER"]] is None:
+                continue
+            name = f"{str(row[column['SENSOR']]).strip()}_{str(row[column['CLASS']]).strip()}_{int(row[column['NUMBER']]):03d}"
+            bins[name] = str(row[column["BIN"]] or "unknown").strip().lower()
+    except (StopIteration, ValueError) as exc:
+        log.warning("cannot read distance bins from %s (%s); stratifying without them", path.name, exc)
+        return {}
+    finally:
+        workbook.close()
+    return bins
+
+
+def make_split(clips: Sequence[Clip], distance_bins: dict[str, str], seed: int = SPLIT_SEED) -> dict:
+    """80/10/10 split by clip, stratified by modality x class x distance bin.
+
+    Clips are shuffled within each stratum (seeded per stratum, so adding a stratum does not move
+    others) and dealt in turn through one continuing 8/1/1 pattern, which keeps every stratum
+    proportional and the overall ratio exact even for strata smaller than ten clips.
+    """
+    strata: dict[str, list[str]] = defaultdict(list)
+    for clip in clips:
+        strata[f"{clip.modality}/{clip.label}/{distance_bins.get(clip.name, 'unknown')}"].append(clip.name)
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    counts = {}
+    position = 0
+    for stratum in sorted(strata):
+        names = sorted(strata[stratum])
+        random.Random(f"{seed}:{stratum}").shuffle(names)
+        counts[stratum] = {name: 0 for name in SPLITS}
+        for name in names:
+            split = SPLIT_PATTERN[position % len(SPLIT_PATTERN)]
+            splits[split].append(name)
+            counts[stratum][split] += 1
+            position += 1
+    return {"version": 1, "seed": seed, "ratios": {"train": 0.8, "val": 0.1, "test": 0.1},
+            "unit": "clip",
+            "stratify_by": ["modality", "class", "distance_bin"] if distance_bins else ["modality", "class"],
+            "distance_bins_from": DESCRIPTION_XLSX if distance_bins else None,
+            "splits": {name: sorted(members) for name, members in splits.items()},
+            "strata": counts}
+
+
+def write_split(root: Path | str = DEFAULT_ROOT, out: Path | str = SPLIT_MANIFEST, seed: int = SPLIT_SEED) -> dict:
+    clips = find_clips(root)
+    manifest = make_split(clips, read_distance_bins(root), seed)
+    Path(out).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.dataset", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_ROOT), help="dataset root")
+    parser.add_argument("--write-split", action="store_true", help="write the split manifest")
+    parser.add_argument("--out", default=str(SPLIT_MANIFEST), help="manifest path for --write-split")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.write_split:
+            manifest = write_split(args.data, args.out, args.seed)
+            print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items()))
+        else:
+            for split in SPLITS:
+                print(split, len(load_split(split, args.data)))
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
