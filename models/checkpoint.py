@@ -1,0 +1,136 @@
+"""Checkpoints: plain tensors + meta, loadable with torch.load(weights_only=True).
+
+File layout (a torch.save'd dict):
+    {"format": "models.checkpoint/1",
+     "state_dict": {parameter/buffer name: tensor},
+     "meta": {"name": model name, "input_size": [h, w], "class_names": [...], **extra}}
+``extra`` holds plain values only (numbers, strings, bools, None, lists/tuples/dicts of those,
+tensors), e.g. epoch=12, metrics={"map50_95": 0.41}.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .yolox_gssam import build_model, parse_model_name
+
+FORMAT = "models.checkpoint/1"
+RESERVED_META = ("name", "input_size", "class_names")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be saved or loaded; the message is one line naming file and problem."""
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _check_input_size(input_size, where: str) -> list[int]:
+    try:
+        h, w = (int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: input_size must be (h, w), got {input_size!r}") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise CheckpointError(f"{where}: input_size must be positive multiples of 32, got {(h, w)}")
+    return [h, w]
+
+
+def save_checkpoint(path, model: nn.Module, *, name: str, input_size, class_names, **extra) -> Path:
+    """Write the model's weights and meta to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    try:
+        parse_model_name(name)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    class_names = [str(c) for c in class_names]
+    meta = {"name": name, "input_size": _check_input_size(input_size, str(path)), "class_names": class_names}
+    clash = sorted(set(extra) & set(RESERVED_META))
+    if clash or not _plain(extra):
+        raise CheckpointError(f"{path}: extras must be plain values with keys other than {RESERVED_META}")
+    meta.update(extra)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(error).__name__})") from None
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+        raise CheckpointError(f"{path}: not a plain-tensor checkpoint ({first[:160]})") from None
+    except (RuntimeError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first[:160]})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a models checkpoint (missing format {FORMAT!r})")
+    if not isinstance(content.get("state_dict"), dict) or not isinstance(content.get("meta"), dict):
+        raise CheckpointError(f"{path}: checkpoint lacks state_dict or meta")
+    return content
+
+
+def _check_meta(path: Path, meta: dict) -> dict:
+    missing = [k for k in RESERVED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint meta lacks {', '.join(missing)}")
+    try:
+        parse_model_name(meta["name"])
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    names = meta["class_names"]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, str) for c in names):
+        raise CheckpointError(f"{path}: class_names must be a non-empty list of strings")
+    meta = dict(meta)
+    meta["input_size"] = tuple(_check_input_size(meta["input_size"], str(path)))
+    meta["class_names"] = list(names)
+    return meta
+
+
+def _match_weights(path: Path, model: nn.Module, state: dict) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        first = mismatched[0] if mismatched else (missing or unexpected)[0]
+        detail = (f"{first} {list(state[first].shape)} vs {list(expected[first].shape)}"
+                  if mismatched else first)
+        raise CheckpointError(
+            f"{path}: weights do not match model {model.model_name!r}: {len(mismatched)} shape mismatches, "
+            f"{len(missing)} missing, {len(unexpected)} unexpected (first: {detail})"
+        )
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: state_dict holds non-tensor values")
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the checkpoint's model, load its weights, return (model in eval mode, meta).
+
+    meta: name, input_size (h, w), class_names, plus any extras saved with it.
+    """
+    path = Path(path)
+    content = _read(path)
+    meta = _check_meta(path, content["meta"])
+    model = build_model(meta["name"], num_classes=len(meta["class_names"]))
+    _match_weights(path, model, content["state_dict"])
+    return model.to(device).eval(), meta

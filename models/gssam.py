@@ -1,0 +1,186 @@
+"""GSSAM: the Global-Sampling Spatial-Attention Module (Lu et al., LOP231933; spec: ../shared/docs/gssam.md).
+
+Pipeline of the module on a feature map F (B x C x H x W):
+
+    c = conv3x3_n( ... relu(bn(conv3x3_1(relu(bn(conv1x1(F)))))) )    # 1 channel, B x 1 x H x W
+    p = maxpool_{r x r, stride r, ceil_mode}(c)                           # N = ceil(H/r) * ceil(W/r) points
+    D(x) = sum_j |c(x) - p_j|                                             # sampled_contrast(c, r)
+    A = norm(D);  output = F * A   (or F + F * A for the residual variants)
+
+Variants (``VARIANTS``):
+    std      A = min-max rescale of D per image into [0, 1]
+    sig      A = sigmoid(D)
+    sigres   output = F + F * sigmoid(D)                (the paper's best, "Sigmoid-Res")
+    conv     ablation: no sampling/comparison, A = sigmoid(c)
+    convres  ablation: output = F + F * sigmoid(c)
+
+The paper's rule "receptive field of the conv stack >= pooling kernel" is 2n + 1 >= r;
+a configuration that breaks it raises ``GssamConfigError``.
+
+``sampled_contrast`` computes D exactly in O((HW + N) log N) time and O(HW + N) memory:
+with the points sorted ascending (q_1 <= ... <= q_N), prefix sums S_k and the counts
+k_lt(x) = #{q < c(x)}, k_le(x) = #{q <= c(x)},
+
+    D(x) = c(x) * (k_lt + k_le - N) + S_N - S_{k_lt} - S_{k_le}
+
+which equals the broadcast sum and, through autograd, gives the same gradients including ties
+(a tied term |c - q| contributes 0 to both the value and the (sub)gradient, as torch's abs does).
+The paper's broadcast form (an H*W*N intermediate) is kept and used where it is faster (small N).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("std", "sig", "sigres", "conv", "convres")
+
+# Broadcast form is used when N is at most this many points. Measured with
+# scripts/model_report.py --crossover on a 2-core CPU: the broadcast form wins up to N ~ 8-16
+# (its cost grows as HW*N, the sort/search form as HW*log N plus fixed overhead).
+BROADCAST_MAX_POINTS = 8
+
+
+class GssamConfigError(ValueError):
+    """A GSSAM configuration that breaks the paper's rules (one-line message)."""
+
+
+def sample_points(c: torch.Tensor, pool: int) -> torch.Tensor:
+    """The benchmark points: r x r, stride r max-pool covering the whole map, as B x N."""
+    pooled = F.max_pool2d(c, kernel_size=pool, stride=pool, ceil_mode=True)
+    return pooled.flatten(1)
+
+
+def sampled_contrast_broadcast(c: torch.Tensor, pool: int) -> torch.Tensor:
+    """The paper's form: |c - p| broadcast to B x HW x N, summed over the points."""
+    points = sample_points(c, pool)
+    values = c.flatten(1)
+    contrast = (values.unsqueeze(2) - points.unsqueeze(1)).abs().sum(dim=2)
+    return contrast.view_as(c)
+
+
+def _counts_below(points_sorted: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_lt, k_le): how many sorted points are < and <= each value (binary search)."""
+    k_lt = torch.searchsorted(points_sorted, values, right=False)
+    k_le = torch.searchsorted(points_sorted, values, right=True)
+    return k_lt, k_le
+
+
+def _counts_below_by_sort(points_sorted: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Count of points <= each value from one joint sort (ONNX has no searchsorted).
+
+    Ties may land on either side, giving a k with k_lt <= k <= k_le; the value of D does not depend
+    on where ties land (a tied term contributes 0), so this is only used for inference export.
+    """
+    num_points = points_sorted.shape[1]
+    joint = torch.cat([points_sorted, values], dim=1)
+    is_point = torch.cat([torch.ones_like(points_sorted), torch.zeros_like(values)], dim=1)
+    order = torch.argsort(joint, dim=1)
+    points_up_to = torch.cumsum(torch.gather(is_point, 1, order), dim=1)
+    counts = torch.zeros_like(points_up_to).scatter(1, order, points_up_to)
+    k = counts[:, num_points:].long()
+    return k, k
+
+
+def sampled_contrast_exact(c: torch.Tensor, pool: int) -> torch.Tensor:
+    """D via sort + binary search + prefix sums: O((HW + N) log N) time, O(HW + N) memory."""
+    dtype = c.dtype
+    c32 = c.float()  # prefix sums of up to N values: keep them in float32 even for fp16 models
+    points_sorted, _ = torch.sort(sample_points(c32, pool), dim=1)
+    values = c32.flatten(1)
+    num_points = points_sorted.shape[1]
+    prefix = F.pad(torch.cumsum(points_sorted, dim=1), (1, 0))  # S_0 = 0 ... S_N
+    if torch.onnx.is_in_onnx_export():
+        k_lt, k_le = _counts_below_by_sort(points_sorted, values)
+    else:
+        k_lt, k_le = _counts_below(points_sorted, values.contiguous())
+    total = prefix[:, -1:]
+    contrast = (
+        values * (k_lt + k_le - num_points).to(values.dtype)
+        + total
+        - torch.gather(prefix, 1, k_lt)
+        - torch.gather(prefix, 1, k_le)
+    )
+    return contrast.view_as(c).to(dtype)
+
+
+def num_points(height: int, width: int, pool: int) -> int:
+    """N = ceil(H/r) * ceil(W/r): a partial last block counts."""
+    return math.ceil(height / pool) * math.ceil(width / pool)
+
+
+def sampled_contrast(c: torch.Tensor, pool: int) -> torch.Tensor:
+    """D(x) = sum_j |c(x) - p_j| over the points of an r x r, stride-r max-pool (ceil mode).
+
+    c: B x 1 x H x W. Returns B x 1 x H x W. Exact; picks the faster of the two equal forms by N.
+    """
+    if c.dim() != 4 or c.shape[1] != 1:
+        raise ValueError(f"sampled_contrast expects B x 1 x H x W, got {tuple(c.shape)}")
+    if pool < 1:
+        raise ValueError(f"sampled_contrast pool must be >= 1, got {pool}")
+    if num_points(c.shape[2], c.shape[3], pool) <= BROADCAST_MAX_POINTS:
+        return sampled_contrast_broadcast(c, pool)
+    return sampled_contrast_exact(c, pool)
+
+
+def context_convs_for_pool(pool: int) -> int:
+    """Fewest 3x3 convs n with receptive field 2n + 1 >= r (at least one)."""
+    return max(1, math.ceil((pool - 1) / 2))
+
+
+def pool_for_feature_side(side: int, target_points_per_side: int = 20) -> int:
+    """The stage rule: r = max(2, side // 20), so the pool yields ~10-20 points per side at 640."""
+    return max(2, side // target_points_per_side)
+
+
+class Gssam(nn.Module):
+    """GSSAM on C channels with n context convs and an r x r sampling pool.
+
+    ``num_convs`` (n) and ``pool`` (r) must satisfy 2n + 1 >= r (the paper's rule).
+    """
+
+    def __init__(self, channels: int, num_convs: int, pool: int, variant: str = "sigres"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise GssamConfigError(f"unknown GSSAM variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        if num_convs < 1 or pool < 1:
+            raise GssamConfigError(f"GSSAM needs n >= 1 and r >= 1, got n={num_convs}, r={pool}")
+        if 2 * num_convs + 1 < pool:
+            raise GssamConfigError(
+                f"GSSAM receptive field 2n+1={2 * num_convs + 1} < pool r={pool} (n={num_convs}); "
+                f"use n >= {context_convs_for_pool(pool)}"
+            )
+        self.variant = variant
+        self.num_convs = num_convs
+        self.pool = pool
+        self.compares = variant in ("std", "sig", "sigres")
+        self.residual = variant in ("sigres", "convres")
+        self.context = self._make_context(channels, num_convs)
+
+    @staticmethod
+    def _make_context(channels: int, num_convs: int) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Conv2d(channels, 1, 1)]
+        for _ in range(num_convs):
+            layers += [nn.BatchNorm2d(1), nn.ReLU(inplace=True), nn.Conv2d(1, 1, 3, padding=1)]
+        return nn.Sequential(*layers)
+
+    def attention(self, features: torch.Tensor) -> torch.Tensor:
+        """A: B x 1 x H x W, broadcast over channels."""
+        c = self.context(features)
+        if not self.compares:
+            return torch.sigmoid(c)
+        contrast = sampled_contrast(c, self.pool)
+        if self.variant == "std":
+            low = contrast.amin(dim=(2, 3), keepdim=True)
+            high = contrast.amax(dim=(2, 3), keepdim=True)
+            return (contrast - low) / (high - low).clamp_min(1e-6)
+        return torch.sigmoid(contrast)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        attended = features * self.attention(features)
+        return features + attended if self.residual else attended
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, n={self.num_convs}, r={self.pool}"

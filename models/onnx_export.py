@@ -1,0 +1,78 @@
+"""ONNX export (GSSAM inside, opset 17) with the head's box decoding kept out of the graph.
+
+The graph returns the head's undecoded outputs (B x A x (5 + C), sigmoids applied); ``decode`` runs
+the yolox head's own ``decode_outputs`` on them, so ONNX Runtime + decode equals eager torch.
+Exported files are cached by the weights file's content hash, input size and opset.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 17
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "onnx"
+
+
+def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int = OPSET) -> Path:
+    """Export an eval copy of ``model`` for inputs N x 3 x H x W (dynamic batch) to ``path``."""
+    path = Path(path)
+    export_model = copy.deepcopy(model).float().cpu().eval()
+    export_model.head.decode_in_inference = False
+    dummy = torch.zeros(1, 3, *input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            export_model, (dummy,), str(temporary), opset_version=opset, dynamo=False,
+            input_names=["images"], output_names=["outputs"],
+            dynamic_axes={"images": {0: "batch"}, "outputs": {0: "batch"}},
+        )
+    os.replace(temporary, path)
+    return path
+
+
+def decode(head: nn.Module, raw: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """Decode undecoded head outputs for an input size with the yolox head's own decoder."""
+    height, width = input_size
+    head.hw = [(height // s, width // s) for s in head.strides]
+    return head.decode_outputs(raw, dtype=raw.type())
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cached_onnx_path(weights, input_size: tuple[int, int], cache_dir=None, opset: int = OPSET) -> Path:
+    """Where the export of ``weights`` lives: <cache>/<stem>-<sha16>-<h>x<w>-opset<k>.onnx."""
+    weights = Path(weights)
+    cache = Path(cache_dir or os.environ.get("MODELS_ONNX_CACHE", DEFAULT_CACHE_DIR))
+    h, w = input_size
+    return cache / f"{weights.stem}-{_file_digest(weights)}-{h}x{w}-opset{opset}.onnx"
+
+
+def ensure_onnx(weights, model: nn.Module, input_size: tuple[int, int], cache_dir=None) -> Path:
+    """The cached export of ``weights``, exporting it first if absent (about a second)."""
+    path = cached_onnx_path(weights, input_size, cache_dir)
+    if not path.is_file():
+        export_onnx(model, path, input_size)
+    return path
+
+
+def onnx_session(path, threads: int = 2):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
