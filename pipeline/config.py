@@ -1,0 +1,320 @@
+"""The one config schema, validated at start.
+
+The schema is the dataclasses below; `load_config` walks the YAML against them and raises
+ConfigError with a one-line message naming the offending key (unknown key, wrong type, bad value,
+missing file, unreachable endpoint). The CLI turns that into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.transport import Endpoint, EndpointError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGE_ORDER = ("capture", "preprocess", "detect", "track", "record")
+
+
+class ConfigError(ValueError):
+    """One line naming the key and the problem."""
+
+
+@dataclass
+class SourceConfig:
+    id: str
+    uri: str  # video file, image folder, rtsp://..., or webcam:<index>
+    pace: bool = False  # replay: emit at the file's fps, acting as a camera
+    fps: float = 30.0  # for image folders, and when a file does not say
+    loop: bool = False  # restart a file at its end (a test camera); never in replay
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    max_reconnects: int = -1  # -1: keep trying forever (live cameras)
+
+
+@dataclass
+class CurveConfig:
+    server_public: str | None = None
+    server_secret: str | None = None
+    client_public: str | None = None
+    client_secret: str | None = None
+
+
+@dataclass
+class TransportConfig:
+    kind: str = "ipc"  # ipc | tcp: how default endpoints are made
+    ipc_dir: str | None = None  # default: a fresh folder under /tmp per run
+    host: str = "127.0.0.1"
+    base_port: int = 5550
+    hwm: int = 4  # messages queued per socket side (replay); live mode uses 1
+    curve: CurveConfig | None = None
+
+
+@dataclass
+class PreprocessConfig:
+    input_size: list[int] | None = None  # [h, w]; default: the model checkpoint's
+
+
+@dataclass
+class DetectConfig:
+    weights: str = "default"  # a checkpoint path, or "default": the shipped default model
+    backend: str = "onnx"  # onnx (CPU) | torch
+    device: str = "cpu"
+    fp16: bool = False
+    batch_size: int = 4
+    conf_threshold: float = 0.25
+    nms_threshold: float = 0.45
+
+
+@dataclass
+class TrackConfig:
+    track_activation_threshold: float = 0.25
+    lost_track_buffer: int = 30
+    minimum_matching_threshold: float = 0.8
+    minimum_consecutive_frames: int = 1
+    annotate: bool = True
+
+
+@dataclass
+class RecordConfig:
+    segment_seconds: float = 60.0
+    container: str = "mp4"  # fragmented mp4 (playable after a crash) | mkv | ts
+    codec: str = "libx264"
+    preset: str = "ultrafast"
+    crf: int = 23
+    annotated: bool = True  # record the annotated frames (else the raw ones)
+
+
+@dataclass
+class StagesConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+
+@dataclass
+class SupervisorConfig:
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 20.0  # a stage silent this long is killed and restarted
+    max_restarts: int = 3
+    drain_timeout_s: float = 30.0
+    status_interval_s: float = 2.0
+    prometheus_port: int | None = None  # served on 127.0.0.1
+
+
+@dataclass
+class PipelineConfig:
+    sources: list[SourceConfig]
+    mode: str = "replay"  # replay: lossless | live: bounded latency, stale frames dropped
+    output_dir: str = "out/run"
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    endpoints: dict[str, str] = field(default_factory=dict)  # overrides; see default_endpoints()
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    run_stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER))  # which run on this host
+    base_dir: str = "."  # relative paths resolve against the config file's folder
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return [s.id for s in self.sources]
+
+    @property
+    def live(self) -> bool:
+        return self.mode == "live"
+
+    def resolve(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def endpoint(self, key: str) -> str:
+        return self.endpoints[key]
+
+
+# ---------------------------------------------------------------- endpoints
+ENDPOINT_KEYS = ("preprocess_in", "detect_in", "track_in", "record_in", "control", "events")
+_LINKS = {  # key -> (bind side pattern, connect side pattern)
+    "preprocess_in": ("pull", "push"), "detect_in": ("pull", "push"), "track_in": ("pull", "push"),
+    "record_in": ("pull", "push"), "control": ("pull", "push"), "events": ("pub", "sub"),
+}
+
+
+def default_endpoints(cfg: PipelineConfig) -> dict[str, str]:
+    """Bound side of every link, from the transport settings (the receiver binds)."""
+    t = cfg.transport
+    out = {}
+    for i, key in enumerate(ENDPOINT_KEYS):
+        if t.kind == "ipc":
+            address = f"ipc://{t.ipc_dir}/{key}"
+        else:
+            address = f"tcp://{t.host}:{t.base_port + i}"
+        out[key] = f"{_LINKS[key][0]}+bind:{address}"
+    return out
+
+
+def connect_side(bound_spec: str) -> str:
+    """The peer of a bound endpoint: same address, connect, matching pattern."""
+    ep = Endpoint.parse(bound_spec)
+    peer = {"pull": "push", "push": "pull", "pub": "sub", "sub": "pub"}[ep.pattern]
+    address = ep.address.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://*:", "tcp://127.0.0.1:")
+    return f"{peer}+connect:{address}"
+
+
+# ---------------------------------------------------------------- loading
+def load_config(path: str | Path, check_files: bool = True, check_network: bool = True) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    raw.setdefault("base_dir", str(path.resolve().parent))
+    return config_from_dict(raw, check_files=check_files, check_network=check_network)
+
+
+def config_from_dict(raw: dict, check_files: bool = True, check_network: bool = True) -> PipelineConfig:
+    cfg = _build(PipelineConfig, raw, "")
+    _validate(cfg, check_files, check_network)
+    return cfg
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{_join(where, key)}' (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], _join(where, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required config key '{_join(where, f.name)}'")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{where}' must be a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, _join(where, k)) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # ids like 0 or 1 read from YAML
+    if not isinstance(value, hint) or (hint in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"config key '{where}' must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _join(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+# ---------------------------------------------------------------- semantic checks
+def _choice(value, allowed, where):
+    if value not in allowed:
+        raise ConfigError(f"config key '{where}' must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(value, where):
+    if value <= 0:
+        raise ConfigError(f"config key '{where}' must be > 0, got {value!r}")
+
+
+def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> None:
+    _choice(cfg.mode, ("replay", "live"), "mode")
+    _choice(cfg.transport.kind, ("ipc", "tcp"), "transport.kind")
+    _choice(cfg.stages.detect.backend, ("onnx", "torch"), "stages.detect.backend")
+    _choice(cfg.stages.record.container, ("mp4", "mkv", "ts"), "stages.record.container")
+    _positive(cfg.stages.detect.batch_size, "stages.detect.batch_size")
+    _positive(cfg.transport.hwm, "transport.hwm")
+    _positive(cfg.stages.record.segment_seconds, "stages.record.segment_seconds")
+    if not cfg.stages.detect.device.startswith(("cpu", "cuda")):
+        raise ConfigError(f"config key 'stages.detect.device' must be cpu or cuda[:N], got {cfg.stages.detect.device!r}")
+    for name in cfg.run_stages:
+        _choice(name, STAGE_ORDER, "run_stages[]")
+    if not cfg.sources:
+        raise ConfigError("config key 'sources' must list at least one source")
+    ids = [s.id for s in cfg.sources]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"config key 'sources': stream ids must be unique, got {ids}")
+    if cfg.transport.ipc_dir is None:
+        cfg.transport.ipc_dir = f"/tmp/lss-{os.getpid()}-{os.urandom(3).hex()}"
+    endpoints = default_endpoints(cfg)
+    for key, spec in cfg.endpoints.items():
+        if key not in endpoints:
+            raise ConfigError(f"unknown config key 'endpoints.{key}' (allowed: {', '.join(ENDPOINT_KEYS)})")
+        endpoints[key] = spec
+    cfg.endpoints = endpoints
+    for key, spec in endpoints.items():
+        _check_endpoint(cfg, key, spec, check_network)
+    if check_files:
+        _check_files(cfg)
+
+
+def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, check_network: bool) -> None:
+    where = f"endpoints.{key}"
+    try:
+        ep = Endpoint.parse(spec)
+    except EndpointError as exc:
+        raise ConfigError(f"config key '{where}': {exc}") from None
+    if ep.pattern not in _LINKS[key]:
+        raise ConfigError(f"config key '{where}': pattern must be {' or '.join(_LINKS[key])}, got {ep.pattern}")
+    if ep.binds_beyond_loopback and cfg.transport.curve is None:
+        raise ConfigError(f"config key '{where}': binding {ep.address} beyond loopback needs transport.curve keys")
+    if check_network and ep.is_tcp and ep.action == "connect":
+        _check_reachable(ep, where)
+
+
+def _check_reachable(ep: Endpoint, where: str) -> None:
+    host, port = ep.host_port
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+    except OSError as exc:
+        raise ConfigError(f"config key '{where}': {ep.address} is unreachable ({exc.strerror or exc})") from None
+
+
+def _check_files(cfg: PipelineConfig) -> None:
+    for i, src in enumerate(cfg.sources):
+        if "://" in src.uri or src.uri.startswith("webcam:"):
+            continue
+        if not cfg.resolve(src.uri).exists():
+            raise ConfigError(f"config key 'sources[{i}].uri': {src.uri} does not exist")
+    weights = cfg.stages.detect.weights
+    if weights != "default" and not cfg.resolve(weights).is_file():
+        raise ConfigError(f"config key 'stages.detect.weights': {weights} does not exist")
+    curve = cfg.transport.curve
+    if curve is not None:
+        for name in ("server_public", "server_secret", "client_public", "client_secret"):
+            value = getattr(curve, name)
+            if value is not None and not cfg.resolve(value).is_file():
+                raise ConfigError(f"config key 'transport.curve.{name}': {value} does not exist")

@@ -1,0 +1,254 @@
+"""The loop every stage process runs: receive -> process -> send, with end-of-stream, heartbeats,
+live-mode dropping and clean shutdown. A stage module only says what to do with frames.
+
+Live mode keeps latency bounded two ways: sends never block (a full downstream queue drops the
+frame here, counted as ``dropped_full``), and a stage that falls behind keeps only the newest queued
+frame of each stream (older ones are counted as ``dropped_stale``). Replay mode never drops: sends
+wait for room (backpressure reaches the source) and every queued frame is processed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import zmq
+
+from pipeline.config import PipelineConfig, connect_side
+from pipeline.messages import FrameMessage, MessageError
+from pipeline.transport import CurveKeys, open_socket
+
+log = logging.getLogger("pipeline.stage")
+
+
+class Stage:
+    """Subclass per stage. Override `process` (or `process_batch`), `end_stream`, `close`."""
+
+    name = "stage"
+    input_key: str | None = None  # endpoint this stage binds and pulls from
+    output_key: str | None = None  # endpoint of the next stage, pushed to
+    batch_size = 1
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.counters: dict[str, int] = {}  # stage-specific counts reported in heartbeats
+
+    def process(self, msg: FrameMessage) -> list[FrameMessage]:
+        return [msg]
+
+    def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
+        return [out for msg in msgs for out in self.process(msg)]
+
+    def end_stream(self, stream_id: str) -> list[FrameMessage]:
+        """Flush what is held for a stream that ended; returns messages to send before its EOS."""
+        return []
+
+    def frames(self) -> Iterator[FrameMessage | None]:
+        """Source stages only: yield frames (or None while idle, to keep heartbeats going)."""
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class StageMetrics:
+    def __init__(self):
+        self.counts = dict(received=0, processed=0, sent=0, dropped_stale=0, dropped_full=0, malformed=0)
+        self._latencies = deque(maxlen=512)
+        self._done_times = deque(maxlen=512)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+    def done(self, msg: FrameMessage, now: float) -> None:
+        self.counts["processed"] += 1
+        self._latencies.append(msg.age_ms(now))
+        self._done_times.append(now)
+
+    def snapshot(self, now: float) -> dict:
+        recent = [t for t in self._done_times if now - t <= 5.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        lat = np.array(self._latencies) if self._latencies else np.zeros(1)
+        return dict(self.counts, fps=round(fps, 2), latency_ms_p50=round(float(np.percentile(lat, 50)), 1),
+                    latency_ms_p99=round(float(np.percentile(lat, 99)), 1))
+
+
+class StageRunner:
+    def __init__(self, stage: Stage, cfg: PipelineConfig, instance: str | None = None):
+        self.stage, self.cfg = stage, cfg
+        self.label = instance or stage.name
+        self.metrics = StageMetrics()
+        self.ctx = zmq.Context()
+        hwm = 1 if cfg.live else cfg.transport.hwm
+        curve = _curve_keys(cfg)
+        self.inp = self.out = None
+        if stage.input_key:
+            self.inp = open_socket(self.ctx, cfg.endpoint(stage.input_key), hwm=hwm, curve=curve)
+        if stage.output_key:
+            self.out = open_socket(self.ctx, connect_side(cfg.endpoint(stage.output_key)), hwm=hwm, curve=curve)
+        self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
+        self.ended: set[str] = set()
+        self.stopping = False
+        self._last_beat = 0.0
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_term(self, signum, frame):
+        self.stopping = True
+
+    # ------------------------------------------------------------ main loops
+    def run(self) -> int:
+        try:
+            if self.inp is None:
+                self._run_source()
+            else:
+                self._run_filter()
+        finally:
+            self._beat(force=True, state="exiting")
+            self.stage.close()
+            for sock in (self.inp, self.out, self.control):
+                if sock is not None:
+                    sock.close(linger=2000 if sock is self.out else 0)
+            self.ctx.term()
+        return 0
+
+    def _run_source(self) -> None:
+        for msg in self.stage.frames():
+            if self.stopping:
+                break
+            if msg is not None:
+                self.metrics.count("received")
+                self._emit([msg])
+            self._beat()
+        for stream_id in self.cfg.stream_ids:
+            if stream_id in getattr(self.stage, "stream_ids", [stream_id]):
+                self._finish_stream(stream_id)
+
+    def _run_filter(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inp, zmq.POLLIN)
+        interval_ms = int(self.cfg.supervisor.heartbeat_interval_s * 1000)
+        while not self.stopping and self.ended != set(self.cfg.stream_ids):
+            if poller.poll(interval_ms):
+                self._handle(self._receive_batch())
+            self._beat()
+        if self.stopping:  # asked to stop mid-stream: flush what we hold so outputs stay whole
+            for stream_id in self.cfg.stream_ids:
+                if stream_id not in self.ended:
+                    self._emit(self.stage.end_stream(stream_id))
+
+    # ------------------------------------------------------------ receive
+    def _receive_batch(self) -> list[FrameMessage]:
+        """Everything queued now, up to batch_size frames (live: only the newest per stream)."""
+        limit = self.stage.batch_size if not self.cfg.live else 1 << 30
+        batch: list[FrameMessage] = []
+        while len(batch) < limit:
+            try:
+                parts = self.inp.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.metrics.count("received")
+            try:
+                batch.append(FrameMessage.decode(parts))
+            except MessageError as exc:
+                self.metrics.count("malformed")
+                log.warning("%s: dropped a malformed message: %s", self.label, exc)
+        return self._newest_per_stream(batch) if self.cfg.live else batch
+
+    def _newest_per_stream(self, batch: list[FrameMessage]) -> list[FrameMessage]:
+        newest: dict[str, FrameMessage] = {}
+        keep: list[FrameMessage] = []
+        for msg in batch:
+            if msg.is_eos:
+                keep.append(msg)
+                continue
+            if msg.stream_id in newest:
+                self.metrics.count("dropped_stale")
+            newest[msg.stream_id] = msg
+        frames = list(newest.values())[: self.stage.batch_size]
+        self.metrics.count("dropped_stale", len(newest) - len(frames))
+        return frames + keep  # EOS after the frames of its stream
+
+    def _handle(self, batch: list[FrameMessage]) -> None:
+        frames = [m for m in batch if not m.is_eos]
+        if frames:
+            self._emit(self.stage.process_batch(frames), processed=frames)
+        for msg in batch:
+            if msg.is_eos:
+                self._finish_stream(msg.stream_id)
+
+    # ------------------------------------------------------------ send
+    def _emit(self, outputs: list[FrameMessage], processed: list[FrameMessage] | None = None) -> None:
+        now = time.time()
+        for msg in processed if processed is not None else outputs:
+            self.metrics.done(msg, now)
+        for msg in outputs:
+            msg.trace[self.label] = now
+            if self.out is not None:
+                self._send(msg)
+
+    def _send(self, msg: FrameMessage) -> None:
+        parts = msg.encode()
+        if self.cfg.live and not msg.is_eos:
+            try:
+                self.out.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                self.metrics.count("sent")
+            except zmq.Again:
+                self.metrics.count("dropped_full")
+            return
+        while True:  # replay (and EOS): wait for room, but keep beating and stay stoppable
+            if self.out.poll(200, zmq.POLLOUT):
+                self.out.send_multipart(parts, copy=False)
+                self.metrics.count("sent")
+                return
+            self._beat(state="blocked")
+            if self.stopping and not msg.is_eos:
+                self.metrics.count("dropped_full")
+                return
+
+    def _finish_stream(self, stream_id: str) -> None:
+        if stream_id in self.ended:
+            return
+        self._emit(self.stage.end_stream(stream_id))
+        self.ended.add(stream_id)
+        if self.out is not None:
+            self._send(FrameMessage.end_of_stream(stream_id))
+        log.info("%s: stream %s ended", self.label, stream_id)
+
+    # ------------------------------------------------------------ heartbeat
+    def _beat(self, force: bool = False, state: str = "running") -> None:
+        now = time.time()
+        if not force and now - self._last_beat < self.cfg.supervisor.heartbeat_interval_s:
+            return
+        self._last_beat = now
+        beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
+                "ended": sorted(self.ended), **self.metrics.snapshot(now), **self.stage.counters,
+                **self.stage.status()}
+        try:
+            self.control.send_string(json.dumps(beat), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # supervisor busy or absent: never block the data path on it
+
+
+def _curve_keys(cfg: PipelineConfig) -> CurveKeys | None:
+    c = cfg.transport.curve
+    if c is None:
+        return None
+    resolve = lambda p: str(cfg.resolve(p)) if p else None  # noqa: E731
+    return CurveKeys(resolve(c.server_public), resolve(c.server_secret), resolve(c.client_public),
+                     resolve(c.client_secret))
+
+
+def run_stage(stage: Stage, cfg: PipelineConfig, instance: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {instance or stage.name}[%(process)d] %(levelname)s %(message)s")
+    return StageRunner(stage, cfg, instance).run()

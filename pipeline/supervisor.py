@@ -1,0 +1,278 @@
+"""Supervisor: starts every stage as its own process, watches heartbeats, restarts crashed or hung
+stages (bounded), reports status, and on SIGINT/SIGTERM drains the pipeline from the sources down.
+
+Exit codes of a stage: 0 done, 2 bad config, 3 bad input (not worth a restart), others: a crash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+import zmq
+
+from pipeline.config import STAGE_ORDER, PipelineConfig
+from pipeline.transport import open_socket
+
+log = logging.getLogger("pipeline.supervisor")
+EXIT_BAD_INPUT = 3
+STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
+
+
+@dataclass
+class StageProcess:
+    label: str  # "detect" or "capture:cam0"
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = 0.0
+    last_beat: dict = field(default_factory=dict)
+    last_beat_time: float = 0.0
+    exit_code: int | None = None
+
+    @property
+    def is_source(self) -> bool:
+        return self.label.startswith("capture")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
+        self.started, self.exit_code, self.last_beat_time = time.time(), None, 0.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+
+def write_run_config(cfg: PipelineConfig) -> Path:
+    """The resolved config (endpoints, ipc folder) every stage of this run reads."""
+    out = cfg.resolve(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run_config.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return path
+
+
+class Supervisor:
+    def __init__(self, cfg: PipelineConfig, progress: bool = True):
+        self.cfg = cfg
+        self.run_config = write_run_config(cfg)
+        self.ctx = zmq.Context()
+        self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000)
+        self.stages = self._plan()
+        self.stopping = False
+        self.failed: str | None = None
+        self.progress = _Progress(cfg) if progress and not cfg.live else None
+        self.metrics = _Prometheus(cfg.supervisor.prometheus_port)
+
+    def _plan(self) -> list[StageProcess]:
+        base = [sys.executable, "-m", "pipeline", "stage"]
+        plan = []
+        for name in reversed(STAGE_ORDER):  # receivers first, so their sockets are bound early
+            if name not in self.cfg.run_stages:
+                continue
+            if name == "capture":
+                plan += [StageProcess(f"capture:{s.id}", base + ["capture", str(self.run_config), "--source", s.id])
+                         for s in self.cfg.sources]
+            else:
+                plan.append(StageProcess(name, base + [name, str(self.run_config)]))
+        return plan
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        for sp in self.stages:
+            sp.start()
+        log.info("started %d stage processes; outputs in %s", len(self.stages), self.cfg.resolve(self.cfg.output_dir))
+        last_status, drain_deadline = 0.0, None
+        while any(sp.alive() for sp in self.stages):
+            self._read_heartbeats(timeout_ms=200)
+            self._check_processes()
+            if self.failed and not self.stopping:
+                self._begin_drain()
+            if self.stopping:
+                drain_deadline = drain_deadline or time.time() + self.cfg.supervisor.drain_timeout_s
+                if time.time() > drain_deadline:
+                    self._terminate_rest()
+            if time.time() - last_status >= self.cfg.supervisor.status_interval_s:
+                self._report()
+                last_status = time.time()
+        self._read_heartbeats(timeout_ms=100)
+        self._report(final=True)
+        self.control.close(0)
+        self.ctx.term()
+        if self.failed:
+            print(f"pipeline failed: {self.failed}", file=sys.stderr)
+            return 1
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.stopping:
+            log.info("signal %d: draining (sources stop, every stage flushes)", signum)
+            self._begin_drain()
+
+    def _begin_drain(self) -> None:
+        self.stopping = True
+        for sp in self.stages:
+            if sp.is_source:
+                sp.signal(signal.SIGTERM)
+
+    def _terminate_rest(self) -> None:
+        for sp in self.stages:
+            if sp.alive():
+                log.warning("%s did not drain in time: terminating", sp.label)
+                sp.signal(signal.SIGTERM)
+        deadline = time.time() + 5
+        while time.time() < deadline and any(sp.alive() for sp in self.stages):
+            time.sleep(0.1)
+        for sp in self.stages:
+            if sp.alive():
+                sp.proc.kill()
+
+    # ------------------------------------------------------------------ watch
+    def _read_heartbeats(self, timeout_ms: int) -> None:
+        if not self.control.poll(timeout_ms):
+            return
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                beat = json.loads(raw)
+                sp = next(s for s in self.stages if s.label == beat["stage"])
+            except (ValueError, KeyError, StopIteration, TypeError):
+                continue
+            sp.last_beat, sp.last_beat_time = beat, time.time()
+
+    def _check_processes(self) -> None:
+        now = time.time()
+        for sp in self.stages:
+            code = sp.proc.poll()
+            if code is None:
+                silent_for = now - (sp.last_beat_time or sp.started)
+                limit = self.cfg.supervisor.heartbeat_timeout_s + (0 if sp.last_beat_time else STARTUP_GRACE_S)
+                if silent_for > limit and not self.stopping:
+                    log.error("%s sent no heartbeat for %.0f s: killing it", sp.label, silent_for)
+                    sp.proc.kill()
+                    sp.proc.wait()
+                    self._restart(sp, "hung")
+                continue
+            if sp.exit_code is not None:
+                continue
+            sp.exit_code = code
+            if code == 0:
+                continue
+            if code in (2, EXIT_BAD_INPUT):
+                self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
+            elif not self.stopping:
+                self._restart(sp, f"exit code {code}")
+
+    def _restart(self, sp: StageProcess, why: str) -> None:
+        if sp.restarts >= self.cfg.supervisor.max_restarts:
+            self.failed = f"{sp.label} failed ({why}) after {sp.restarts} restarts"
+            return
+        sp.restarts += 1
+        if sp.is_source:  # resume a file where it was; the recorder drops the few resent frames
+            sp.argv = [a for a in sp.argv if not a.startswith("--start-frame=")]
+            sp.argv.append(f"--start-frame={int(sp.last_beat.get('sent', 0))}")
+        log.warning("restarting %s (%s), restart %d of %d", sp.label, why, sp.restarts,
+                    self.cfg.supervisor.max_restarts)
+        sp.start()
+
+    # ------------------------------------------------------------------ report
+    def _report(self, final: bool = False) -> None:
+        snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive()) for sp in self.stages}
+        self.metrics.update(snapshot, self._queue_depths(snapshot))
+        status_path = self.cfg.resolve(self.cfg.output_dir) / "status.json"
+        status_path.write_text(json.dumps(snapshot, indent=1))
+        if self.progress is not None:
+            self.progress.update(snapshot, final)
+            if not final:
+                return
+        print(format_status(snapshot, self._queue_depths(snapshot)), file=sys.stderr, flush=True)
+
+    def _queue_depths(self, snapshot: dict) -> dict[str, int]:
+        """Frames between a stage and its upstream: what upstream sent minus what this one took."""
+        sent_by = {name: 0 for name in STAGE_ORDER}
+        for label, beat in snapshot.items():
+            sent_by[label.split(":")[0]] += int(beat.get("sent", 0))
+        depths = {}
+        for up, down in zip(STAGE_ORDER, STAGE_ORDER[1:]):
+            if down in snapshot:
+                depths[down] = max(0, sent_by[up] - int(snapshot[down].get("received", 0)))
+        return depths
+
+
+def format_status(snapshot: dict, depths: dict[str, int]) -> str:
+    parts = []
+    for label, b in snapshot.items():
+        text = f"{label} {b.get('fps', 0):.1f}fps {b.get('latency_ms_p50', 0):.0f}ms"
+        drops = int(b.get("dropped_stale", 0)) + int(b.get("dropped_full", 0))
+        if drops:
+            text += f" drop={drops}"
+        if label in depths:
+            text += f" q={depths[label]}"
+        if b.get("malformed"):
+            text += f" bad={b['malformed']}"
+        if b.get("restarts"):
+            text += f" restarts={b['restarts']}"
+        if b.get("stream") and b.get("stream") != "up":
+            text += f" [{b['stream']}]"
+        parts.append(text)
+    return " | ".join(reversed(parts))
+
+
+class _Progress:
+    """Replay mode: a progress bar of recorded frames over frames in the sources."""
+
+    def __init__(self, cfg: PipelineConfig):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="frame", desc="replay", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def update(self, snapshot: dict, final: bool) -> None:
+        total = sum(int(b.get("frames_total", 0)) for label, b in snapshot.items() if label.startswith("capture"))
+        done = int(snapshot.get("record", {}).get("processed", 0))
+        self.bar.total = max(total, done)
+        self.bar.n = done
+        self.bar.refresh()
+        if final:
+            self.bar.close()
+
+
+class _Prometheus:
+    """Per-stage gauges on 127.0.0.1:<port> (prometheus_client), when a port is configured."""
+
+    FIELDS = ("fps", "latency_ms_p50", "latency_ms_p99", "received", "processed", "sent", "dropped_stale",
+              "dropped_full", "malformed", "restarts")
+
+    def __init__(self, port: int | None):
+        self.gauges = None
+        if port is None:
+            return
+        from prometheus_client import Gauge, start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+        self.gauges = {f: Gauge(f"lss_stage_{f}", f"per-stage {f}", ["stage"]) for f in self.FIELDS}
+        self.gauges["queue_depth"] = Gauge("lss_stage_queue_depth", "frames waiting before a stage", ["stage"])
+
+    def update(self, snapshot: dict, depths: dict[str, int]) -> None:
+        if self.gauges is None:
+            return
+        for label, beat in snapshot.items():
+            for f in self.FIELDS:
+                if f in beat:
+                    self.gauges[f].labels(stage=label).set(float(beat[f]))
+        for label, depth in depths.items():
+            self.gauges["queue_depth"].labels(stage=label).set(depth)
