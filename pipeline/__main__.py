@@ -7,7 +7,7 @@ import sys
 
 from pipeline.config import ConfigError, load_config
 
-STAGE_NAMES = ("capture", "preprocess", "detect", "track", "record")
+STAGE_NAMES = ("capture", "preprocess", "detect", "track", "record", "view")
 
 
 def _fail(message: str, code: int) -> int:
@@ -50,6 +50,8 @@ def cmd_stage(argv: list[str]) -> int:
 
     try:
         stage = build_stage(args.name, cfg, source_id=args.source, start_frame=args.start_frame)
+        if hasattr(stage, "run"):  # consumers beside the frame path (the view) run their own loop
+            return stage.run()
         return run_stage(stage, cfg, instance=f"capture:{args.source}" if args.name == "capture" else None)
     except SourceError as exc:
         return _fail(f"{args.name}: {exc}", 3)

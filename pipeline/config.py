@@ -7,6 +7,7 @@ missing file, unreachable endpoint). The CLI turns that into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import types
@@ -20,7 +21,8 @@ import yaml
 from pipeline.transport import Endpoint, EndpointError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGE_ORDER = ("capture", "preprocess", "detect", "track", "record")
+STAGE_ORDER = ("capture", "preprocess", "detect", "track", "record")  # the frame path
+OPTIONAL_STAGES = ("view",)  # consumers beside the frame path, started when enabled
 
 
 class ConfigError(ValueError):
@@ -95,11 +97,20 @@ class RecordConfig:
 
 
 @dataclass
+class ViewConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None  # required when host is not loopback
+
+
+@dataclass
 class StagesConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 @dataclass
@@ -141,10 +152,10 @@ class PipelineConfig:
 
 
 # ---------------------------------------------------------------- endpoints
-ENDPOINT_KEYS = ("preprocess_in", "detect_in", "track_in", "record_in", "control", "events")
+ENDPOINT_KEYS = ("preprocess_in", "detect_in", "track_in", "record_in", "control", "events", "status")
 _LINKS = {  # key -> (bind side pattern, connect side pattern)
     "preprocess_in": ("pull", "push"), "detect_in": ("pull", "push"), "track_in": ("pull", "push"),
-    "record_in": ("pull", "push"), "control": ("pull", "push"), "events": ("pub", "sub"),
+    "record_in": ("pull", "push"), "control": ("pull", "push"), "events": ("pub", "sub"), "status": ("pub", "sub"),
 }
 
 
@@ -261,7 +272,10 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
     if not cfg.stages.detect.device.startswith(("cpu", "cuda")):
         raise ConfigError(f"config key 'stages.detect.device' must be cpu or cuda[:N], got {cfg.stages.detect.device!r}")
     for name in cfg.run_stages:
-        _choice(name, STAGE_ORDER, "run_stages[]")
+        _choice(name, STAGE_ORDER + OPTIONAL_STAGES, "run_stages[]")
+    view = cfg.stages.view
+    if view.enabled and not _is_loopback(view.host) and not view.token:
+        raise ConfigError(f"config key 'stages.view.token' is required to serve the view on {view.host}")
     if not cfg.sources:
         raise ConfigError("config key 'sources' must list at least one source")
     ids = [s.id for s in cfg.sources]
@@ -279,6 +293,13 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
         _check_endpoint(cfg, key, spec, check_network)
     if check_files:
         _check_files(cfg)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, check_network: bool) -> None:

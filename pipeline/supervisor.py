@@ -68,6 +68,8 @@ class Supervisor:
         self.run_config = write_run_config(cfg)
         self.ctx = zmq.Context()
         self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000)
+        self.status_pub = open_socket(self.ctx, cfg.endpoint("status"), hwm=10)
+        self.stream_states: dict[str, str] = {}
         self.stages = self._plan()
         self.stopping = False
         self.failed: str | None = None
@@ -85,6 +87,8 @@ class Supervisor:
                          for s in self.cfg.sources]
             else:
                 plan.append(StageProcess(name, base + [name, str(self.run_config)]))
+        if self.cfg.stages.view.enabled and "view" in self.cfg.run_stages + ["view"]:
+            plan.append(StageProcess("view", base + ["view", str(self.run_config)]))
         return plan
 
     # ------------------------------------------------------------------ run
@@ -110,6 +114,7 @@ class Supervisor:
         self._read_heartbeats(timeout_ms=100)
         self._report(final=True)
         self.control.close(0)
+        self.status_pub.close(0)
         self.ctx.term()
         if self.failed:
             print(f"pipeline failed: {self.failed}", file=sys.stderr)
@@ -196,11 +201,33 @@ class Supervisor:
         self.metrics.update(snapshot, self._queue_depths(snapshot))
         status_path = self.cfg.resolve(self.cfg.output_dir) / "status.json"
         status_path.write_text(json.dumps(snapshot, indent=1))
+        self._publish(b"status", snapshot)
+        self._stream_events(snapshot)
         if self.progress is not None:
             self.progress.update(snapshot, final)
             if not final:
                 return
         print(format_status(snapshot, self._queue_depths(snapshot)), file=sys.stderr, flush=True)
+
+    def _publish(self, topic: bytes, payload: dict) -> None:
+        try:
+            self.status_pub.send_multipart([topic, json.dumps(payload).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _stream_events(self, snapshot: dict) -> None:
+        """stream_down / stream_up events when a capture's reported state changes."""
+        for label, beat in snapshot.items():
+            state = beat.get("stream")
+            if not label.startswith("capture:") or state not in ("up", "down"):
+                continue
+            previous = self.stream_states.get(label)
+            self.stream_states[label] = state
+            if previous is not None and previous != state:
+                event = {"type": f"stream_{state}", "stream_id": label.split(":", 1)[1], "t": time.time()}
+                self._publish(b"event", event)
+                with open(self.cfg.resolve(self.cfg.output_dir) / "events.jsonl", "a") as log_file:
+                    log_file.write(json.dumps(event) + "\n")
 
     def _queue_depths(self, snapshot: dict) -> dict[str, int]:
         """Frames between a stage and its upstream: what upstream sent minus what this one took."""

@@ -8,5 +8,6 @@ def build_stage(name: str, cfg, source_id: str | None = None, start_frame: int =
 
         return CaptureStage(cfg, source_id, start_frame)
     module = __import__(f"stages.{name}", fromlist=["_"])
-    cls = {"preprocess": "PreprocessStage", "detect": "DetectStage", "track": "TrackStage", "record": "RecordStage"}[name]
+    cls = {"preprocess": "PreprocessStage", "detect": "DetectStage", "track": "TrackStage", "record": "RecordStage",
+           "view": "ViewStage"}[name]
     return getattr(module, cls)(cfg)
