@@ -163,21 +163,28 @@ def _decode_dataset_clip(task) -> ClipFrames:
 
 
 def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_clips: int | None = None,
-                 max_frames: int | None = None) -> tuple[list[ClipFrames], list[str]]:
+                 max_frames: int | None = None, manifest: Path | None = None) -> tuple[list[ClipFrames], list[str]]:
     from pipeline import dataset
 
     try:
-        clips = dataset.load_split(split, root)[:max_clips]
+        clips = dataset.load_split(split, root, manifest=manifest)[:max_clips]
     except dataset.DatasetError as error:
         raise TrainError(str(error)) from None
     return _pool_map(_decode_dataset_clip, [(c, stride, max_frames) for c in clips], workers), list(dataset.CLASSES)
 
 
 def _render_synthetic(task) -> ClipFrames:
+    """Pool worker: render one synthetic clip (or read it back from the cache dir)."""
     from pipeline import synthetic
 
-    seed, frames, stride = task
+    seed, frames, stride, cache_dir = task
+    name = f"synthetic_{seed:05d}"
     modality = "IR" if seed % 3 == 2 else "V"          # the real data's V:IR ratio is about 1:2 by clip
+    cached = Path(cache_dir) / f"{name}.json" if cache_dir else None
+    if cached is not None and cached.is_file():
+        meta = json.loads(cached.read_text())
+        boxes = [np.asarray(b, np.float32).reshape(-1, 5) for b in meta["boxes"]]
+        return ClipFrames(name, modality, np.load(cached.with_suffix(".npy"), mmap_mode="r"), meta["frame_ids"], boxes)
     size = (640, 512) if modality == "V" else (320, 256)
     ids, images, boxes = [], [], []
     for index, (image, frame_boxes) in enumerate(synthetic.render_clip(seed, frames, size, modality)):
@@ -186,16 +193,24 @@ def _render_synthetic(task) -> ClipFrames:
         ids.append(index)
         images.append(_store_channels(image, modality == "IR"))
         boxes.append(xywh_rows_to_xyxy([(b.class_id, b.x, b.y, b.w, b.h) for b in frame_boxes]))
-    return ClipFrames(f"synthetic_{seed:05d}", modality, np.stack(images), ids, boxes)
+    clip = ClipFrames(name, modality, np.stack(images), ids, boxes)
+    if cached is not None:
+        np.save(cached.with_suffix(f".{os.getpid()}.tmp.npy"), clip.frames)
+        os.replace(cached.with_suffix(f".{os.getpid()}.tmp.npy"), cached.with_suffix(".npy"))
+        cached.write_text(json.dumps({"frame_ids": ids, "boxes": [b.tolist() for b in boxes]}))
+    return clip
 
 
-def load_synthetic(count: int, frames: int, stride: int, workers: int, first_seed: int) -> list[ClipFrames]:
+def load_synthetic(count: int, frames: int, stride: int, workers: int, first_seed: int,
+                   cache_dir: Path | None = None) -> list[ClipFrames]:
     """``count`` clips from pipeline.synthetic (seeds first_seed.., disjoint from the demo's low seeds)."""
     try:
         import pipeline.synthetic  # noqa: F401
     except ImportError as error:
         raise TrainError(f"--synthetic needs pipeline.synthetic: {error}") from None
-    tasks = [(first_seed + i, frames, stride) for i in range(count)]
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tasks = [(first_seed + i, frames, stride, str(cache_dir) if cache_dir else None) for i in range(count)]
     return _pool_map(_render_synthetic, tasks, workers)
 
 
@@ -546,6 +561,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="yolox-nano-gssam-sigres-p1", help="model name (models.model_names())")
     p.add_argument("--data", default=None, help="dataset root (default: pipeline.dataset.DEFAULT_ROOT)")
     p.add_argument("--bundle", default=None, help="read a compact bundle (scripts/make_train_bundle.py) instead")
+    p.add_argument("--splits", default=None, help="split manifest (default configs/splits.json)")
     p.add_argument("--cache", default=None, help="with --bundle: decode once into DIR/<clip>.npy, shared by runs")
     p.add_argument("--stride", type=int, default=3, help="keep every k-th frame of the real dataset")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -578,6 +594,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--prepare-only", action="store_true", help="decode/render into --cache, then exit")
     args = p.parse_args(argv)
     try:
         args.input_size = tuple(int(v) for v in args.input_size.lower().split("x"))
@@ -617,7 +634,7 @@ def load_clips(args, split: str, workers: int) -> tuple[list[ClipFrames], list[s
         cache = Path(args.cache) / split if args.cache else None
         return load_bundle(Path(args.bundle), split, cache, workers, args.max_clips)
     root = Path(args.data) if args.data else None
-    return load_dataset(root, split, args.stride, workers, args.max_clips, args.max_frames)
+    return load_dataset(root, split, args.stride, workers, args.max_clips, args.max_frames, args.splits)
 
 
 @contextlib.contextmanager
@@ -789,16 +806,22 @@ def run(args, step_callback=None) -> int:
         torch.backends.cudnn.benchmark = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "last.pt").exists() and not args.resume:
+    if (out / "last.pt").exists() and not args.resume and not args.prepare_only:
         raise TrainError(f"{out}/last.pt exists: pass --resume to continue it, or choose another --out")
     if args.resume and not (out / "last.pt").exists():
         raise TrainError(f"--resume: no {out}/last.pt to continue")
     workers = args.workers or os.cpu_count() or 1
     train_clips, class_names = load_clips(args, "train", workers)
     if args.synthetic:
-        train_clips += load_synthetic(args.synthetic, args.synthetic_frames, args.stride, workers, 10_000)
+        cache = Path(args.cache) / "synthetic" if args.cache else None
+        train_clips += load_synthetic(args.synthetic, args.synthetic_frames, args.stride, workers, 10_000, cache)
     val_clips, _ = load_clips(args, "val", workers)
     load_seconds = time.monotonic() - started
+    if args.prepare_only:
+        print(f"prepared: {len(train_clips)} train clips ({sum(len(c.frames) for c in train_clips)} frames, "
+              f"{sum(c.frames.nbytes for c in train_clips) / 2**30:.2f} GiB), {len(val_clips)} val clips "
+              f"in {load_seconds:.1f}s")
+        return 0
     trainer = Trainer(args, device, train_clips, val_clips, class_names)
     trainer.ema = ModelEMA(trainer.model, *ema_settings(10_000))
     if args.resume:

@@ -1,0 +1,150 @@
+"""pipeline.train: crop geometry, schedule, argument errors, bundle round trip, exact resume after SIGTERM.
+
+Data comes from pipeline.synthetic written in the real dataset's layout (no ../shared data needed);
+every training run here is a handful of steps on 64-px crops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import dataset, synthetic, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
+    """Three 12-frame synthetic clips (V drone, V bird, IR drone) + a split manifest naming them."""
+    root = tmp_path_factory.mktemp("data")
+    names = synthetic.make_dataset(root, frames=12)
+    manifest = root / "splits.json"
+    manifest.write_text(json.dumps({"splits": {"train": [names[0], names[2]], "val": [names[0], names[2]],
+                                               "test": [names[1]]}}))
+    return root, manifest
+
+
+def _clip_with_box(box, shape=(256, 320, 1)) -> train.ClipFrames:
+    frame = np.full(shape, 40, np.uint8)
+    x1, y1, x2, y2 = box
+    frame[y1:y2, x1:x2] = 250
+    return train.ClipFrames("c", "IR", frame[None], [0], [np.array([[0, x1, y1, x2, y2]], np.float32)])
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_crop_targets_land_on_the_object(flip):
+    """The crop's target box must cover the bright object's pixels after scale, shift and flip."""
+    augment = train.Augment(crop=96, positive_fraction=1.0, flip=flip, contrast=(1, 1), brightness=0, gray=0)
+    sampler = train.CropSampler([_clip_with_box((150, 100, 162, 110))], (512, 640), augment,
+                                torch.device("cpu"), on_device=False)
+    assert sampler.groups[0].base_scale == 2.0          # IR 320x256 is letterboxed x2 into 512x640
+    images, targets = sampler.batch(8, np.random.default_rng(0))
+    assert images.shape == (8, 3, 96, 96) and targets.shape[2] == 5
+    for image, (cls, cx, cy, w, h) in zip(images, targets[:, 0].numpy()):
+        assert 12 * 2 * 0.75 - 1 <= w <= 12 * 2 * 1.5 + 1      # a 12-px object stays >= 17 px
+        inner = image[0, int(cy - h / 2) + 2:int(cy + h / 2) - 2, int(cx - w / 2) + 2:int(cx + w / 2) - 2]
+        assert inner.numel() and inner.min() > 200            # the box sits on the object
+        assert (image[0] > 200).sum() <= w * h * 1.2          # ... and the object lies in the box
+
+
+def test_background_crops_without_objects_have_no_targets():
+    augment = train.Augment(crop=64, positive_fraction=0.0)
+    clip = _clip_with_box((0, 0, 4, 4))
+    clip.boxes = [np.zeros((0, 5), np.float32)]
+    sampler = train.CropSampler([clip], (512, 640), augment, torch.device("cpu"), on_device=False)
+    _, targets = sampler.batch(4, np.random.default_rng(1))
+    assert targets.abs().sum() == 0
+
+
+def test_lr_warmup_then_cosine():
+    assert train.lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert train.lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert train.lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert train.lr_factor(55, 10, 100) == pytest.approx(0.525)
+    assert train.lr_factor(100, 10, 100) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "x"], "give a budget"),
+    (["--out", "x", "--epochs", "1", "--input-size", "500x640"], "--input-size"),
+    (["--out", "x", "--epochs", "1", "--crop", "100"], "--crop"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_model_and_missing_resume_are_one_line_errors(tiny_data, tmp_path, capsys):
+    root, manifest = tiny_data
+    base = ["--data", str(root), "--splits", str(manifest), "--epochs", "1", "--no-progress", "--workers", "1"]
+    assert train.main(base + ["--model", "yolox-huge", "--out", str(tmp_path / "a")]) == 2
+    assert "yolox-huge" in capsys.readouterr().err
+    assert train.main(base + ["--resume", "--out", str(tmp_path / "b")]) == 2
+    assert "no " in capsys.readouterr().err
+
+
+def _argv(root: Path, manifest: Path, out: Path) -> list[str]:
+    return ["--model", "yolox-nano-gssam-sigres-p1", "--data", str(root), "--splits", str(manifest),
+            "--stride", "2", "--epochs", "2", "--epoch-steps", "2", "--batch", "2", "--crop", "64",
+            "--input-size", "128x160", "--val-per-clip", "2", "--warmup-steps", "2", "--workers", "1",
+            "--threads", "1", "--no-progress", "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    root, manifest = tiny_data
+    torch.set_num_threads(1)
+    assert train.main(_argv(root, manifest, tmp_path / "straight")) == 0
+
+    def terminate_at_step_3(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    interrupted = train.parse_args(_argv(root, manifest, tmp_path / "resumed"))
+    assert train.run(interrupted, step_callback=terminate_at_step_3) == 143
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["step"] == 3
+    assert train.main(_argv(root, manifest, tmp_path / "resumed") + ["--resume"]) == 0
+
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert straight["step"] == resumed["step"] == 4
+    for key in ("model", "ema"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+    assert straight["history"]["loss"] == resumed["history"]["loss"]
+    assert straight["history"]["epochs"][-1]["map50_95"] == resumed["history"]["epochs"][-1]["map50_95"]
+
+    import models
+    model, meta = models.load_checkpoint(tmp_path / "resumed" / "best.pt")
+    assert meta["name"] == "yolox-nano-gssam-sigres-p1" and meta["input_size"] == (128, 160)
+    assert (tmp_path / "resumed" / "curve.png").stat().st_size > 0
+    record = json.loads((tmp_path / "resumed" / "log.json").read_text())
+    assert record["status"] == "done" and record["images_seen"] == 8
+
+
+@pytest.mark.slow
+def test_bundle_keeps_original_frame_indices_and_labels(tiny_data, tmp_path):
+    root, manifest = tiny_data
+    bundle = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "make_train_bundle.py"), "--data", str(root),
+                           "--splits-manifest", str(manifest), "--out", str(bundle), "--stride", "3",
+                           "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    clips, classes = train.load_bundle(bundle, "train", None, workers=1)
+    assert classes == list(dataset.CLASSES)
+    direct, _ = train.load_dataset(root, "train", 3, 1, manifest=manifest)
+    for from_bundle, original in zip(clips, direct):
+        assert from_bundle.frame_ids == original.frame_ids == list(range(0, 12, 3))
+        for a, b in zip(from_bundle.boxes, original.boxes):
+            np.testing.assert_allclose(a, b)
+        difference = np.abs(from_bundle.frames.astype(int) - original.frames.astype(int)).mean()
+        assert from_bundle.frames.shape == original.frames.shape and difference < 6   # lossy, but the same frames
