@@ -263,7 +263,9 @@ def detections_from_jsonl(path: Path, stream_id: str | None = None) -> tuple[Det
                 boxes = np.asarray(record["detections"], dtype=np.float32).reshape(-1, 6)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise EvalError(f"{path}:{line_number}: malformed pipeline record ({exc})") from None
-            duplicates += key in detections
+            if key in detections:  # keep the first, as the record stage does with a resent frame
+                duplicates += 1
+                continue
             order_errors += key[1] < last.get(key[0], -1)
             last[key[0]] = max(key[1], last.get(key[0], -1))
             detections[key] = boxes

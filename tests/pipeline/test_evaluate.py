@@ -1,0 +1,186 @@
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline import dataset, evaluate
+from pipeline.dataset import CLASSES
+
+METRIC_KEYS = ("map50_95", "map50", "map75", "ap_small", "ap_medium", "ap_large", "ap_tiny", "ar100")
+
+
+@pytest.fixture(scope="module")
+def ground_truth(synthetic_dataset_root):
+    return dataset.to_coco(dataset.find_clips(synthetic_dataset_root), stride=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained yolox-nano with a small input: real model code, cheap on a shared CPU."""
+    import models
+
+    path = tmp_path_factory.mktemp("weights") / "nano.pt"
+    models.save_checkpoint(path, models.build_model("yolox-nano", len(CLASSES)), name="yolox-nano",
+                           input_size=(64, 96), class_names=list(CLASSES))
+    return path
+
+
+def perfect(ground_truth):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 1.0}
+            for a in ground_truth["annotations"]]
+
+
+def noisy(ground_truth, seed):
+    """Jittered, partly misclassified predictions plus false positives with spread scores."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for a in ground_truth["annotations"]:
+        x, y, w, h = a["bbox"]
+        category = a["category_id"] if rng.random() > 0.15 else dataset.category_id(2)
+        results.append({"image_id": a["image_id"], "category_id": category, "score": float(rng.uniform(0.05, 1)),
+                        "bbox": [x + rng.normal(0, 0.2 * w), y + rng.normal(0, 0.2 * h), w * rng.uniform(0.7, 1.3), h]})
+        if rng.random() < 0.4:
+            results.append({"image_id": a["image_id"], "category_id": dataset.category_id(int(rng.integers(4))),
+                            "bbox": [rng.uniform(0, 250), rng.uniform(0, 200), rng.uniform(3, 60), rng.uniform(3, 60)],
+                            "score": float(rng.uniform(0, 0.6))})
+    return results
+
+
+def flat(metrics):
+    values = {key: metrics[key] for key in METRIC_KEYS}
+    for group in ("per_class", "per_modality"):
+        for name, entry in metrics[group].items():
+            values.update({f"{group}.{name}.{k}": v for k, v in entry.items()})
+    return values
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pycocotools_and_faster_coco_eval_agree(ground_truth, seed):
+    predictions = noisy(ground_truth, seed)
+    faster = flat(evaluate.coco_metrics(ground_truth, predictions, "faster"))
+    reference = flat(evaluate.coco_metrics(ground_truth, predictions, "pycocotools"))
+    assert faster.keys() == reference.keys()
+    assert 0.05 < reference["map50_95"] < 0.95  # a non-trivial score, so agreement means something
+    for key, value in reference.items():
+        assert (faster[key] is None) == (value is None), key
+        if value is not None:
+            assert faster[key] == pytest.approx(value, abs=1e-4), key
+
+
+@pytest.mark.parametrize("library", evaluate.METRIC_LIBRARIES)
+def test_perfect_predictions_score_one_and_shifted_boxes_less(ground_truth, library):
+    metrics = evaluate.coco_metrics(ground_truth, perfect(ground_truth), library)
+    assert metrics["map50_95"] == metrics["map50"] == metrics["ap_tiny"] == 1.0
+    assert all(m["map50_95"] == 1.0 for m in metrics["per_modality"].values())
+    scores = []
+    for shift in (0.1, 0.3, 0.6):
+        shifted = perfect(ground_truth)
+        for result in shifted:
+            result["bbox"][0] += shift * result["bbox"][2]
+        scores.append(evaluate.coco_metrics(ground_truth, shifted, library)["map50_95"])
+    assert 1.0 > scores[0] > scores[1] > scores[2]
+
+
+def _single_image_gt(boxes):
+    return {"images": [{"id": 1, "width": 640, "height": 512, "modality": "V"}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                            for i, b in enumerate(boxes)],
+            "categories": dataset.coco_categories()}
+
+
+def test_tiny_ap_selects_by_longest_side_not_area():
+    thin, tiny = [100, 100, 20, 8], [300, 300, 15, 15]  # thin: area 160 but longest side 20 -> not tiny
+    gt = _single_image_gt([thin, tiny])
+    only_thin = [{"image_id": 1, "category_id": 1, "bbox": thin, "score": 0.9}]
+    only_tiny = [{"image_id": 1, "category_id": 1, "bbox": tiny, "score": 0.9}]
+    assert evaluate.coco_metrics(gt, only_thin)["ap_tiny"] == 0.0
+    assert evaluate.coco_metrics(gt, only_tiny)["ap_tiny"] == 1.0
+    assert evaluate.coco_metrics(gt, only_thin)["ap_small"] < 1.0  # both are COCO "small"
+
+
+def _detections_from_labels(clips, frame_offset=0):
+    detections = {}
+    for clip in clips:
+        for frame, boxes in dataset.read_labels(clip).items():
+            detections[(clip.name, frame + frame_offset)] = np.array(
+                [[x, y, x + w, y + h, 1.0, class_id] for class_id, x, y, w, h in boxes], np.float32)
+    return detections
+
+
+def test_detections_map_to_the_right_frames(synthetic_dataset_root, ground_truth):
+    clips = dataset.find_clips(synthetic_dataset_root)
+    categories = evaluate.class_to_category(CLASSES)
+    aligned = evaluate.to_coco_results(_detections_from_labels(clips), ground_truth, categories)
+    assert evaluate.coco_metrics(ground_truth, aligned)["map50_95"] == pytest.approx(1.0, abs=1e-6)
+    late = evaluate.to_coco_results(_detections_from_labels(clips, frame_offset=2), ground_truth, categories)
+    assert evaluate.coco_metrics(ground_truth, late)["map50_95"] < 0.99
+
+
+def test_model_with_no_dataset_class_is_refused():
+    with pytest.raises(evaluate.EvalError, match="unknown class names"):
+        evaluate.class_to_category(["car", "person"])
+    assert evaluate.class_to_category(["person", "Drone"]) == {1: dataset.category_id(0)}
+
+
+def test_pipeline_jsonl_becomes_detections(tmp_path):
+    path = tmp_path / "tracks.jsonl"
+    records = [(0, [[1, 2, 11, 12, 0.9, 0]]), (1, []), (3, [[5, 5, 9, 9, 0.5, 1]]), (2, []), (3, [])]
+    path.write_text("".join(json.dumps({"stream_id": "V_DRONE_900", "frame_index": i, "detections": d}) + "\n"
+                            for i, d in records))
+    detections, integrity = evaluate.detections_from_jsonl(path)
+    assert sorted(detections) == [("V_DRONE_900", i) for i in range(4)]
+    assert detections[("V_DRONE_900", 0)].tolist() == [[1, 2, 11, 12, pytest.approx(0.9), 0]]
+    assert detections[("V_DRONE_900", 3)].shape == (1, 6)  # a resent frame does not replace the first
+    assert integrity == {"duplicates": 1, "out_of_order": 1, "missing_before_last": 0}
+    path.write_text('{"stream_id": "x", "frame_index": 0}\n')
+    with pytest.raises(evaluate.EvalError, match="tracks.jsonl:1: malformed pipeline record"):
+        evaluate.detections_from_jsonl(path)
+
+
+def test_missing_dataset_path_exits_2_with_one_line(tmp_path, capsys):
+    assert evaluate.main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: dataset path not found: {tmp_path / 'absent'}"
+
+
+def test_empty_split_exits_2(synthetic_dataset_root, tmp_path, capsys):
+    # the synthetic clips are not in the committed manifest, so its test split is empty here
+    assert evaluate.main(["--data", str(synthetic_dataset_root), "--split", "test", "--out", str(tmp_path)]) == 2
+    assert "split 'test' is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_writes_report_predictions_ground_truth_and_plot(synthetic_dataset_root, tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    code = evaluate.main(["--data", str(synthetic_dataset_root), "--split", "all", "--weights", str(tiny_checkpoint),
+                          "--stride", "15", "--conf", "1e-9", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["map50_95"] <= 1.0 and report["skipped_count"] == 0
+    assert set(report["per_class"]) == set(CLASSES) and set(report["per_modality"]) == {"V", "IR"}
+    assert report["latency_ms"]["images"] == 3 * 2 - evaluate.LATENCY_WARMUP_IMAGES
+    assert all(report["latency_ms"][k] > 0 for k in ("preprocess", "inference", "postprocess"))
+    ground_truth = json.loads((out / "ground_truth.json").read_text())
+    assert sorted(i["file_name"] for i in ground_truth["images"])[:2] == ["IR_DRONE_902/000000", "IR_DRONE_902/000015"]
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions and {p["image_id"] for p in predictions} <= {i["id"] for i in ground_truth["images"]}
+    assert report["predictions"] == len(predictions)
+    assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_clips_are_skipped_and_counted(synthetic_dataset_root, tiny_checkpoint, tmp_path):
+    data = shutil.copytree(synthetic_dataset_root, tmp_path / "data")
+    video = data / "Video_V" / "V_BIRD_901.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # truncated: index (moov) lost
+    labels = data / "labels_IR" / "IR_DRONE_902_LABELS.csv"
+    labels.write_text(labels.read_text() + "5,UFO,1,1,4,4\n")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(data), "--split", "all", "--weights", str(tiny_checkpoint),
+                          "--max-frames", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    reasons = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
+    assert report["skipped_count"] == 2
+    assert "cannot open video" in reasons["V_BIRD_901"]
+    assert "unknown class name 'UFO'" in reasons["IR_DRONE_902"]
+    assert report["images"] == 1 and report["per_modality"].keys() == {"V"}
