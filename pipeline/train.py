@@ -173,18 +173,24 @@ def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_c
     return _pool_map(_decode_dataset_clip, [(c, stride, max_frames) for c in clips], workers), list(dataset.CLASSES)
 
 
-def _render_synthetic(task) -> ClipFrames:
-    """Pool worker: render one synthetic clip (or read it back from the cache dir)."""
+def _synthetic_modality(seed: int) -> str:
+    return "IR" if seed % 3 == 2 else "V"          # the real data's V:IR ratio is about 1:2 by clip
+
+
+def _read_synthetic_cache(meta_path: Path, seed: int) -> ClipFrames:
+    meta = json.loads(meta_path.read_text())
+    boxes = [np.asarray(b, np.float32).reshape(-1, 5) for b in meta["boxes"]]
+    frames = np.load(meta_path.with_suffix(".npy"), mmap_mode="r")
+    return ClipFrames(meta_path.stem, _synthetic_modality(seed), frames, meta["frame_ids"], boxes)
+
+
+def _render_synthetic(task) -> ClipFrames | None:
+    """Pool worker: render one synthetic clip; with a cache dir, store it there and return None
+    (the parent memory-maps the file instead of receiving the frames through a pipe)."""
     from pipeline import synthetic
 
     seed, frames, stride, cache_dir = task
-    name = f"synthetic_{seed:05d}"
-    modality = "IR" if seed % 3 == 2 else "V"          # the real data's V:IR ratio is about 1:2 by clip
-    cached = Path(cache_dir) / f"{name}.json" if cache_dir else None
-    if cached is not None and cached.is_file():
-        meta = json.loads(cached.read_text())
-        boxes = [np.asarray(b, np.float32).reshape(-1, 5) for b in meta["boxes"]]
-        return ClipFrames(name, modality, np.load(cached.with_suffix(".npy"), mmap_mode="r"), meta["frame_ids"], boxes)
+    modality = _synthetic_modality(seed)
     size = (640, 512) if modality == "V" else (320, 256)
     ids, images, boxes = [], [], []
     for index, (image, frame_boxes) in enumerate(synthetic.render_clip(seed, frames, size, modality)):
@@ -193,12 +199,15 @@ def _render_synthetic(task) -> ClipFrames:
         ids.append(index)
         images.append(_store_channels(image, modality == "IR"))
         boxes.append(xywh_rows_to_xyxy([(b.class_id, b.x, b.y, b.w, b.h) for b in frame_boxes]))
-    clip = ClipFrames(name, modality, np.stack(images), ids, boxes)
-    if cached is not None:
-        np.save(cached.with_suffix(f".{os.getpid()}.tmp.npy"), clip.frames)
-        os.replace(cached.with_suffix(f".{os.getpid()}.tmp.npy"), cached.with_suffix(".npy"))
-        cached.write_text(json.dumps({"frame_ids": ids, "boxes": [b.tolist() for b in boxes]}))
-    return clip
+    clip = ClipFrames(f"synthetic_{seed:05d}", modality, np.stack(images), ids, boxes)
+    if cache_dir is None:
+        return clip
+    meta_path = Path(cache_dir) / f"{clip.name}.json"
+    temporary = meta_path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(temporary, clip.frames)
+    os.replace(temporary, meta_path.with_suffix(".npy"))
+    meta_path.write_text(json.dumps({"frame_ids": ids, "boxes": [b.tolist() for b in boxes]}))
+    return None
 
 
 def load_synthetic(count: int, frames: int, stride: int, workers: int, first_seed: int,
@@ -208,10 +217,14 @@ def load_synthetic(count: int, frames: int, stride: int, workers: int, first_see
         import pipeline.synthetic  # noqa: F401
     except ImportError as error:
         raise TrainError(f"--synthetic needs pipeline.synthetic: {error}") from None
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tasks = [(first_seed + i, frames, stride, str(cache_dir) if cache_dir else None) for i in range(count)]
-    return _pool_map(_render_synthetic, tasks, workers)
+    seeds = range(first_seed, first_seed + count)
+    if cache_dir is None:
+        return _pool_map(_render_synthetic, [(seed, frames, stride, None) for seed in seeds], workers)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    meta = {seed: Path(cache_dir) / f"synthetic_{seed:05d}.json" for seed in seeds}
+    missing = [(seed, frames, stride, str(cache_dir)) for seed in seeds if not meta[seed].is_file()]
+    _pool_map(_render_synthetic, missing, workers)
+    return [_read_synthetic_cache(meta[seed], seed) for seed in seeds]
 
 
 # ---------------------------------------------------------------------------------------- frame store
