@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from yolox.data.data_augment import preproc
-from yolox.utils import fuse_model, postprocess
+from yolox.utils import postprocess
 
 from .checkpoint import load_checkpoint
 from .onnx_export import decode, ensure_onnx, onnx_session
+from .yolox_gssam import fuse_for_inference
 
 BACKENDS = ("torch", "onnx")
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
@@ -52,7 +53,7 @@ class Detector:
             self._model = self._prepare_torch(model)
 
     def _prepare_torch(self, model):
-        model = fuse_model(model.eval()).to(self.device)
+        model = fuse_for_inference(model).to(self.device)
         if self.fp16:
             model = model.half().to(memory_format=torch.channels_last)
         return model

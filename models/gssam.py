@@ -5,7 +5,9 @@ Pipeline of the module on a feature map F (B x C x H x W):
     c = conv3x3_n( ... relu(bn(conv3x3_1(relu(bn(conv1x1(F)))))) )    # 1 channel, B x 1 x H x W
     p = maxpool_{r x r, stride r, ceil_mode}(c)                           # N = ceil(H/r) * ceil(W/r) points
     D(x) = sum_j |c(x) - p_j|                                             # sampled_contrast(c, r)
-    A = norm(D);  output = F * A   (or F + F * A for the residual variants)
+    A = norm(D / N);  output = F * A   (or F + F * A for the residual variants)
+
+(D / N rather than D: see ``Gssam``'s ``mean_contrast``; min-max "std" is unaffected.)
 
 Variants (``VARIANTS``):
     std      A = min-max rescale of D per image into [0, 1]
@@ -34,6 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 VARIANTS = ("std", "sig", "sigres", "conv", "convres")
 
@@ -84,25 +87,32 @@ def _counts_below_by_sort(points_sorted: torch.Tensor, values: torch.Tensor) -> 
     return k, k
 
 
+def _tie_aware_counts(points_sorted: torch.Tensor, values: torch.Tensor,
+                      needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_lt, k_le); without gradients one count serves both (ties do not change the value)."""
+    if torch.onnx.is_in_onnx_export():
+        return _counts_below_by_sort(points_sorted, values)
+    if needs_grad:
+        return _counts_below(points_sorted, values)
+    k = torch.searchsorted(points_sorted, values, right=True)
+    return k, k
+
+
 def sampled_contrast_exact(c: torch.Tensor, pool: int) -> torch.Tensor:
     """D via sort + binary search + prefix sums: O((HW + N) log N) time, O(HW + N) memory."""
     dtype = c.dtype
-    c32 = c.float()  # prefix sums of up to N values: keep them in float32 even for fp16 models
+    c32 = c.to(torch.promote_types(dtype, torch.float32))  # prefix sums of N values: no fp16 sums
     points_sorted, _ = torch.sort(sample_points(c32, pool), dim=1)
-    values = c32.flatten(1)
-    num_points = points_sorted.shape[1]
+    values = c32.flatten(1).contiguous()
+    count = points_sorted.shape[1]
     prefix = F.pad(torch.cumsum(points_sorted, dim=1), (1, 0))  # S_0 = 0 ... S_N
-    if torch.onnx.is_in_onnx_export():
-        k_lt, k_le = _counts_below_by_sort(points_sorted, values)
-    else:
-        k_lt, k_le = _counts_below(points_sorted, values.contiguous())
     total = prefix[:, -1:]
-    contrast = (
-        values * (k_lt + k_le - num_points).to(values.dtype)
-        + total
-        - torch.gather(prefix, 1, k_lt)
-        - torch.gather(prefix, 1, k_le)
-    )
+    k_lt, k_le = _tie_aware_counts(points_sorted, values, c.requires_grad and torch.is_grad_enabled())
+    if k_lt is k_le:
+        contrast = values * (2 * k_le - count).to(values.dtype) + total - 2 * torch.gather(prefix, 1, k_le)
+    else:
+        contrast = (values * (k_lt + k_le - count).to(values.dtype) + total
+                    - torch.gather(prefix, 1, k_lt) - torch.gather(prefix, 1, k_le))
     return contrast.view_as(c).to(dtype)
 
 
@@ -139,9 +149,15 @@ class Gssam(nn.Module):
     """GSSAM on C channels with n context convs and an r x r sampling pool.
 
     ``num_convs`` (n) and ``pool`` (r) must satisfy 2n + 1 >= r (the paper's rule).
+    ``mean_contrast`` (default True) feeds D / N to the normalisation instead of D: the sum grows
+    with N, i.e. with the input size (N differs ~5x between 256-px training crops and 640-px
+    inference) and, at N in the hundreds, drives sigmoid(D) to 1 with zero gradient from the start.
+    Dividing by the constant N keeps the paper's comparison and its ordering (min-max "std" is
+    unchanged by it); ``mean_contrast=False`` gives the paper's literal sigmoid(D).
     """
 
-    def __init__(self, channels: int, num_convs: int, pool: int, variant: str = "sigres"):
+    def __init__(self, channels: int, num_convs: int, pool: int, variant: str = "sigres",
+                 mean_contrast: bool = True):
         super().__init__()
         if variant not in VARIANTS:
             raise GssamConfigError(f"unknown GSSAM variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -155,6 +171,7 @@ class Gssam(nn.Module):
         self.variant = variant
         self.num_convs = num_convs
         self.pool = pool
+        self.mean_contrast = mean_contrast
         self.compares = variant in ("std", "sig", "sigres")
         self.residual = variant in ("sigres", "convres")
         self.context = self._make_context(channels, num_convs)
@@ -167,7 +184,7 @@ class Gssam(nn.Module):
         return nn.Sequential(*layers)
 
     def attention(self, features: torch.Tensor) -> torch.Tensor:
-        """A: B x 1 x H x W, broadcast over channels."""
+        """A: B x 1 x H x W, broadcast over channels (before the residual)."""
         c = self.context(features)
         if not self.compares:
             return torch.sigmoid(c)
@@ -176,11 +193,28 @@ class Gssam(nn.Module):
             low = contrast.amin(dim=(2, 3), keepdim=True)
             high = contrast.amax(dim=(2, 3), keepdim=True)
             return (contrast - low) / (high - low).clamp_min(1e-6)
+        if self.mean_contrast:
+            contrast = contrast / num_points(c.shape[2], c.shape[3], self.pool)
         return torch.sigmoid(contrast)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        attended = features * self.attention(features)
-        return features + attended if self.residual else attended
+        attention = self.attention(features)
+        if self.residual:
+            attention = attention + 1  # F + F*A as one multiply over C channels
+        return features * attention
+
+    @torch.no_grad()
+    def fuse(self) -> "Gssam":
+        """Fold each BatchNorm into the conv before it (eval only; same outputs, fewer ops)."""
+        layers = list(self.context)
+        fused: list[nn.Module] = []
+        for layer in layers:
+            if isinstance(layer, nn.BatchNorm2d):
+                fused[-1] = fuse_conv_bn_eval(fused[-1], layer)
+            else:
+                fused.append(layer)
+        self.context = nn.Sequential(*fused)
+        return self
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant}, n={self.num_convs}, r={self.pool}"
+        return f"variant={self.variant}, n={self.num_convs}, r={self.pool}, mean_contrast={self.mean_contrast}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int 
     dummy = torch.zeros(1, 3, *input_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed per export
         torch.onnx.export(
             export_model, (dummy,), str(temporary), opset_version=opset, dynamo=False,
             input_names=["images"], output_names=["outputs"],

@@ -170,3 +170,14 @@ def feature_sides(input_size: tuple[int, int]) -> list[tuple[int, int]]:
     """(H, W) of each backbone stage's output for an input size."""
     h, w = input_size
     return [(math.ceil(h / s), math.ceil(w / s)) for s in STAGE_STRIDES]
+
+
+@torch.no_grad()
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """Eval model with every Conv+BN folded (yolox's fuse_model, plus the GSSAM context stacks)."""
+    from yolox.utils import fuse_model
+
+    model = fuse_model(model.eval())
+    for _, gssam in gssam_modules(model):
+        gssam.fuse()
+    return model

@@ -1,0 +1,186 @@
+"""models/gssam.py: sampled_contrast (exact vs the paper's broadcast form) and the GSSAM module."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import gssam
+from models.gssam import (
+    Gssam,
+    GssamConfigError,
+    sampled_contrast,
+    sampled_contrast_broadcast,
+    sampled_contrast_exact,
+)
+
+# (batch, height, width, pool): N = 1 (pool >= map, and a 1x1 map), non-divisible H and W,
+# pool 1 (every position is a point), rectangular maps.
+SHAPES = [
+    (1, 1, 1, 1),
+    (2, 7, 5, 8),
+    (2, 13, 17, 4),
+    (1, 20, 20, 1),
+    (3, 9, 31, 3),
+    (2, 33, 45, 7),
+]
+
+
+def _value_and_grad(function, c: torch.Tensor, pool: int, weights: torch.Tensor):
+    leaf = c.detach().clone().requires_grad_(True)
+    value = function(leaf, pool)
+    (grad,) = torch.autograd.grad((value * weights).sum(), leaf)
+    return value.detach(), grad
+
+
+def _assert_same_as_broadcast(c: torch.Tensor, pool: int, function=sampled_contrast_exact):
+    weights = torch.randn_like(c)
+    expected_value, expected_grad = _value_and_grad(sampled_contrast_broadcast, c, pool, weights)
+    value, grad = _value_and_grad(function, c, pool, weights)
+    torch.testing.assert_close(value, expected_value, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch,height,width,pool", SHAPES)
+def test_exact_equals_broadcast_values_and_gradients(batch, height, width, pool):
+    torch.manual_seed(height * 31 + width + pool)
+    c = torch.randn(batch, 1, height, width, dtype=torch.float64)
+    _assert_same_as_broadcast(c, pool)
+
+
+@pytest.mark.parametrize("batch,height,width,pool", SHAPES)
+def test_exact_equals_broadcast_with_ties(batch, height, width, pool):
+    """Few distinct values: many c(x) equal to points, and points equal to each other."""
+    torch.manual_seed(pool)
+    c = torch.randint(0, 3, (batch, 1, height, width)).double()
+    _assert_same_as_broadcast(c, pool)
+
+
+def test_float32_matches_within_float_tolerance():
+    torch.manual_seed(0)
+    c = torch.randn(2, 1, 40, 52)
+    weights = torch.randn_like(c)
+    expected_value, expected_grad = _value_and_grad(sampled_contrast_broadcast, c, 5, weights)
+    value, grad = _value_and_grad(sampled_contrast_exact, c, 5, weights)
+    torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_dispatcher_is_exact_on_both_sides_of_the_crossover(monkeypatch):
+    torch.manual_seed(1)
+    c = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+    for threshold in (0, 10_000):  # force the exact form, then the broadcast form
+        monkeypatch.setattr(gssam, "BROADCAST_MAX_POINTS", threshold)
+        _assert_same_as_broadcast(c, 3, function=sampled_contrast)
+
+
+def test_no_grad_path_equals_grad_path():
+    torch.manual_seed(2)
+    c = torch.randint(0, 4, (2, 1, 19, 23)).double()
+    with torch.no_grad():
+        fast = sampled_contrast_exact(c, 4)
+    torch.testing.assert_close(fast, sampled_contrast_broadcast(c, 4), rtol=1e-12, atol=1e-12)
+
+
+def test_joint_sort_counts_bracket_the_searchsorted_counts():
+    """The ONNX-export count (one joint sort) lies between #(q < c) and #(q <= c)."""
+    torch.manual_seed(3)
+    points = torch.sort(torch.randint(0, 5, (2, 30)).float(), dim=1).values
+    values = torch.randint(-1, 6, (2, 200)).float()
+    k, _ = gssam._counts_below_by_sort(points, values)
+    k_lt, k_le = gssam._counts_below(points, values)
+    assert torch.all(k_lt <= k) and torch.all(k <= k_le)
+
+
+def test_point_count_includes_partial_blocks():
+    c = torch.zeros(1, 1, 10, 7)
+    assert gssam.sample_points(c, 4).shape == (1, math.ceil(10 / 4) * math.ceil(7 / 4))
+    assert gssam.num_points(10, 7, 4) == 6
+
+
+def test_partial_last_block_is_sampled():
+    """A maximum hidden in the partial last block must be a point (contributes to D)."""
+    c = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    c[0, 0, 4, 4] = 10.0
+    contrast = sampled_contrast_exact(c, 4)
+    assert contrast[0, 0, 0, 0] == pytest.approx(10.0)  # |0 - 10| from the corner block's point
+
+
+def test_fp16_input_returns_fp16_computed_in_float32():
+    torch.manual_seed(4)
+    c = torch.randn(1, 1, 16, 16)
+    exact = sampled_contrast_exact(c.half(), 2)
+    assert exact.dtype == torch.float16
+    torch.testing.assert_close(exact.float(), sampled_contrast_broadcast(c.half().float(), 2), rtol=2e-3, atol=0.1)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(1, 2, 4, 4), torch.zeros(4, 4)])
+def test_sampled_contrast_rejects_non_single_channel_maps(bad):
+    with pytest.raises(ValueError, match="B x 1 x H x W"):
+        sampled_contrast(bad, 2)
+
+
+def test_gssam_refuses_receptive_field_below_pool():
+    with pytest.raises(GssamConfigError, match=r"2n\+1=5 < pool r=8") as info:
+        Gssam(8, num_convs=2, pool=8)
+    assert "\n" not in str(info.value)
+
+
+def test_gssam_refuses_unknown_variant():
+    with pytest.raises(GssamConfigError, match="valid: std, sig, sigres, conv, convres"):
+        Gssam(8, num_convs=1, pool=2, variant="softmax")
+
+
+@pytest.mark.parametrize("variant", gssam.VARIANTS)
+def test_variants_forward_backward(variant):
+    torch.manual_seed(5)
+    module = Gssam(6, num_convs=2, pool=4, variant=variant)
+    features = torch.randn(2, 6, 15, 18, requires_grad=True)
+    output = module(features)
+    output.sum().backward()
+    assert output.shape == features.shape
+    assert features.grad is not None and torch.isfinite(features.grad).all()
+    assert all(p.grad is not None for p in module.parameters())
+
+
+def test_variant_formulas():
+    torch.manual_seed(6)
+    features = torch.randn(2, 4, 12, 10)
+    modules = {v: Gssam(4, 2, 4, v).eval() for v in gssam.VARIANTS}
+    for variant in ("sig", "sigres"):
+        modules[variant].load_state_dict(modules["std"].state_dict())
+    with torch.no_grad():
+        c = modules["std"].context(features)
+        contrast = sampled_contrast_broadcast(c, 4)
+        sig = torch.sigmoid(contrast / gssam.num_points(12, 10, 4))
+        low, high = contrast.amin((2, 3), keepdim=True), contrast.amax((2, 3), keepdim=True)
+        torch.testing.assert_close(modules["std"](features), features * (contrast - low) / (high - low))
+        torch.testing.assert_close(modules["sig"](features), features * sig)
+        torch.testing.assert_close(modules["sigres"](features), features + features * sig)
+        conv_c = modules["convres"].context(features)
+        torch.testing.assert_close(modules["convres"](features), features + features * torch.sigmoid(conv_c))
+
+
+def test_mean_contrast_off_is_the_papers_literal_sigmoid():
+    torch.manual_seed(7)
+    module = Gssam(3, 1, 2, "sig", mean_contrast=False).eval()
+    features = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = features * torch.sigmoid(sampled_contrast_broadcast(module.context(features), 2))
+        torch.testing.assert_close(module(features), expected)
+
+
+def test_fuse_keeps_outputs():
+    torch.manual_seed(8)
+    module = Gssam(5, num_convs=3, pool=6, variant="sigres")
+    module.train()
+    module(torch.randn(4, 5, 20, 20))  # move BN running stats off their defaults
+    module.eval()
+    features = torch.randn(2, 5, 20, 20)
+    with torch.no_grad():
+        before = module(features)
+        module.fuse()
+        after = module(features)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
