@@ -78,22 +78,93 @@ class DetectConfig:
 
 
 @dataclass
+class AnnotateConfig:
+    """What the track stage draws for the operator. Pixel sizes are for a 512-px-high frame and scale
+    with the frame, so the picture reads the same at 640x512 and 1920x1080."""
+    boxes: bool = True
+    labels: bool = True  # "#<track> <voted class> <confidence>"
+    trace_length: int = 30  # frames of trajectory drawn per track; 0: none
+    insets: bool = True  # magnified picture-in-picture of each confirmed alert-class track
+    inset_scale: float = 4.0  # magnification (nearest neighbour: the target's pixels stay sharp)
+    inset_context_px: int = 32  # side of the source square around the target shown in an inset
+    max_insets: int = 4
+    hud: bool = True  # stream, wall time, fps, latency, dropped frames
+    box_padding_px: int = 3  # boxes drawn this far outside the target so lines do not cover it
+
+    def __post_init__(self):
+        _non_negative(self, "stages.track.annotation", ("trace_length", "max_insets", "box_padding_px"))
+        _at_least(self.inset_scale, 1.0, "stages.track.annotation.inset_scale")
+        _at_least(self.inset_context_px, 4, "stages.track.annotation.inset_context_px")
+
+
+@dataclass
 class TrackConfig:
-    track_activation_threshold: float = 0.25
-    lost_track_buffer: int = 30
-    minimum_matching_threshold: float = 0.8
-    minimum_consecutive_frames: int = 1
+    # trackers.ByteTrackTracker (ByteTrack of the supervision ecosystem), tuned for 30 fps small targets
+    track_activation_threshold: float = 0.3  # min score that starts a track (trackers' default: 0.7)
+    high_conf_det_threshold: float = 0.5  # first association pass; lower scores join in the second
+    minimum_iou_threshold: float = 0.1  # tiny boxes overlap little from frame to frame
+    lost_track_buffer: int = 30  # frames (at frame_rate) a lost track waits to be matched again
+    minimum_consecutive_frames: int = 3  # frames before a track gets an id: one-frame clutter gets none
+    frame_rate: float = 30.0  # nominal rate; a gap in frame_index is passed on as elapsed frames
+    vote_min_frames: int = 5  # observations before a track's class vote may raise an alert
+    alert_classes: list[str] = field(default_factory=lambda: ["drone"])  # voted classes that alert
+    thumbnail_px: int = 96  # side of the JPEG thumbnail in track_confirmed events
+    publish_frames: bool = True  # annotated frames on the events PUB socket (topic frame/<stream>)
+    events_hwm: int = 8  # PUB queue per subscriber: a slow subscriber loses messages, never slows us
     annotate: bool = True
+    annotation: AnnotateConfig = field(default_factory=AnnotateConfig)
+
+    def __post_init__(self):
+        for name in ("track_activation_threshold", "high_conf_det_threshold", "minimum_iou_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"config key 'stages.track.{name}' must be in [0, 1], got {getattr(self, name)!r}")
+        _non_negative(self, "stages.track", ("lost_track_buffer", "vote_min_frames"))
+        _at_least(self.minimum_consecutive_frames, 1, "stages.track.minimum_consecutive_frames")
+        _at_least(self.frame_rate, 1e-3, "stages.track.frame_rate")
+        _at_least(self.thumbnail_px, 8, "stages.track.thumbnail_px")
+        _at_least(self.events_hwm, 1, "stages.track.events_hwm")
 
 
 @dataclass
 class RecordConfig:
     segment_seconds: float = 60.0
-    container: str = "mp4"  # fragmented mp4 (playable after a crash) | mkv | ts
+    container: str = "mp4"  # fragmented mp4 (a fragment per frame: playable after a crash) | mkv | ts
     codec: str = "libx264"
     preset: str = "ultrafast"
     crf: int = 23
-    annotated: bool = True  # record the annotated frames (else the raw ones)
+    gop_frames: int = 30  # keyframe interval (seek granularity)
+    video: bool = True  # false: only tracks.jsonl / tracks_mot.txt (e.g. offline scoring)
+    annotated: bool = True  # segment_NNNNN.* holds the annotated frames (else the raw ones)
+    also_raw: bool = False  # with annotated: the raw frames too, in raw_segment_NNNNN.*
+    mode: str = "continuous"  # continuous | event: only around triggers, with pre- and post-roll
+    trigger: str = "alert"  # event mode: alert (a confirmed alert-class track in view) | detection
+    pre_roll_s: float = 3.0  # event mode: source seconds kept before a trigger (ring buffer, yuv420p)
+    post_roll_s: float = 5.0  # event mode: source seconds recorded after the last trigger
+    retention_max_age_s: float | None = None  # closed segments older than this are deleted
+    retention_max_total_mb: float | None = None  # oldest closed segments deleted beyond this total
+    mot_txt: bool = True  # <stream>/tracks_mot.txt (MOTChallenge) beside tracks.jsonl
+
+    def __post_init__(self):
+        for name, allowed in (("mode", ("continuous", "event")), ("trigger", ("alert", "detection"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config key 'stages.record.{name}' must be one of {list(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        _non_negative(self, "stages.record", ("pre_roll_s", "post_roll_s", "crf"))
+        _at_least(self.gop_frames, 1, "stages.record.gop_frames")
+        for name in ("retention_max_age_s", "retention_max_total_mb"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"config key 'stages.record.{name}' must be > 0 or null, got {getattr(self, name)!r}")
+
+
+def _non_negative(section, where: str, names) -> None:
+    for name in names:
+        if getattr(section, name) < 0:
+            raise ConfigError(f"config key '{where}.{name}' must be >= 0, got {getattr(section, name)!r}")
+
+
+def _at_least(value, minimum, where: str) -> None:
+    if value < minimum:
+        raise ConfigError(f"config key '{where}' must be >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -102,6 +173,10 @@ class ViewConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None  # required when host is not loopback
+    jpeg_quality: int = 80  # 1..100; each frame is encoded once, shared by every browser
+    stale_after_s: float = 2.0  # a stream without a new frame this long shows DOWN, not a frozen frame
+    max_clients: int = 32  # open video connections; more get HTTP 503
+    max_events: int = 200  # tracks/events kept for the page
 
 
 @dataclass
@@ -308,8 +383,8 @@ def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, check_network: boo
         ep = Endpoint.parse(spec)
     except EndpointError as exc:
         raise ConfigError(f"config key '{where}': {exc}") from None
-    if ep.pattern not in _LINKS[key]:
-        raise ConfigError(f"config key '{where}': pattern must be {' or '.join(_LINKS[key])}, got {ep.pattern}")
+    if ep.pattern != _LINKS[key][0]:  # the key names the receiving (or publishing) side of the link
+        raise ConfigError(f"config key '{where}': pattern must be {_LINKS[key][0]}, got {ep.pattern}")
     if ep.binds_beyond_loopback and cfg.transport.curve is None:
         raise ConfigError(f"config key '{where}': binding {ep.address} beyond loopback needs transport.curve keys")
     if check_network and ep.is_tcp and ep.action == "connect":

@@ -1,0 +1,147 @@
+"""What the operator sees: supervision's annotators (box, label, trace) plus a magnified inset of each
+alert track and a HUD line, all sized from the frame so the picture reads the same at 640x512 and at
+1920x1080.
+
+An 8-pixel drone is a speck on a monitor; the inset shows a square around it enlarged with nearest
+neighbour (pixels stay sharp, nothing is invented), stacked down the right edge with a thin line to
+the target.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import supervision as sv
+
+from pipeline.config import AnnotateConfig
+
+REFERENCE_HEIGHT = 512  # AnnotateConfig pixel sizes are for a frame this high
+CLASS_COLORS = ("#FF4040", "#4CFB12", "#00C4FF", "#FFB633", "#CD3AFF", "#FFFFFF")  # drone, bird, airplane, heli
+UNTRACKED_COLOR = sv.Color.from_hex("#B0B0B0")
+
+
+@dataclass
+class FrameFacts:
+    """Everything drawn on one frame, aligned with the detector's boxes."""
+
+    detections: np.ndarray  # N x 6 [x1, y1, x2, y2, score, class_id]
+    track_ids: np.ndarray  # N, -1 where no confirmed track
+    display_class_ids: np.ndarray  # N: the track's voted class, else the detector's
+    alert_track_ids: list[int] = field(default_factory=list)  # tracks that get an inset
+    hud: str = ""
+
+
+def ui_scale(shape: tuple[int, ...]) -> float:
+    """Multiplier for line widths and fonts: 1 at 640x512, ~2.1 at 1920x1080."""
+    return max(0.5, min(shape[0] / REFERENCE_HEIGHT, shape[1] / 640))
+
+
+def hud_text(stream_id: str, fps: float, latency_ms: float, dropped: int, wall: float | None = None) -> str:
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if wall is None else wall))
+    return f"{stream_id}  {clock}  {fps:4.1f} fps  latency {latency_ms:4.0f} ms  dropped {dropped}"
+
+
+class FrameAnnotator:
+    """One stream's drawing state (supervision's trace history is per annotator, so one per stream)."""
+
+    def __init__(self, settings: AnnotateConfig, class_names: list[str], shape: tuple[int, ...]):
+        self.settings, self.class_names = settings, list(class_names)
+        self.scale = ui_scale(shape)
+        self.thickness = max(1, round(1.5 * self.scale))
+        self.text_scale = 0.4 * self.scale
+        self.text_thickness = max(1, round(self.scale))
+        palette = sv.ColorPalette.from_hex(list(CLASS_COLORS))
+        self.palette = palette
+        self.boxes = sv.BoxAnnotator(color=palette, thickness=self.thickness)
+        self.labels = sv.LabelAnnotator(color=palette, text_scale=self.text_scale, text_thickness=self.text_thickness,
+                                        text_padding=max(2, round(3 * self.scale)), text_color=sv.Color.BLACK)
+        self.trace = sv.TraceAnnotator(color=palette, trace_length=max(1, settings.trace_length),
+                                       thickness=self.thickness, position=sv.Position.BOTTOM_CENTER)  # below the padded box: the trace never covers the target
+
+    def draw(self, image: np.ndarray, facts: FrameFacts) -> np.ndarray:
+        """A new annotated image; `image` itself is left untouched (it is recorded raw too)."""
+        s = self.settings
+        scene = image.copy()
+        shown = self._sv_detections(facts, pad=round(s.box_padding_px * self.scale))
+        tracked = shown[shown.tracker_id >= 0]
+        if s.trace_length > 0:
+            self.trace.annotate(scene, tracked)  # also records the history, so call it every frame
+        if s.boxes and len(shown):
+            self._draw_boxes(scene, shown)
+        if s.labels and len(shown):
+            self.labels.annotate(scene, shown, labels=self._label_texts(shown))
+        if s.insets and facts.alert_track_ids:
+            self._draw_insets(scene, image, facts)
+        if s.hud and facts.hud:
+            self._draw_hud(scene, facts.hud)
+        return scene
+
+    # ------------------------------------------------------------------ pieces
+    def _sv_detections(self, facts: FrameFacts, pad: int) -> sv.Detections:
+        dets = facts.detections
+        if not len(dets):
+            empty = sv.Detections.empty()
+            empty.tracker_id = np.zeros(0, dtype=int)
+            return empty
+        xyxy = sv.pad_boxes(dets[:, :4].astype(np.float32), px=pad) if pad else dets[:, :4]
+        return sv.Detections(xyxy=xyxy.astype(np.float32), confidence=dets[:, 4].astype(np.float32),
+                             class_id=np.clip(facts.display_class_ids.astype(int), 0, len(CLASS_COLORS) - 1),
+                             tracker_id=facts.track_ids.astype(int))
+
+    def _draw_boxes(self, scene: np.ndarray, shown: sv.Detections) -> None:
+        tracked = shown.tracker_id >= 0
+        if tracked.any():
+            self.boxes.annotate(scene, shown[tracked])
+        for x1, y1, x2, y2 in shown.xyxy[~tracked].astype(int):  # not (yet) a track: thin grey
+            cv2.rectangle(scene, (x1, y1), (x2, y2), UNTRACKED_COLOR.as_bgr(), 1)
+
+    def _label_texts(self, shown: sv.Detections) -> list[str]:
+        texts = []
+        for track_id, class_id, conf in zip(shown.tracker_id, shown.class_id, shown.confidence):
+            name = self.class_names[class_id] if class_id < len(self.class_names) else str(class_id)
+            texts.append(f"{'#%d ' % track_id if track_id >= 0 else ''}{name} {conf:.2f}")
+        return texts
+
+    def _draw_insets(self, scene: np.ndarray, source: np.ndarray, facts: FrameFacts) -> None:
+        s = self.settings
+        tile = max(16, round(s.inset_context_px * s.inset_scale * self.scale))
+        height, width = source.shape[:2]
+        margin = max(2, round(4 * self.scale))
+        slots = min(s.max_insets, max(0, (height - margin) // (tile + margin)))
+        for slot, track_id in enumerate(sorted(facts.alert_track_ids)[:slots]):
+            hits = np.flatnonzero(facts.track_ids == track_id)
+            if not len(hits):
+                continue
+            x1, y1, x2, y2 = facts.detections[hits[0], :4]
+            side = int(max(s.inset_context_px, 2 * max(x2 - x1, y2 - y1)))
+            crop = crop_square(source, (x1 + x2) / 2, (y1 + y2) / 2, side)
+            left, top = width - tile - margin, margin + slot * (tile + margin)
+            if left < 0:
+                return
+            scene[top:top + tile, left:left + tile] = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_NEAREST)
+            color = self.palette.by_idx(int(facts.display_class_ids[hits[0]])).as_bgr()
+            cv2.rectangle(scene, (left, top), (left + tile - 1, top + tile - 1), color, self.thickness)
+            cv2.line(scene, (left, top + tile // 2), (int(x2) + 2, int((y1 + y2) / 2)), color, 1, cv2.LINE_AA)
+            zoom = tile / side
+            self._text(scene, f"#{track_id} x{zoom:.0f}", (left + margin, top + tile - margin), color)
+
+    def _draw_hud(self, scene: np.ndarray, text: str) -> None:
+        pad = max(2, round(3 * self.scale))
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, self.text_scale, self.text_thickness)
+        cv2.rectangle(scene, (0, 0), (w + 2 * pad, h + base + 2 * pad), (0, 0, 0), -1)
+        self._text(scene, text, (pad, pad + h), (255, 255, 255))
+
+    def _text(self, scene: np.ndarray, text: str, origin: tuple[int, int], color) -> None:
+        cv2.putText(scene, text, origin, cv2.FONT_HERSHEY_SIMPLEX, self.text_scale, color, self.text_thickness,
+                    cv2.LINE_AA)
+
+
+def crop_square(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
+    """A side x side window centred on (cx, cy), shifted to stay inside the image (a copy-free view)."""
+    height, width = image.shape[:2]
+    side = int(min(side, height, width))
+    left = int(np.clip(round(cx - side / 2), 0, width - side))
+    top = int(np.clip(round(cy - side / 2), 0, height - side))
+    return image[top:top + side, left:left + side]
