@@ -78,9 +78,10 @@ def _read(path: Path) -> dict:
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
         raise CheckpointError(f"{path}: not a plain-tensor checkpoint ({first[:160]})") from None
-    except (RuntimeError, OSError, ValueError) as error:
+    except Exception as error:  # torch.load raises many types on garbage (KeyError, RuntimeError, ...)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first[:160]})") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated checkpoint ({type(error).__name__}: {first[:160]})") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a models checkpoint (missing format {FORMAT!r})")
     if not isinstance(content.get("state_dict"), dict) or not isinstance(content.get("meta"), dict):

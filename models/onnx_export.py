@@ -29,6 +29,7 @@ def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed per export
+        warnings.filterwarnings("ignore", message="Constant folding")
         torch.onnx.export(
             export_model, (dummy,), str(temporary), opset_version=opset, dynamo=False,
             input_names=["images"], output_names=["outputs"],

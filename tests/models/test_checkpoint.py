@@ -1,0 +1,124 @@
+"""models/checkpoint.py: round trip with weights_only loading; every bad file gives one line."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from models.checkpoint import FORMAT
+
+NAME = "yolox-nano-gssam-sigres-p1"
+CLASSES = ["drone", "bird"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(NAME, num_classes=len(CLASSES)).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model, name=NAME, input_size=(64, 96), class_names=CLASSES,
+                    epoch=7, metrics={"map50_95": 0.25})
+    return model, path
+
+
+def _assert_one_line_naming(error: CheckpointError, path, problem: str):
+    message = str(error)
+    assert "\n" not in message
+    assert str(path) in message
+    assert problem in message
+
+
+def test_round_trip_rebuilds_the_model(saved):
+    model, path = saved
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"name": NAME, "input_size": (64, 96), "class_names": CLASSES,
+                    "epoch": 7, "metrics": {"map50_95": 0.25}}
+    assert not loaded.training
+    images = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+
+
+def test_file_is_plain_tensors_loadable_weights_only(saved):
+    _, path = saved
+    content = torch.load(path, weights_only=True)
+    assert content["format"] == FORMAT
+    assert all(isinstance(v, torch.Tensor) for v in content["state_dict"].values())
+
+
+def _raises(path, problem):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    _assert_one_line_naming(info.value, path, problem)
+
+
+def test_missing_file(tmp_path):
+    _raises(tmp_path / "absent.pt", "no such checkpoint file")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello, not a zip\n")
+    _raises(path, "checkpoint")
+
+
+def test_truncated_file(saved, tmp_path):
+    _, path = saved
+    cut = tmp_path / "cut.pt"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    _raises(cut, "truncated")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "object.pt"
+    torch.save({"format": FORMAT, "state_dict": {}, "meta": {}, "payload": torch.nn.ReLU()}, path)
+    _raises(path, "not a plain-tensor checkpoint")
+
+
+def test_foreign_torch_file(tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    _raises(path, "not a models checkpoint")
+
+
+def test_mismatched_shapes(tmp_path):
+    path = tmp_path / "three_classes.pt"
+    model = build_model(NAME, num_classes=3)
+    save_checkpoint(path, model, name=NAME, input_size=(64, 64), class_names=["a", "b", "c"])
+    content = torch.load(path, weights_only=True)
+    content["meta"]["class_names"] = ["a", "b"]  # meta says 2 classes, weights hold 3
+    torch.save(content, path)
+    _raises(path, "weights do not match model")
+
+
+def test_weights_of_another_model(tmp_path):
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, build_model("yolox-nano", 2), name="yolox-nano", input_size=(64, 64),
+                    class_names=CLASSES)
+    content = torch.load(path, weights_only=True)
+    content["meta"]["name"] = "yolox-nano-gssam-sig-p2"
+    torch.save(content, path)
+    _raises(path, "missing")
+
+
+def test_unknown_model_name(tmp_path, saved):
+    _, good = saved
+    content = torch.load(good, weights_only=True)
+    content["meta"]["name"] = "yolox-huge"
+    path = tmp_path / "huge.pt"
+    torch.save(content, path)
+    _raises(path, "unknown model name 'yolox-huge'")
+
+
+def test_save_rejects_bad_meta(tmp_path):
+    model = build_model("yolox-nano", 2)
+    cases = [
+        ({"name": "yolox-nano", "input_size": (65, 64), "class_names": CLASSES}, "multiples of 32"),
+        ({"name": "nope", "input_size": (64, 64), "class_names": CLASSES}, "unknown model name"),
+        ({"name": "yolox-nano", "input_size": (64, 64), "class_names": CLASSES, "bad": object()}, "plain values"),
+    ]
+    for kwargs, problem in cases:
+        with pytest.raises(CheckpointError, match=problem):
+            save_checkpoint(tmp_path / "x.pt", model, **kwargs)
+    assert not (tmp_path / "x.pt").exists()
