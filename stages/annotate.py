@@ -57,8 +57,9 @@ class FrameAnnotator:
         self.boxes = sv.BoxAnnotator(color=palette, thickness=self.thickness)
         self.labels = sv.LabelAnnotator(color=palette, text_scale=self.text_scale, text_thickness=self.text_thickness,
                                         text_padding=max(2, round(3 * self.scale)), text_color=sv.Color.BLACK)
+        # anchored below the padded box, so the trace never covers the target itself
         self.trace = sv.TraceAnnotator(color=palette, trace_length=max(1, settings.trace_length),
-                                       thickness=self.thickness, position=sv.Position.BOTTOM_CENTER)  # below the padded box: the trace never covers the target
+                                       thickness=self.thickness, position=sv.Position.BOTTOM_CENTER)
 
     def draw(self, image: np.ndarray, facts: FrameFacts) -> np.ndarray:
         """A new annotated image; `image` itself is left untouched (it is recorded raw too)."""

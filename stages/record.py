@@ -1,12 +1,23 @@
-"""Record: H.264 segments per stream (PyAV/libx264) plus per-frame detections as JSONL.
+"""Record: H.264 segments per stream (PyAV/libx264), per-frame detections and tracks as JSONL and
+MOTChallenge txt, event-triggered clips with pre- and post-roll, and retention.
 
-Segments are fragmented MP4 (a self-contained fragment per keyframe, one a second), MKV or MPEG-TS:
-a recorder killed mid-segment leaves a file that plays up to the last fragment written.
+Crash safety: MP4 segments are fragmented with one fragment per frame and every packet flushed to the
+OS, so a recorder killed with SIGKILL leaves each segment playable up to the last frame or two it
+wrote (MKV and MPEG-TS are written packet by packet too). Text outputs are line-buffered.
+
+Files per stream, under ``<output_dir>/<stream_id>/``: ``segment_NNNNN.<ext>`` (annotated frames, or
+raw ones when ``annotated`` is false), ``raw_segment_NNNNN.<ext>`` (with ``also_raw``),
+``tracks.jsonl`` and ``tracks_mot.txt`` (``frame(1-based),track_id,x,y,w,h,score,-1,-1,-1``).
+
+Event mode keeps the last ``pre_roll_s`` of source time as yuv420p frames in a ring buffer (the
+format the encoder needs anyway): at 640x512 a 3 s pre-roll is ~44 MB, at 1920x1080 ~280 MB.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import deque
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,52 +29,202 @@ from pipeline.messages import FrameMessage
 from pipeline.stage import Stage
 
 log = logging.getLogger("stages.record")
-CONTAINER_OPTIONS = {"mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof"}, "mkv": {}, "ts": {}}
+FORMATS = {"mp4": "mp4", "mkv": "matroska", "ts": "mpegts"}
+CONTAINER_OPTIONS = {"mp4": {"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"},
+                     "mkv": {"flush_packets": "1"}, "ts": {"flush_packets": "1"}}
 TIME_BASE = Fraction(1, 1000)  # pts in ms of source time: dropped frames keep real timing
+TIME_EPS = 1e-4  # s; roll windows compare source times far below a frame period
+RETENTION_CHECK_S = 10.0
+
+
+def video_frame(image: np.ndarray) -> av.VideoFrame:
+    """BGR image -> yuv420p frame (even size, as yuv420p needs), converted once, here."""
+    even = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(even), format="bgr24").reformat(format="yuv420p")
 
 
 class SegmentWriter:
-    """One stream's video, cut into segments of `segment_seconds` of source time."""
+    """One video of one stream, cut into segments of `segment_seconds` of source time."""
 
-    def __init__(self, folder: Path, settings: RecordConfig):
-        self.folder, self.settings = folder, settings
+    def __init__(self, folder: Path, settings: RecordConfig, prefix: str = "segment"):
+        self.folder, self.settings, self.prefix = folder, settings, prefix
         self.container = self.stream = None
         self.segment_index, self.segment_start, self.last_pts = 0, 0.0, -1
         self.frames_written = 0
         self.segments: list[Path] = []
+        self.frames_per_segment: list[int] = []
 
-    def write(self, image: np.ndarray, source_ts: float) -> None:
-        if self.container is None or source_ts - self.segment_start >= self.settings.segment_seconds:
-            self._open_segment(image.shape, source_ts)
+    @property
+    def open_path(self) -> Path | None:
+        return self.segments[-1] if self.container is not None else None
+
+    def write(self, frame: av.VideoFrame, source_ts: float) -> None:
+        if self.container is None or source_ts - self.segment_start >= self.settings.segment_seconds - TIME_EPS:
+            self._open_segment(frame, source_ts)
         pts = max(int(round((source_ts - self.segment_start) * 1000)), self.last_pts + 1)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
         frame.pts, frame.time_base, self.last_pts = pts, TIME_BASE, pts
         self.container.mux(self.stream.encode(frame))
         self.frames_written += 1
+        self.frames_per_segment[-1] += 1
 
-    def _open_segment(self, shape, source_ts: float) -> None:
+    def _open_segment(self, frame: av.VideoFrame, source_ts: float) -> None:
         self.close()
         ext = self.settings.container
-        path = self.folder / f"segment_{self.segment_index:05d}.{ext}"
-        self.container = av.open(str(path), mode="w", format={"mp4": "mp4", "mkv": "matroska", "ts": "mpegts"}[ext],
-                                 options=CONTAINER_OPTIONS[ext])
+        path = self.folder / f"{self.prefix}_{self.segment_index:05d}.{ext}"
+        self.container = av.open(str(path), mode="w", format=FORMATS[ext], options=CONTAINER_OPTIONS[ext])
         self.stream = self.container.add_stream(self.settings.codec, rate=30)
         self.stream.time_base = TIME_BASE
         self.stream.codec_context.time_base = TIME_BASE
-        self.stream.height, self.stream.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"preset": self.settings.preset, "crf": str(self.settings.crf), "g": "30",
-                               "tune": "zerolatency"}
+        self.stream.width, self.stream.height, self.stream.pix_fmt = frame.width, frame.height, "yuv420p"
+        # zerolatency: no lookahead or B-frames, so each frame is muxed (and flushed) as it is written
+        self.stream.options = {"preset": self.settings.preset, "crf": str(self.settings.crf),
+                               "g": str(self.settings.gop_frames), "tune": "zerolatency"}
         self.segment_index += 1
         self.segment_start, self.last_pts = source_ts, -1
         self.segments.append(path)
+        self.frames_per_segment.append(0)
         log.info("recording %s", path)
 
     def close(self) -> None:
+        """Finish the open segment (a later write starts the next one)."""
         if self.container is not None:
             self.container.mux(self.stream.encode(None))
             self.container.close()
             self.container = None
+
+
+class RollGate:
+    """Event mode: which frames go to video. Keeps frames of the last `pre_roll_s` of source time; a
+    trigger at t writes those with time >= t - pre_roll_s, then every frame until the first one later
+    than (last trigger + post_roll_s). Exact in source time, whatever the frame rate or gaps."""
+
+    def __init__(self, pre_roll_s: float, post_roll_s: float):
+        self.pre_roll_s, self.post_roll_s = pre_roll_s, post_roll_s
+        self.ring: deque[tuple[float, object]] = deque()
+        self.last_trigger: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.last_trigger is not None
+
+    def push(self, source_ts: float, item, triggered: bool) -> tuple[list, bool]:
+        """-> (items to write now, in order; whether a clip just ended before this frame)."""
+        if triggered:
+            starting = self.last_trigger is None
+            self.last_trigger = source_ts
+            if starting:
+                pre = [it for ts, it in self.ring if ts >= source_ts - self.pre_roll_s - TIME_EPS]
+                self.ring.clear()
+                return pre + [item], False
+            return [item], False
+        if self.active and source_ts <= self.last_trigger + self.post_roll_s + TIME_EPS:
+            return [item], False
+        ended = self.active
+        self.last_trigger = None
+        self.ring.append((source_ts, item))
+        while self.ring and self.ring[0][0] < source_ts - self.pre_roll_s - TIME_EPS:
+            self.ring.popleft()  # too old for any later trigger's pre-roll
+        return [], ended
+
+
+class Retention:
+    """Deletes closed segments older than max_age_s, then the oldest beyond max_total_mb (all streams)."""
+
+    def __init__(self, root: Path, max_age_s: float | None, max_total_mb: float | None):
+        self.root, self.max_age_s = root, max_age_s
+        self.max_bytes = None if max_total_mb is None else max_total_mb * 1e6
+        self.deleted = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_s is not None or self.max_bytes is not None
+
+    def enforce(self, open_paths: set[Path], now: float | None = None) -> list[Path]:
+        if not self.enabled:
+            return []
+        now = time.time() if now is None else now
+        files = []
+        for path in self.root.glob("*/*segment_*.*"):
+            if path in open_paths or path.suffix.lstrip(".") not in FORMATS:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, path))
+        files.sort()  # oldest first
+        total = sum(size for _, size, _ in files) + sum(p.stat().st_size for p in open_paths if p.exists())
+        removed = []
+        for mtime, size, path in files:
+            too_old = self.max_age_s is not None and now - mtime > self.max_age_s
+            too_big = self.max_bytes is not None and total > self.max_bytes
+            if not (too_old or too_big):
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            removed.append(path)
+        if removed:
+            self.deleted += len(removed)
+            log.info("retention: deleted %d segment(s), oldest %s", len(removed), removed[0].name)
+        return removed
+
+
+class StreamRecorder:
+    """One stream's outputs: video writers (annotated and/or raw), roll gate, JSONL and MOT logs."""
+
+    def __init__(self, folder: Path, settings: RecordConfig):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.writers: dict[str, SegmentWriter] = {}
+        if settings.video:
+            self.writers["annotated" if settings.annotated else "raw"] = SegmentWriter(folder, settings, "segment")
+            if settings.annotated and settings.also_raw:
+                self.writers["raw"] = SegmentWriter(folder, settings, "raw_segment")
+        self.gate = RollGate(settings.pre_roll_s, settings.post_roll_s) if settings.mode == "event" else None
+        self.jsonl = open(folder / "tracks.jsonl", "a", buffering=1)  # line-buffered: whole lines survive a crash
+        self.mot = open(folder / "tracks_mot.txt", "a", buffering=1) if settings.mot_txt else None
+
+    def record(self, msg: FrameMessage) -> None:
+        self.jsonl.write(json.dumps(frame_record(msg), separators=(",", ":")) + "\n")
+        if self.mot is not None:
+            self.mot.write(mot_lines(msg))
+        if not self.writers:
+            return
+        frames = {kind: video_frame(self._image(msg, kind)) for kind in self.writers}
+        if self.gate is None:
+            self._write(frames, msg.source_ts)
+            return
+        to_write, clip_ended = self.gate.push(msg.source_ts, (msg.source_ts, frames), self._triggered(msg))
+        if clip_ended:
+            self.close_video()  # one clip, one (or more) segment files
+        for source_ts, clip_frames in to_write:
+            self._write(clip_frames, source_ts)
+
+    def _image(self, msg: FrameMessage, kind: str) -> np.ndarray:
+        return msg.buffers["annotated"] if kind == "annotated" and "annotated" in msg.buffers else msg.image
+
+    def _triggered(self, msg: FrameMessage) -> bool:
+        if self.settings.trigger == "detection":
+            return msg.detections is not None and len(msg.detections) > 0
+        return bool(msg.meta.get("alert_track_ids"))
+
+    def _write(self, frames: dict, source_ts: float) -> None:
+        for kind, writer in self.writers.items():
+            writer.write(frames[kind], source_ts)
+
+    @property
+    def open_paths(self) -> set[Path]:
+        return {w.open_path for w in self.writers.values() if w.open_path is not None}
+
+    def close_video(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def close(self) -> None:
+        self.close_video()
+        self.jsonl.close()
+        if self.mot is not None:
+            self.mot.close()
 
 
 class RecordStage(Stage):
@@ -73,42 +234,45 @@ class RecordStage(Stage):
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
         self.root = cfg.resolve(cfg.output_dir)
-        self.writers: dict[str, SegmentWriter] = {}
-        self.logs: dict[str, object] = {}
-        self.counters = {"frames_recorded": 0, "duplicates": 0}
+        s = cfg.stages.record
+        self.recorders: dict[str, StreamRecorder] = {}
+        self.retention = Retention(self.root, s.retention_max_age_s, s.retention_max_total_mb)
+        self.last_retention = 0.0
+        self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0}
         self.last_index: dict[str, int] = {}
-
-    def _open(self, stream_id: str) -> SegmentWriter:
-        if stream_id not in self.writers:
-            folder = self.root / stream_id
-            folder.mkdir(parents=True, exist_ok=True)
-            self.writers[stream_id] = SegmentWriter(folder, self.cfg.stages.record)
-            self.logs[stream_id] = open(folder / "tracks.jsonl", "a", buffering=1)  # line-buffered: whole lines survive a crash
-        return self.writers[stream_id]
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         if msg.frame_index <= self.last_index.get(msg.stream_id, -1):
             self.counters["duplicates"] += 1  # a restarted capture may resend its last frames
             return []
         self.last_index[msg.stream_id] = msg.frame_index
-        writer = self._open(msg.stream_id)
-        use_annotated = self.cfg.stages.record.annotated and "annotated" in msg.buffers
-        writer.write(msg.buffers["annotated"] if use_annotated else msg.image, msg.source_ts)
-        self.logs[msg.stream_id].write(json.dumps(frame_record(msg), separators=(",", ":")) + "\n")
+        if msg.stream_id not in self.recorders:
+            self.recorders[msg.stream_id] = StreamRecorder(self.root / msg.stream_id, self.cfg.stages.record)
+        self.recorders[msg.stream_id].record(msg)
         self.counters["frames_recorded"] += 1
+        self._retain()
         return []
 
+    def _retain(self, force: bool = False) -> None:
+        now = time.time()
+        if self.retention.enabled and (force or now - self.last_retention >= RETENTION_CHECK_S):
+            self.last_retention = now
+            open_paths = set().union(*(r.open_paths for r in self.recorders.values()))
+            self.retention.enforce(open_paths, now)
+            self.counters["segments_deleted"] = self.retention.deleted
+
     def end_stream(self, stream_id: str) -> list[FrameMessage]:
-        writer = self.writers.pop(stream_id, None)
-        if writer is not None:
-            writer.close()
-            self.logs.pop(stream_id).close()
-            log.info("stream %s: %d frames in %d segment(s) under %s", stream_id, writer.frames_written,
-                     len(writer.segments), writer.folder)
+        recorder = self.recorders.pop(stream_id, None)
+        if recorder is not None:
+            recorder.close()
+            for writer in recorder.writers.values():
+                log.info("stream %s: %d frames in %d segment(s) under %s", stream_id, writer.frames_written,
+                         len(writer.segments), writer.folder)
+            self._retain(force=True)
         return []
 
     def close(self) -> None:
-        for stream_id in list(self.writers):
+        for stream_id in list(self.recorders):
             self.end_stream(stream_id)
 
 
@@ -116,4 +280,18 @@ def frame_record(msg: FrameMessage) -> dict:
     dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
     return {"stream_id": msg.stream_id, "frame_index": msg.frame_index, "source_ts": round(msg.source_ts, 4),
             "capture_wall": msg.capture_wall, "detections": dets.tolist(),  # full precision: scored later
-            "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist()}
+            "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
+            "track_class_ids": msg.meta.get("track_class_ids", []),
+            "alert_track_ids": msg.meta.get("alert_track_ids", [])}
+
+
+def mot_lines(msg: FrameMessage) -> str:
+    """MOTChallenge rows of the frame's tracked boxes: frame(1-based),id,x,y,w,h,score,-1,-1,-1."""
+    if msg.detections is None or msg.track_ids is None:
+        return ""
+    rows = []
+    for (x1, y1, x2, y2, score, _), track_id in zip(msg.detections.tolist(), msg.track_ids.tolist()):
+        if track_id >= 0:
+            rows.append(f"{msg.frame_index + 1},{track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},"
+                        f"{score:.4f},-1,-1,-1\n")
+    return "".join(rows)
