@@ -148,3 +148,15 @@ def test_bundle_keeps_original_frame_indices_and_labels(tiny_data, tmp_path):
             np.testing.assert_allclose(a, b)
         difference = np.abs(from_bundle.frames.astype(int) - original.frames.astype(int)).mean()
         assert from_bundle.frames.shape == original.frames.shape and difference < 6   # lossy, but the same frames
+
+
+@pytest.mark.parametrize("shape", [(256, 320, 3), (512, 640, 3), (240, 300, 3)])
+def test_eval_letterbox_matches_the_detector_preprocessing(shape):
+    """Validation must see frames exactly as models.Detector does (yolox preproc: resize, pad 114 top-left)."""
+    from yolox.data.data_augment import preproc
+
+    frame = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    expected, expected_ratio = preproc(frame, (512, 640))
+    ours, ratio = train.letterbox_batch(torch.from_numpy(frame)[None], (512, 640))
+    assert ratio == pytest.approx(expected_ratio)
+    assert np.abs(ours[0].numpy() - expected).mean() < 1.0    # OpenCV vs torch bilinear rounding only
