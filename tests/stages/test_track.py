@@ -1,0 +1,166 @@
+"""Track stage (stages/track.py) and its drawing (stages/annotate.py): real TrackStage objects fed
+FrameMessages with hand-made detections (the detector's output format), a real ZeroMQ subscriber on
+the events endpoint, real JPEG thumbnails."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.config import config_from_dict, connect_side
+from pipeline.dataset import CLASSES
+from pipeline.messages import FrameMessage
+from pipeline.transport import open_socket
+from stages.annotate import REFERENCE_HEIGHT, ui_scale
+from stages.track import TrackStage
+
+DRONE, BIRD = CLASSES.index("drone"), CLASSES.index("bird")
+
+
+def make_stage(tmp_path, **track):
+    cfg = config_from_dict({"sources": [{"id": "cam0", "uri": "unused.mp4"}], "output_dir": str(tmp_path / "out"),
+                            "transport": {"ipc_dir": str(tmp_path / "ipc")}, "stages": {"track": track}},
+                           check_files=False)
+    return cfg, TrackStage(cfg)
+
+
+def frame(index: int, dets: list, size=(640, 512), stream_id="cam0") -> FrameMessage:
+    image = np.full((size[1], size[0], 3), 110, np.uint8)
+    for x1, y1, x2, y2, *_ in dets:  # a dark speck where each target is, for thumbnails and insets
+        image[int(y1):int(y2), int(x1):int(x2)] = 20
+    return FrameMessage(stream_id, index, index / 30, time.time(), {"image": image},
+                        np.array(dets, np.float32).reshape(-1, 6), meta={"class_names": list(CLASSES)})
+
+
+def small_target(index: int, x0=100.0, y0=200.0, vx=3.0, vy=0.0, size=8.0, score=0.8, cls=DRONE) -> list:
+    x, y = x0 + vx * index, y0 + vy * index
+    return [x, y, x + size, y + size, score, cls]
+
+
+def test_tracks_survive_a_frame_drop_and_detections_stay_untouched(tmp_path):
+    _, stage = make_stage(tmp_path)
+    try:
+        ids_before, ids_after = set(), set()
+        for i in [*range(0, 20), *range(26, 40)]:  # frames 20-25 dropped: the target moves 18 px (> 2 sizes)
+            dets = [small_target(i), small_target(i, x0=400, y0=100, vx=0, vy=2, size=12, score=0.6, cls=BIRD)]
+            msg = frame(i, dets)
+            sent = msg.detections.copy()
+            out = stage.process(msg)[0]
+            np.testing.assert_array_equal(out.detections, sent)  # offline scoring reads these back
+            assert out.track_ids.shape == (2,)
+            if 5 <= i < 20:
+                ids_before.add(int(out.track_ids[0]))
+            if i >= 26:
+                ids_after.add(int(out.track_ids[0]))
+        assert len(ids_before) == 1 and ids_before == ids_after and -1 not in ids_before
+        assert stage.counters["frames_missing"] == 6
+    finally:
+        stage.close()
+
+
+def test_class_vote_keeps_a_drone_a_drone(tmp_path):
+    _, stage = make_stage(tmp_path)
+    try:
+        voted = []
+        for i in range(30):
+            flicker = i % 4 == 3  # every fourth frame the detector calls the drone a bird
+            dets = [small_target(i, score=0.7 if flicker else 0.8, cls=BIRD if flicker else DRONE)]
+            out = stage.process(frame(i, dets))[0]
+            if out.track_ids[0] >= 0:
+                voted.append(out.meta["track_class_ids"][0])
+            if i >= 10:
+                assert out.meta["alert_track_ids"] == [int(out.track_ids[0])]
+        assert voted and set(voted) == {DRONE}
+    finally:
+        stage.close()
+
+
+def subscriber(cfg):
+    ctx = zmq.Context()
+    sub = open_socket(ctx, connect_side(cfg.endpoint("events")), hwm=10000)
+    time.sleep(0.3)  # PUB/SUB: let the subscription reach the publisher before anything is sent
+    return ctx, sub
+
+
+def received(sub) -> list[list[bytes]]:
+    messages = []
+    while sub.poll(300):
+        messages.append(sub.recv_multipart())
+    return messages
+
+
+def test_events_once_per_confirmed_track_with_thumbnail_and_lost(tmp_path):
+    cfg, stage = make_stage(tmp_path, lost_track_buffer=5, events_hwm=1000)  # the test reads at the end
+    ctx, sub = subscriber(cfg)
+    try:
+        for i in range(60):
+            dets = []
+            if i < 30:  # two drones and a bird for 30 frames, then nothing: all three tracks end
+                dets = [small_target(i), small_target(i, x0=300, y0=300, vx=-2, vy=1, size=10),
+                        small_target(i, x0=500, y0=60, vx=0, vy=2, size=14, score=0.7, cls=BIRD)]
+            stage.process(frame(i, dets))
+        stage.end_stream("cam0")
+        messages = received(sub)
+    finally:
+        stage.close()
+        sub.close(0)
+        ctx.term()
+    events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
+    confirmed = [e for e in events if e["type"] == "track_confirmed"]
+    lost = [e for e in events if e["type"] == "track_lost"]
+    assert sorted(e["track_id"] for e in confirmed) == sorted({e["track_id"] for e in confirmed})
+    assert len(confirmed) == 2 and {e["class"] for e in confirmed} == {"drone"}  # the bird raises nothing
+    assert sorted(e["track_id"] for e in lost) == sorted(e["track_id"] for e in confirmed)
+    assert {e["reason"] for e in lost} == {"expired"}  # gone long before the stream ended
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(confirmed[0]["thumbnail_jpeg_b64"]), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert thumb.shape == (96, 96, 3) and thumb.min() < 60  # the dark target is in it
+    logged = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert logged == events
+    frames = [m for m in messages if m[0] == b"frame/cam0"]
+    assert len(frames) == 60
+    published = FrameMessage.decode(frames[-1][1:])
+    assert published.image.shape == (512, 640, 3) and published.stream_id == "cam0"
+
+
+@pytest.mark.parametrize("size", [(640, 512), (1920, 1080)])
+def test_annotation_draws_boxes_hud_and_a_magnified_inset(tmp_path, size):
+    _, stage = make_stage(tmp_path)
+    try:
+        for i in range(12):
+            msg = frame(i, [small_target(i, x0=200, y0=300)], size=size)
+            raw = msg.image.copy()
+            out = stage.process(msg)[0]
+        np.testing.assert_array_equal(out.image, raw)  # the raw frame is recorded too: never drawn on
+        annotated = out.buffers["annotated"]
+        scale = ui_scale(annotated.shape)
+        assert scale == pytest.approx(min(size[1] / REFERENCE_HEIGHT, size[0] / 640))
+        tile = round(32 * 4 * scale)
+        margin = max(2, round(4 * scale))
+        inset = annotated[margin + 4:margin + tile - 4, size[0] - tile - margin + 4:size[0] - margin - 4]
+        dark = (inset.max(axis=2) < 40).sum()
+        assert dark >= 0.5 * (8 * tile / 32) ** 2  # the 8 px target, magnified tile/32 times
+        hud = annotated[: round(12 * scale), : round(200 * scale)]
+        assert (hud == 0).mean() > 0.3 and (hud > 200).any()  # white text on black
+        x1, y1, x2, y2 = out.detections[0, :4].astype(int)
+        assert (annotated[y1:y2, x1:x2] == raw[y1:y2, x1:x2]).all()  # padded box: lines stay off the target
+        assert (annotated[y1 - 6:y2 + 6, x1 - 6:x2 + 6] != raw[y1 - 6:y2 + 6, x1 - 6:x2 + 6]).any()
+    finally:
+        stage.close()
+
+
+def test_resent_frames_get_no_track_ids_and_do_not_rewind_the_tracker(tmp_path):
+    _, stage = make_stage(tmp_path)
+    try:
+        for i in range(10):
+            stage.process(frame(i, [small_target(i)]))
+        out = stage.process(frame(5, [small_target(5)]))[0]
+        assert out.track_ids.tolist() == [-1] and stage.counters["frames_out_of_order"] == 1
+        assert stage.process(frame(10, [small_target(10)]))[0].track_ids[0] >= 1
+    finally:
+        stage.close()
