@@ -1,0 +1,469 @@
+"""The operator live view (stages/view.py): a real view process, real ZeroMQ side channels, real HTTP,
+and a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
+
+The test plays the pipeline's side of the view: it binds the `events` and `status` PUB sockets and the
+`control` PULL socket at the run config's endpoints and publishes messages in the documented format.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from pipeline.config import REPO_ROOT, load_config
+from pipeline.messages import FrameMessage
+from pipeline.transport import open_socket
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+STREAMS = ("cam0", "cam1")
+
+
+# ---------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def numbered_frame(stream_id: str, index: int, size=(320, 240)) -> np.ndarray:
+    """A frame whose content changes every frame: a moving square and the frame number."""
+    w, h = size
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:] = (40, 60, 30) if stream_id == "cam0" else (60, 30, 40)
+    x = (index * 7) % (w - 40)
+    cv2.rectangle(image, (x, h // 2 - 20), (x + 40, h // 2 + 20), (0, 220, 255), -1)
+    cv2.putText(image, f"{stream_id} {index}", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    return image
+
+
+def noise_frame(stream_id: str, index: int, size=(640, 480)) -> np.ndarray:
+    """Incompressible frames: a client that stops reading fills its socket buffers within a few."""
+    return np.random.default_rng(index).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+
+
+def thumbnail_b64() -> str:
+    thumb = np.full((24, 24, 3), 200, np.uint8)
+    cv2.line(thumb, (4, 12), (20, 12), (20, 20, 20), 2)
+    cv2.line(thumb, (12, 8), (12, 16), (20, 20, 20), 2)
+    return base64.b64encode(cv2.imencode(".jpg", thumb)[1].tobytes()).decode()
+
+
+def status_snapshot(streams, fps: float) -> dict:
+    snap = {f"capture:{s}": {"stage": f"capture:{s}", "state": "running", "stream": "up", "fps": fps,
+                             "latency_ms_p50": 1.0, "latency_ms_p99": 2.0, "dropped_stale": 0, "dropped_full": 0,
+                             "restarts": 0, "alive": True} for s in streams}
+    snap["track"] = {"stage": "track", "state": "running", "fps": fps, "latency_ms_p50": 80.0,
+                     "latency_ms_p99": 120.0, "dropped_stale": 3, "dropped_full": 0, "restarts": 1, "alive": True}
+    return snap
+
+
+class PipelineSide(threading.Thread):
+    """Binds events/status PUB and control PULL like the track stage and supervisor do, publishes
+    frames of the `active` streams at `fps`, a status snapshot every 0.5 s, queued events, and keeps
+    the view's heartbeats."""
+
+    def __init__(self, cfg, fps: float = 15.0, make_frame=numbered_frame, frames: int | None = None):
+        super().__init__(daemon=True)
+        self.cfg, self.fps, self.make_frame, self.frames = cfg, fps, make_frame, frames
+        self.active = set(STREAMS)
+        self.outbox: queue.Queue = queue.Queue()
+        self.beats: list[dict] = []
+        self.sent = {s: 0 for s in STREAMS}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        events = open_socket(ctx, self.cfg.endpoint("events"), hwm=64)
+        status = open_socket(ctx, self.cfg.endpoint("status"), hwm=64)
+        control = open_socket(ctx, self.cfg.endpoint("control"), hwm=1000)
+        self.ready.set()
+        last_status, period = 0.0, 1.0 / self.fps
+        next_frame = time.time()
+        try:
+            while not self.stop.is_set():
+                if self.frames is None or min(self.sent.values()) < self.frames:
+                    for stream_id in sorted(self.active):
+                        self._send_frame(events, stream_id)
+                if time.time() - last_status > 0.5:
+                    status.send_multipart([b"status", json.dumps(status_snapshot(self.active, self.fps)).encode()])
+                    last_status = time.time()
+                while not self.outbox.empty():
+                    channel, parts = self.outbox.get()
+                    (events if channel == "events" else status).send_multipart(parts)
+                while control.poll(0):
+                    self.beats.append(json.loads(control.recv()))
+                next_frame += period
+                time.sleep(max(0.0, next_frame - time.time()))
+        finally:
+            for sock in (events, status, control):
+                sock.close(linger=0)
+            ctx.term()
+
+    def _send_frame(self, sock, stream_id: str) -> None:
+        index = self.sent[stream_id]
+        msg = FrameMessage(stream_id, index, index / self.fps, time.time(),
+                           buffers={"image": self.make_frame(stream_id, index)})
+        sock.send_multipart([f"frame/{stream_id}".encode(), *msg.encode()], copy=False)
+        self.sent[stream_id] += 1
+
+    def send(self, channel: str, parts: list[bytes]) -> None:
+        self.outbox.put((channel, parts))
+
+    def event(self, payload: dict) -> None:
+        """Track events come from the track stage (events), stream events from the supervisor (status)."""
+        channel = "status" if payload["type"].startswith("stream_") else "events"
+        self.send(channel, [b"event", json.dumps(payload).encode()])
+
+
+def write_run_config(tmp: Path, ipc_dir: str, port: int, **view) -> Path:
+    raw = {"sources": [{"id": s, "uri": str(tmp / f"{s}.mp4")} for s in STREAMS], "mode": "live",
+           "output_dir": str(tmp / "out"), "transport": {"kind": "ipc", "ipc_dir": ipc_dir},
+           "supervisor": {"heartbeat_interval_s": 0.2},
+           "stages": {"view": {"enabled": True, "port": port, "stale_after_s": 1.0, **view}}}
+    for s in STREAMS:
+        (tmp / f"{s}.mp4").write_bytes(b"")  # sources must exist for the config check; the view never reads them
+    path = tmp / "run_config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def request(port: int, path: str, headers: dict | None = None, host: str | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("GET", path, skip_host=host is not None)
+    if host is not None:
+        conn.putheader("Host", host)
+    for key, value in (headers or {}).items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, response, body
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class ViewProcess:
+    """`python -m pipeline stage view RUN_CONFIG`, as the supervisor starts it."""
+
+    def __init__(self, config: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_serving(self, port: int, headers: dict | None = None) -> None:
+        def serving():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"view exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                return request(port, "/api/state", headers)[0] in (200, 401)
+            except OSError:
+                return False
+
+        wait_until(serving, 20, "the view to serve")
+
+    def terminate(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise AssertionError(f"view did not exit within 15 s of SIGTERM: {err}")
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    ipc_dir = tempfile.mkdtemp(prefix="lssview-", dir="/tmp")  # ipc paths must stay short
+    yield tmp_path, ipc_dir
+    shutil.rmtree(ipc_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def view_factory(run_dir):
+    """Start a view (and the pipeline side) for given view settings; both stop at teardown, and the
+    view must exit 0 on SIGTERM."""
+    tmp, ipc_dir = run_dir
+    started = []
+
+    def start(side_kwargs=None, **view):
+        port = free_port()
+        config = write_run_config(tmp, ipc_dir, port, **view)
+        cfg = load_config(config, check_network=False)
+        side = PipelineSide(cfg, **(side_kwargs or {}))
+        side.start()
+        side.ready.wait(5)
+        proc = ViewProcess(config)
+        started.append((proc, side))
+        headers = {"X-View-Token": view["token"]} if view.get("token") else None
+        proc.wait_serving(port, headers)
+        return port, side, proc, cfg
+
+    yield start
+    for proc, side in started:
+        code, err = proc.terminate()
+        side.stop.set()
+        side.join(5)
+        assert code == 0, f"view exit code {code} after SIGTERM: {err}"
+
+
+def api_state(port: int) -> dict:
+    status, _, body = request(port, "/api/state")
+    assert status == 200
+    return json.loads(body)
+
+
+# ---------------------------------------------------------------- browser
+@pytest.fixture
+def chromium(tmp_path):
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    options.page_load_strategy = "eager"  # an MJPEG <img> never finishes loading
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def text_of(driver, selector: str) -> str | None:
+    """Text of an element the page re-renders every poll (one script call, so never a stale reference)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.innerText", selector)
+
+
+def tile(driver, stream_id: str):
+    return driver.find_element("css selector", f'.tile[data-stream="{stream_id}"]')
+
+
+def video_png(driver, stream_id: str) -> np.ndarray:
+    png = tile(driver, stream_id).find_element("css selector", "img.video").screenshot_as_png
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+
+@pytest.mark.slow
+def test_page_shows_live_video_tracks_health_and_down_streams(view_factory, chromium, tmp_path):
+    port, side, _, _ = view_factory()
+    chromium.get(f"http://127.0.0.1:{port}/")
+    for stream_id in STREAMS:
+        wait_until(lambda: "live" in tile(chromium, stream_id).get_attribute("class"), 15, f"{stream_id} live")
+
+    # frames advance: the page decodes new frames of both streams, and the picture changes
+    shown = chromium.execute_script("return window.liveView.frames")
+    wait_until(lambda: all(chromium.execute_script("return window.liveView.frames")[s] >= shown[s] + 5
+                           for s in STREAMS), 5, "five more frames of each stream")
+    first = video_png(chromium, "cam0")
+    assert first.std() > 10, "video element is blank"
+    wait_until(lambda: np.abs(video_png(chromium, "cam0").astype(int) - first).mean() > 2, 5, "the video to advance")
+
+    # a confirmed drone track appears with its thumbnail, then gets a duration when lost
+    t0 = time.time()
+    side.event({"type": "track_confirmed", "stream_id": "cam1", "track_id": 7, "class": "drone", "time": t0,
+                "thumbnail": thumbnail_b64()})
+    track = '#tracks li[data-track="7"]'
+    assert "drone #7 on cam1" in wait_until(lambda: text_of(chromium, track), 5, "the track")
+    wait_until(lambda: chromium.execute_script(
+        "const i = document.querySelector('#tracks li[data-track=\"7\"] img.thumb'); return i && i.naturalWidth"),
+        5, "the thumbnail to load")
+    side.event({"type": "track_lost", "stream_id": "cam1", "track_id": 7, "time": t0 + 2.5})
+    wait_until(lambda: "2.5 s" in text_of(chromium, track), 5, "the track's duration")
+
+    # stage health from the status snapshot
+    row = wait_until(lambda: text_of(chromium, '#health tr[data-stage="track"]'), 5, "the health table")
+    cells = row.split("\t")
+    assert cells[0] == "track" and cells[2] == "15" and cells[3] == "80" and cells[-1] == "1", cells
+
+    # the whole page is not blank
+    page = cv2.imdecode(np.frombuffer(chromium.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)
+    assert page.shape[0] > 500 and page.std() > 20
+    assert len(np.unique(page.reshape(-1, 3) // 32, axis=0)) > 8, "screenshot has almost no distinct colours"
+    (tmp_path / "view.png").write_bytes(chromium.get_screenshot_as_png())
+
+    # a stream whose frames stop shows DOWN (not its last frame); the other one stays live
+    side.active.discard("cam1")
+    wait_until(lambda: "down" in tile(chromium, "cam1").get_attribute("class"), 5, "cam1 to show down")
+    assert not tile(chromium, "cam1").find_element("css selector", "img.video").is_displayed() or \
+        chromium.execute_script("return getComputedStyle(document.querySelector('.tile[data-stream=\"cam1\"] "
+                                "img.video')).visibility") == "hidden"
+    assert "DOWN" in tile(chromium, "cam1").text
+    assert "live" in tile(chromium, "cam0").get_attribute("class")
+    side.event({"type": "stream_down", "stream_id": "cam1", "t": time.time()})
+    wait_until(lambda: "cam1: stream down" in text_of(chromium, "#stream-events"), 5, "the stream event")
+
+    # and comes back
+    side.active.add("cam1")
+    side.event({"type": "stream_up", "stream_id": "cam1", "t": time.time()})
+    wait_until(lambda: "live" in tile(chromium, "cam1").get_attribute("class"), 5, "cam1 live again")
+
+    # publish -> decoded in the page (ZeroMQ hop, JPEG encode, HTTP, JS decode): reported, not asserted
+    latency = np.array(chromium.execute_script("return window.liveView.latencyMs"))
+    print(f"\nview latency publish->decoded in Chromium over {len(latency)} frames: "
+          f"p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms")
+
+
+# ---------------------------------------------------------------- access
+def test_token_is_checked_on_every_request(view_factory):
+    port, _, _, _ = view_factory(token="s3cret-token")
+    wait_until(lambda: request(port, "/frame/cam0.jpg", {"X-View-Token": "s3cret-token"})[0] == 200, 10, "a frame")
+    for path in ("/", "/api/state", "/stream/cam0.mjpg", "/frame/cam0.jpg", "/static/app.js", "/recordings/events.jsonl"):
+        assert request(port, path)[0] == 401, path
+        assert request(port, path + "?token=wrong")[0] == 401, path
+        assert request(port, path, {"X-View-Token": "s3cret-token-"})[0] == 401, path
+    assert request(port, "/api/state", {"Authorization": "Bearer s3cret-token"})[0] == 200
+    status, response, _ = request(port, "/?token=s3cret-token")
+    assert status == 303 and response.getheader("Location") == "/"
+    cookie = response.getheader("Set-Cookie")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    status, _, body = request(port, "/", {"Cookie": cookie.split(";")[0]})
+    assert status == 200 and b"static/app.js" in body
+    assert request(port, "/frame/cam0.jpg", {"Cookie": "view_token=nope"})[0] == 401
+
+
+def test_loopback_view_without_token_rejects_foreign_host_names(view_factory):
+    port, _, _, _ = view_factory()
+    assert request(port, "/api/state", host=f"localhost:{port}")[0] == 200
+    assert request(port, "/api/state", host=f"evil.example:{port}")[0] == 403  # DNS rebinding
+
+
+# ---------------------------------------------------------------- slow clients
+def read_mjpeg_parts(port: int, stream_id: str, stop: threading.Event, parts: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/stream/{stream_id}.mjpg")
+    response = conn.getresponse()
+    assert response.getheader("Content-Type").startswith("multipart/x-mixed-replace")
+    while not stop.is_set():
+        line = response.fp.readline()
+        if line.lower().startswith(b"content-length:"):
+            response.fp.readline()
+            parts.append(response.fp.read(int(line.split(b":")[1])))
+    conn.close()
+
+
+def test_client_that_never_reads_slows_neither_pipeline_nor_other_clients(view_factory):
+    total = 75
+    port, side, _, _ = view_factory(side_kwargs={"fps": 25.0, "make_frame": noise_frame, "frames": 0})
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(b"GET /stream/cam0.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never read
+    healthy, stop = [], threading.Event()
+    reader = threading.Thread(target=read_mjpeg_parts, args=(port, "cam0", stop, healthy), daemon=True)
+    reader.start()
+    wait_until(lambda: api_state(port)["view"]["clients"] == 2, 5, "both clients connected")
+    received_before = api_state(port)["view"]["received"]
+    side.frames = total  # publish 75 incompressible 640x480 frames per stream (~30 MB of JPEG to cam0 clients)
+    wait_until(lambda: min(side.sent.values()) >= total, 20, "the publisher")
+    time.sleep(0.5)
+    stop.set()
+    view = api_state(port)["view"]
+    received = view["received"] - received_before
+    # the view kept taking every frame off the side channel, and the reading client kept getting frames
+    assert received >= 0.75 * total * len(STREAMS), (received, view)
+    assert len(healthy) >= 0.25 * total, (len(healthy), view)
+    assert healthy[-1] == request(port, "/frame/cam0.jpg")[2], "the healthy client did not get the newest frame"
+    stalled.close()
+
+
+# ---------------------------------------------------------------- recordings
+def test_recorded_segments_are_listed_and_served_read_only(view_factory, run_dir):
+    tmp, _ = run_dir
+    out = tmp / "out"
+    (out / "cam0").mkdir(parents=True)
+    segment = bytes(range(256)) * 40
+    (out / "cam0" / "segment_00000.mp4").write_bytes(segment)
+    (out / "events.jsonl").write_text('{"type": "track_confirmed"}\n')
+    (tmp / "secret.txt").write_text("not for browsers")
+    (out / "cam0" / "segment_00001.mp4").symlink_to(tmp / "secret.txt")
+    (out / "cam0" / "notes.txt").write_text("not a recording")
+    port, _, _, _ = view_factory()
+
+    listing = json.loads(request(port, "/api/recordings")[2])
+    assert [f["name"] for f in listing["streams"]["cam0"]] == ["segment_00000.mp4", "segment_00001.mp4"]
+    status, response, body = request(port, "/recordings/cam0/segment_00000.mp4")
+    assert status == 200 and body == segment and response.getheader("Content-Type") == "video/mp4"
+    status, response, body = request(port, "/recordings/cam0/segment_00000.mp4", {"Range": "bytes=100-199"})
+    assert status == 206 and body == segment[100:200]
+    assert response.getheader("Content-Range") == f"bytes 100-199/{len(segment)}"
+    assert request(port, "/recordings/events.jsonl")[2].startswith(b'{"type"')
+    for path in ("/recordings/cam0/segment_00001.mp4", "/recordings/cam0/notes.txt",
+                 "/recordings/cam0/..%2F..%2Fsecret.txt", "/recordings/..%2Fsecret.txt/segment_00000.mp4",
+                 "/recordings/../secret.txt", "/recordings/cam0/%2e%2e/segment_00000.mp4", "/static/..%2Fview.py"):
+        status, _, body = request(port, path)
+        assert status == 404 and b"not for browsers" not in body, path
+
+
+# ---------------------------------------------------------------- failures
+def test_malformed_side_channel_messages_are_counted_and_ignored(view_factory):
+    port, side, _, _ = view_factory()
+    wait_until(lambda: api_state(port)["view"]["received"] > 0, 10, "frames")
+    good_header = FrameMessage("cam0", 1, 0.0, time.time(), buffers={"image": np.zeros((4, 4, 3), np.uint8)}).encode()[0]
+    for channel, parts in [("events", [b"event", b"{not json"]), ("events", [b"event", b"[1, 2]"]),
+                           ("events", [b"frame/cam0", b"{}"]), ("events", [b"frame/cam0", bytes(good_header)]),
+                           ("events", [b"frame/cam0", bytes(good_header), b"short"]), ("status", [b"status", b"\xff"])]:
+        side.send(channel, parts)
+    wait_until(lambda: api_state(port)["view"]["malformed"] >= 6, 5, "six malformed messages counted")
+    assert api_state(port)["view"]["malformed"] == 6
+    for track_id, thumbnail in [(1, base64.b64encode(b"<script>").decode()), (2, "%%%not base64")]:
+        side.event({"type": "track_confirmed", "stream_id": "cam0", "track_id": track_id, "class": "drone",
+                    "time": time.time(), "thumbnail": thumbnail})
+    wait_until(lambda: len(api_state(port)["tracks"]) == 2, 5, "the two tracks")
+    assert all(t["thumb"] is None for t in api_state(port)["tracks"]), "a non-JPEG thumbnail would be served"
+    received = api_state(port)["view"]["received"]
+    wait_until(lambda: api_state(port)["view"]["received"] > received, 5, "frames after the malformed ones")
+
+
+def test_port_in_use_is_a_one_line_error(run_dir):
+    tmp, ipc_dir = run_dir
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = write_run_config(tmp, ipc_dir, busy.getsockname()[1])
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: view: cannot serve on 127.0.0.1:")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bad_view_setting_is_a_one_line_error(run_dir):
+    tmp, ipc_dir = run_dir
+    config = write_run_config(tmp, ipc_dir, free_port(), jpeg_quality=0)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "stages.view.jpeg_quality" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
