@@ -115,9 +115,12 @@ class StageRunner:
         finally:
             self._beat(force=True, state="exiting")
             self.stage.close()
+            # queued output (the stream's last frames and its EOS) must still reach a downstream stage
+            # that is slow to start: linger as long as the drain may take, never forever
+            linger_ms = int(self.cfg.supervisor.drain_timeout_s * 1000)
             for sock in (self.inp, self.out, self.control):
                 if sock is not None:
-                    sock.close(linger=2000 if sock is self.out else 0)
+                    sock.close(linger=linger_ms if sock is self.out else 0)
             self.ctx.term()
         return 0
 

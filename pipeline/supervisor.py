@@ -197,7 +197,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ report
     def _report(self, final: bool = False) -> None:
-        snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive()) for sp in self.stages}
+        snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive(), exit_code=sp.exit_code)
+                    for sp in self.stages}
         self.metrics.update(snapshot, self._queue_depths(snapshot))
         status_path = self.cfg.resolve(self.cfg.output_dir) / "status.json"
         status_path.write_text(json.dumps(snapshot, indent=1))

@@ -20,3 +20,80 @@ def synthetic_clip(tmp_path_factory):
     from pipeline import synthetic
 
     return synthetic.make_clip(tmp_path_factory.mktemp("synthetic_clip"), seed=7, frames=30, size=(320, 256))
+
+
+# ---------------------------------------------------------------- pipeline fixtures (lead)
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+    """An untrained yolox-nano checkpoint at 256x320: real model, real file, fast on CPU."""
+    import models
+
+    path = tmp_path_factory.mktemp("weights") / "nano_random.pt"
+    model = models.build_model("yolox-nano", num_classes=4)
+    models.save_checkpoint(path, model, name="yolox-nano", input_size=(256, 320),
+                           class_names=["drone", "bird", "airplane", "helicopter"])
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gst_rtsp_available() -> bool:
+    if not Path(SYSTEM_PYTHON).exists():
+        return False
+    probe = ("import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0'); "
+             "from gi.repository import Gst, GstRtspServer")
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    """scripts/rtsp_server.py in its own process: start, kill, restart, freeze (SIGSTOP)."""
+
+    def __init__(self, port: int, video: str | None = None):
+        self.port, self.video, self.proc = port, video, None
+        self.url = f"rtsp://127.0.0.1:{port}/cam"
+
+    def start(self) -> "RtspServer":
+        cmd = [SYSTEM_PYTHON, str(REPO_ROOT / "scripts" / "rtsp_server.py"), "--port", str(self.port), "--path", "/cam"]
+        if self.video:
+            cmd += ["--video", str(self.video)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"RTSP server did not start: {line} {self.proc.stderr.read()}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def rtsp_server():
+    if not _gst_rtsp_available():
+        pytest.skip("GStreamer RTSP server missing: apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
+                    "gstreamer1.0-plugins-{base,good,bad,ugly} (.ci/run does)")
+    server = RtspServer(free_port()).start()
+    yield server
+    import signal as _signal
+
+    if server.proc.poll() is None:
+        server.proc.send_signal(_signal.SIGCONT)
+    server.kill()

@@ -1,0 +1,75 @@
+"""Bad configs stop the run at start with a one-line error naming the key, exit code 2."""
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from tests.conftest import REPO_ROOT, free_port
+
+GOOD = """
+sources:
+  - {id: cam0, uri: clip.mp4}
+output_dir: out
+stages:
+  detect: {weights: w.pt}
+"""
+
+
+def _write(tmp_path, text):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    (tmp_path / "w.pt").write_bytes(b"")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_config_loads_with_defaults_and_resolved_endpoints(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.mode == "replay" and cfg.stream_ids == ["cam0"]
+    assert cfg.endpoints["detect_in"].startswith("pull+bind:ipc://")
+    assert cfg.resolve(cfg.output_dir) == tmp_path / "out"
+
+
+UNREACHABLE_PORT = free_port()
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD + "colour: red\n", "unknown config key 'colour'"),
+    (GOOD.replace("{weights: w.pt}", "{weights: w.pt, batchsize: 4}"), "unknown config key 'stages.detect.batchsize'"),
+    (GOOD.replace("{weights: w.pt}", "{weights: w.pt, batch_size: four}"), "'stages.detect.batch_size' must be int"),
+    (GOOD.replace("{weights: w.pt}", "{weights: w.pt, backend: tensorrt}"), "'stages.detect.backend' must be one of"),
+    (GOOD + "mode: realtime\n", "'mode' must be one of"),
+    (GOOD.replace("clip.mp4", "missing.mp4"), "'sources[0].uri': missing.mp4 does not exist"),
+    (GOOD.replace("w.pt}", "nowhere.pt}"), "'stages.detect.weights': nowhere.pt does not exist"),
+    (GOOD + "sources: []\n", "must list at least one source"),
+    (GOOD + "sources: [{uri: clip.mp4}]\n", "missing required config key 'sources[0].id'"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4}, {id: a, uri: clip.mp4}]\n", "stream ids must be unique"),
+    (GOOD + "endpoints: {detect_in: 'pull+bind:tcp://0.0.0.0:5551'}\n", "beyond loopback needs transport.curve"),
+    (GOOD + "endpoints: {detect_in: 'pull+bind:udp://x'}\n", "'endpoints.detect_in'"),
+    (GOOD + "endpoints: {detect_in: 'push+bind:ipc:///tmp/x'}\n", "pattern must be pull"),
+    (GOOD + f"endpoints: {{detect_in: 'pull+connect:tcp://127.0.0.1:{UNREACHABLE_PORT}'}}\n", "is unreachable"),
+    (GOOD + "stages: {view: {enabled: true, host: 0.0.0.0}}\n", "'stages.view.token' is required"),
+    ("sources: [oops\n", "malformed YAML at line"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+])
+def test_bad_config_gives_one_line_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(_write(tmp_path, text))
+
+
+def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
+    path = _write(tmp_path, GOOD + "colour: red\n")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: unknown config key 'colour' (allowed: base_dir, endpoints, "
+                                                  "mode, output_dir, run_stages, sources, stages, supervisor, transport)"]
+
+
+def test_cli_missing_config_file(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "nope.yaml")], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "does not exist" in result.stderr and len(result.stderr.splitlines()) == 1

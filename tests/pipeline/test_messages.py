@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.messages import FrameMessage, MessageError
+
+
+def _frame(**kw):
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    return FrameMessage("cam0", 7, 0.25, 1000.0, {"image": image}, **kw)
+
+
+def test_round_trip_keeps_every_field():
+    dets = np.array([[1, 2, 3, 4, 0.9, 0]], np.float32)
+    msg = _frame(detections=dets, track_ids=np.array([5]), meta={"ratio": 0.5}, trace={"capture": 1.0})
+    back = FrameMessage.decode(msg.encode())
+    assert (back.stream_id, back.frame_index, back.source_ts, back.capture_wall) == ("cam0", 7, 0.25, 1000.0)
+    np.testing.assert_array_equal(back.image, msg.image)
+    np.testing.assert_array_equal(back.detections, dets)
+    assert back.track_ids.tolist() == [5] and back.meta == {"ratio": 0.5} and back.trace == {"capture": 1.0}
+
+
+def test_end_of_stream_round_trip():
+    back = FrameMessage.decode(FrameMessage.end_of_stream("cam3").encode())
+    assert back.is_eos and back.stream_id == "cam3" and back.buffers == {}
+
+
+def test_pixels_cross_a_real_socket_without_copy():
+    ctx = zmq.Context.instance()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    pull.bind("inproc://zero-copy")
+    push.connect("inproc://zero-copy")
+    image = np.random.default_rng(0).integers(0, 255, (512, 640, 3), dtype=np.uint8)
+    push.send_multipart(FrameMessage("c", 0, 0.0, 0.0, {"image": image}).encode(), copy=False)
+    parts = pull.recv_multipart(copy=False)
+    back = FrameMessage.decode(parts)
+    np.testing.assert_array_equal(back.image, image)
+    assert not back.image.flags.owndata  # a view on the received ZeroMQ frame, not a copy
+    push.close(0), pull.close(0)
+
+
+@pytest.mark.parametrize("parts, why", [
+    ([], "empty"),
+    ([b"\xff\xfe"], "not JSON"),
+    ([b"[1, 2]"], "not a v1"),
+    ([json.dumps({"v": 1, "kind": "boom"}).encode()], "unknown message kind"),
+    ([json.dumps({"v": 1, "kind": "frame", "stream_id": "a", "frame_index": 0, "source_ts": 0, "capture_wall": 0,
+                  "buffers": [{"name": "image", "shape": [2, 2, 3], "dtype": "uint8"}]}).encode()], "names 1 buffers"),
+    ([json.dumps({"v": 1, "kind": "frame", "stream_id": "a", "frame_index": 0, "source_ts": 0, "capture_wall": 0,
+                  "buffers": [{"name": "image", "shape": [2, 2, 3], "dtype": "uint8"}]}).encode(), b"123"], "holds 3 bytes"),
+    ([json.dumps({"v": 1, "kind": "frame", "stream_id": "a", "frame_index": 0, "source_ts": 0, "capture_wall": 0,
+                  "buffers": [{"name": "x", "shape": [1], "dtype": "object"}]}).encode(), b"1"], "unsupported dtype"),
+    ([json.dumps({"v": 1, "kind": "frame", "buffers": []}).encode()], "bad header field"),
+])
+def test_malformed_messages_raise_message_error(parts, why):
+    with pytest.raises(MessageError, match=why):
+        FrameMessage.decode(parts)

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+from pipeline.transport import CurveKeys, Endpoint, EndpointError, open_socket
+from tests.conftest import free_port
+
+
+@pytest.mark.parametrize("spec", ["push+bind:ipc:///tmp/x", "pull+connect:tcp://10.0.0.5:5551", "pub+bind:tcp://127.0.0.1:1"])
+def test_endpoint_round_trips(spec):
+    assert str(Endpoint.parse(spec)) == spec
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("push:ipc:///tmp/x", "is not"), ("req+bind:ipc:///tmp/x", "pattern"), ("push+listen:ipc:///x", "action"),
+    ("push+bind:udp://1.2.3.4:5", "address"),
+])
+def test_bad_endpoints_are_refused(spec, why):
+    with pytest.raises(EndpointError, match=why):
+        Endpoint.parse(spec)
+
+
+@pytest.mark.parametrize("address, beyond", [("tcp://127.0.0.1:5", False), ("tcp://0.0.0.0:5", True),
+                                             ("tcp://*:5", True), ("tcp://localhost:5", False)])
+def test_binding_beyond_loopback_is_detected(address, beyond):
+    assert Endpoint.parse(f"pull+bind:{address}").binds_beyond_loopback is beyond
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_push_pull_carries_frames(tmp_path, transport):
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/link" if transport == "ipc" else f"tcp://127.0.0.1:{free_port()}"
+    pull = open_socket(ctx, f"pull+bind:{address}")
+    push = open_socket(ctx, f"push+connect:{address}")
+    payload = np.arange(1000, dtype=np.uint8)
+    push.send(payload)
+    assert pull.poll(2000) and np.array_equal(np.frombuffer(pull.recv(), np.uint8), payload)
+    pull.close(0), push.close(0), ctx.term()
+
+
+def test_curve_link_encrypts_and_refuses_wrong_server_key(tmp_path):
+    server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
+    client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "client")
+    _, stranger_sec = zmq.auth.create_certificates(tmp_path, "stranger")
+    stranger_pub = str(tmp_path / "stranger.key")
+    ctx, port = zmq.Context(), free_port()
+    server = open_socket(ctx, f"pull+bind:tcp://127.0.0.1:{port}", curve=CurveKeys(server_secret=server_sec))
+    good = open_socket(ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                       curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
+    good.send(b"hello")
+    assert server.poll(3000) and server.recv() == b"hello"
+    wrong = open_socket(ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                        curve=CurveKeys(server_public=stranger_pub, client_secret=client_sec))
+    wrong.send(b"intruder", zmq.NOBLOCK)
+    assert not server.poll(1000)  # the handshake fails: nothing from a client that has the wrong server key
+    for s in (server, good, wrong):
+        s.close(0)
+    ctx.term()
