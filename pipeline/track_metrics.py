@@ -11,6 +11,8 @@ class-agnostic (every ground-truth box is an object to track); for one class, fi
 
     evaluate_mot(gt_path_or_rows, pred_rows) -> dict  # MOTA, IDF1, HOTA, DetA, AssA, IDSW, ...
     evaluate_mot_sequences({name: (gt, pred)}) -> {"sequences": {name: dict}, "combined": dict}
+    gt_rows_from_labels(dataset.read_labels(clip)) -> MOT gt rows (the dataset's labels have no ids)
+    rows_from_tracks_jsonl(<output_dir>/<clip>/tracks.jsonl) -> predicted rows of a pipeline run
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import numpy as np
 
 Row = Sequence[float]
 SOURCE = "trackers.eval (TrackEval parity)"
@@ -74,6 +78,44 @@ def rows_from_tracks_jsonl(path: str | Path, class_ids: Iterable[int] | None = N
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise TrackMetricsError(f"{path}:{line_number}: malformed tracks record ({exc})") from None
     return rows
+
+
+def gt_rows_from_labels(labels: dict[int, list[tuple]], min_iou: float = 0.1) -> list[tuple]:
+    """MOT ground truth for a dataset clip, whose labels carry no identities (``dataset.read_labels``:
+    frame -> [(class_id, x, y, w, h)]). Identities link boxes of the same class in consecutive labeled
+    frames by IoU (optimal assignment): exact for the usual one-object-per-class clip, an approximation
+    where same-class objects cross."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, previous, next_id, last_frame = [], [], 1, None
+    for frame in sorted(labels):
+        boxes = [tuple(float(v) for v in b[1:5]) for b in labels[frame]]
+        classes = [int(b[0]) for b in labels[frame]]
+        ids = [0] * len(boxes)
+        if previous and last_frame == frame - 1:
+            iou = _iou_matrix([p[2] for p in previous], boxes)
+            iou[np.array([p[1] for p in previous])[:, None] != np.array(classes)[None, :]] = 0.0
+            for r, c in zip(*linear_sum_assignment(iou, maximize=True)):
+                if iou[r, c] >= min_iou:
+                    ids[c] = previous[r][0]
+        for c in range(len(boxes)):
+            if not ids[c]:
+                ids[c], next_id = next_id, next_id + 1
+        rows += [(frame + 1, ids[c], *boxes[c]) for c in range(len(boxes))]
+        previous, last_frame = [(ids[c], classes[c], boxes[c]) for c in range(len(boxes))], frame
+    return rows
+
+
+def _iou_matrix(a: list[tuple], b: list[tuple]) -> np.ndarray:
+    """IoU of xywh boxes, len(a) x len(b)."""
+    a_, b_ = np.array(a, float).reshape(-1, 4), np.array(b, float).reshape(-1, 4)
+    x1 = np.maximum(a_[:, None, 0], b_[None, :, 0])
+    y1 = np.maximum(a_[:, None, 1], b_[None, :, 1])
+    x2 = np.minimum((a_[:, 0] + a_[:, 2])[:, None], (b_[:, 0] + b_[:, 2])[None, :])
+    y2 = np.minimum((a_[:, 1] + a_[:, 3])[:, None], (b_[:, 1] + b_[:, 3])[None, :])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = (a_[:, 2] * a_[:, 3])[:, None] + (b_[:, 2] * b_[:, 3])[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
 
 
 def evaluate_mot(gt: str | Path | Iterable[Row], pred: str | Path | Iterable[Row],
