@@ -16,6 +16,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -282,6 +284,32 @@ def _pipeline_config(clips, args, output_dir: Path) -> dict:
                        "track": {"annotate": False}, "record": {"annotated": False}}}
 
 
+def _run_process_group(command: list[str], timeout_s: float) -> tuple[int | None, str]:
+    """Run command in its own process group; on timeout (returncode None) or interrupt stop the whole
+    group, so no stage process outlives the evaluation."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        return None, _stop_group(process)
+    except BaseException:
+        _stop_group(process)
+        raise
+
+
+def _stop_group(process: subprocess.Popen) -> str:
+    for sig, grace_s in ((signal.SIGTERM, 45), (signal.SIGKILL, 5)):  # SIGTERM: the supervisor drains (30 s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            return process.communicate(timeout=grace_s)[0] or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return ""
+
+
 def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, dict]:
     """Replay the clips through the ZeroMQ pipeline (lossless replay mode) and read what it emitted.
 
@@ -299,14 +327,14 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
     config_path.write_text(yaml.safe_dump(_pipeline_config(clips, args, output_dir)))
     started = time.perf_counter()
     command = [sys.executable, "-m", "pipeline", "run", str(config_path), "--no-progress"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=args.pipeline_timeout)
-    except subprocess.TimeoutExpired:
-        raise EvalError(f"the pipeline did not finish within {args.pipeline_timeout} s (see {output_dir})") from None
-    (out_dir / "pipeline.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EvalError(f"the pipeline exited {result.returncode}: {last_line} (log: {out_dir / 'pipeline.log'})")
+    returncode, output = _run_process_group(command, args.pipeline_timeout)
+    (out_dir / "pipeline.log").write_text(output)
+    if returncode is None:
+        raise EvalError(f"the pipeline did not finish within {args.pipeline_timeout:g} s "
+                        f"(stopped; log: {out_dir / 'pipeline.log'})")
+    if returncode != 0:
+        last_line = (output.strip().splitlines() or ["no output"])[-1]
+        raise EvalError(f"the pipeline exited {returncode}: {last_line} (log: {out_dir / 'pipeline.log'})")
     detections: Detections = {}
     integrity = {"duplicates": 0, "out_of_order": 0, "missing_before_last": 0, "streams_without_output": []}
     for clip in clips:

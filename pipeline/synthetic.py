@@ -346,3 +346,26 @@ def make_dataset(root: Path | str, clips: Sequence[tuple[str, str, int, int]] = 
                                      f"{b.w:.2f}", f"{b.h:.2f}"])
         names.append(name)
     return names
+
+
+def noisy_predictions(ground_truth: dict, seed: int = 0, jitter: float = 0.2, wrong_class: float = 0.15,
+                      false_positives: float = 0.4) -> list[dict]:
+    """COCO results near a ground truth: jittered boxes, some wrong classes, extra false positives, spread
+    scores. Deterministic from ``seed``; for testing and benchmarking metric code without a model."""
+    rng = np.random.default_rng(seed)
+    category_ids = [c["id"] for c in ground_truth["categories"]]
+    sizes = {image["id"]: (image["width"], image["height"]) for image in ground_truth["images"]}
+    results = []
+    for annotation in ground_truth["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        category = annotation["category_id"] if rng.random() > wrong_class else int(rng.choice(category_ids))
+        results.append({"image_id": annotation["image_id"], "category_id": category,
+                        "bbox": [x + rng.normal(0, jitter * w), y + rng.normal(0, jitter * h),
+                                 w * rng.uniform(1 - 1.5 * jitter, 1 + 1.5 * jitter), h],
+                        "score": float(rng.uniform(0.05, 1))})
+        if rng.random() < false_positives:
+            width, height = sizes[annotation["image_id"]]
+            results.append({"image_id": annotation["image_id"], "category_id": int(rng.choice(category_ids)),
+                            "bbox": [rng.uniform(0, width * 0.9), rng.uniform(0, height * 0.9),
+                                     rng.uniform(3, 60), rng.uniform(3, 60)], "score": float(rng.uniform(0, 0.6))})
+    return results

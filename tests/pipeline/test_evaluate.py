@@ -1,11 +1,10 @@
-import copy
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from pipeline import dataset, evaluate
+from pipeline import dataset, evaluate, synthetic
 from pipeline.dataset import CLASSES
 
 METRIC_KEYS = ("map50_95", "map50", "map75", "ap_small", "ap_medium", "ap_large", "ap_tiny", "ar100")
@@ -32,22 +31,6 @@ def perfect(ground_truth):
             for a in ground_truth["annotations"]]
 
 
-def noisy(ground_truth, seed):
-    """Jittered, partly misclassified predictions plus false positives with spread scores."""
-    rng = np.random.default_rng(seed)
-    results = []
-    for a in ground_truth["annotations"]:
-        x, y, w, h = a["bbox"]
-        category = a["category_id"] if rng.random() > 0.15 else dataset.category_id(2)
-        results.append({"image_id": a["image_id"], "category_id": category, "score": float(rng.uniform(0.05, 1)),
-                        "bbox": [x + rng.normal(0, 0.2 * w), y + rng.normal(0, 0.2 * h), w * rng.uniform(0.7, 1.3), h]})
-        if rng.random() < 0.4:
-            results.append({"image_id": a["image_id"], "category_id": dataset.category_id(int(rng.integers(4))),
-                            "bbox": [rng.uniform(0, 250), rng.uniform(0, 200), rng.uniform(3, 60), rng.uniform(3, 60)],
-                            "score": float(rng.uniform(0, 0.6))})
-    return results
-
-
 def flat(metrics):
     values = {key: metrics[key] for key in METRIC_KEYS}
     for group in ("per_class", "per_modality"):
@@ -58,7 +41,7 @@ def flat(metrics):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pycocotools_and_faster_coco_eval_agree(ground_truth, seed):
-    predictions = noisy(ground_truth, seed)
+    predictions = synthetic.noisy_predictions(ground_truth, seed)
     faster = flat(evaluate.coco_metrics(ground_truth, predictions, "faster"))
     reference = flat(evaluate.coco_metrics(ground_truth, predictions, "pycocotools"))
     assert faster.keys() == reference.keys()
