@@ -40,10 +40,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 VARIANTS = ("std", "sig", "sigres", "conv", "convres")
 
-# Broadcast form is used when N is at most this many points. Measured with
-# scripts/model_report.py --crossover on a 2-core CPU: the broadcast form wins up to N ~ 8-16
-# (its cost grows as HW*N, the sort/search form as HW*log N plus fixed overhead).
-BROADCAST_MAX_POINTS = 8
+# The broadcast form is used when N is at most this many points: scripts/model_report.py's crossover
+# table (inference forward, 2-core CPU, maps 40-160 px a side) has it faster up to N ~ 16-36; its cost
+# grows as HW*N (and its memory as HW*N), the exact form's as HW*log N plus a fixed overhead.
+BROADCAST_MAX_POINTS = 16
 
 
 class GssamConfigError(ValueError):
@@ -65,9 +65,20 @@ def sampled_contrast_broadcast(c: torch.Tensor, pool: int) -> torch.Tensor:
 
 
 def _counts_below(points_sorted: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k_lt, k_le): how many sorted points are < and <= each value (binary search)."""
-    k_lt = torch.searchsorted(points_sorted, values, right=False)
+    """(k_lt, k_le): how many sorted points are < and <= each value, with one binary search.
+
+    k_le comes from the search; where the value equals the point just below it (a tie), k_lt is the
+    first index of that run of equal points (a cummax over run starts, O(N)), else k_lt = k_le.
+    """
     k_le = torch.searchsorted(points_sorted, values, right=True)
+    count = points_sorted.shape[1]
+    run_start = torch.ones_like(points_sorted, dtype=torch.bool)
+    run_start[:, 1:] = points_sorted[:, 1:] != points_sorted[:, :-1]
+    positions = torch.arange(count, device=points_sorted.device).expand_as(points_sorted)
+    first_of_run = torch.cummax(torch.where(run_start, positions, 0), dim=1).values
+    below = (k_le - 1).clamp_min(0)
+    tied = (k_le > 0) & (torch.gather(points_sorted, 1, below) == values)
+    k_lt = torch.where(tied, torch.gather(first_of_run, 1, below), k_le)
     return k_lt, k_le
 
 

@@ -83,6 +83,15 @@ def test_no_grad_path_equals_grad_path():
     torch.testing.assert_close(fast, sampled_contrast_broadcast(c, 4), rtol=1e-12, atol=1e-12)
 
 
+def test_counts_match_two_binary_searches():
+    torch.manual_seed(9)
+    points = torch.sort(torch.randint(0, 6, (3, 40)).float(), dim=1).values
+    values = torch.randint(-1, 8, (3, 300)).float()
+    k_lt, k_le = gssam._counts_below(points, values)
+    assert torch.equal(k_lt, torch.searchsorted(points, values, right=False))
+    assert torch.equal(k_le, torch.searchsorted(points, values, right=True))
+
+
 def test_joint_sort_counts_bracket_the_searchsorted_counts():
     """The ONNX-export count (one joint sort) lies between #(q < c) and #(q <= c)."""
     torch.manual_seed(3)
