@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 VARIANTS = ("std", "sig", "sigres", "conv", "convres")
 
@@ -156,6 +156,35 @@ def pool_for_feature_side(side: int, target_points_per_side: int = 20) -> int:
     return max(2, side // target_points_per_side)
 
 
+def _fold_batchnorm(conv: nn.Conv2d, batchnorm: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by eval BN -> one conv of the same class (torch's fuse_conv_bn_weights)."""
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, batchnorm.running_mean, batchnorm.running_var,
+                                        batchnorm.eps, batchnorm.weight, batchnorm.bias)
+    conv.weight, conv.bias = weight, bias
+    return conv
+
+
+class SingleChannelConv3x3(nn.Conv2d):
+    """1 -> 1 channel 3x3 conv (padding 1). On CPU at inference it runs as nine shifted
+    multiply-adds, ~3x faster than the generic conv kernels on a single channel; elsewhere
+    (training, CUDA, ONNX export) it is the plain nn.Conv2d. Same parameters either way."""
+
+    def __init__(self):
+        super().__init__(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
+            return super().forward(x)
+        height, width = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1))
+        weight = self.weight[0, 0]
+        out = self.bias.view(1, 1, 1, 1).expand_as(x).clone()
+        for row in range(3):
+            for column in range(3):
+                out.addcmul_(padded[..., row:row + height, column:column + width], weight[row, column])
+        return out
+
+
 class Gssam(nn.Module):
     """GSSAM on C channels with n context convs and an r x r sampling pool.
 
@@ -191,7 +220,7 @@ class Gssam(nn.Module):
     def _make_context(channels: int, num_convs: int) -> nn.Sequential:
         layers: list[nn.Module] = [nn.Conv2d(channels, 1, 1)]
         for _ in range(num_convs):
-            layers += [nn.BatchNorm2d(1), nn.ReLU(inplace=True), nn.Conv2d(1, 1, 3, padding=1)]
+            layers += [nn.BatchNorm2d(1), nn.ReLU(inplace=True), SingleChannelConv3x3()]
         return nn.Sequential(*layers)
 
     def attention(self, features: torch.Tensor) -> torch.Tensor:
@@ -221,7 +250,7 @@ class Gssam(nn.Module):
         fused: list[nn.Module] = []
         for layer in layers:
             if isinstance(layer, nn.BatchNorm2d):
-                fused[-1] = fuse_conv_bn_eval(fused[-1], layer)
+                fused[-1] = _fold_batchnorm(fused[-1], layer)
             else:
                 fused.append(layer)
         self.context = nn.Sequential(*fused)

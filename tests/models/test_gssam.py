@@ -193,3 +193,13 @@ def test_fuse_keeps_outputs():
         after = module(features)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_single_channel_conv_fast_path_equals_conv2d():
+    torch.manual_seed(10)
+    conv = gssam.SingleChannelConv3x3()
+    x = torch.randn(3, 1, 11, 17)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv(x), expected)  # grad mode: the plain conv
