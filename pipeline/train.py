@@ -134,7 +134,9 @@ def load_bundle(bundle: Path, split: str, cache_dir: Path | None, workers: int,
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tasks = [(str(bundle / c["video"]), len(c["frame_ids"]), c["modality"] == "IR",
               str(Path(cache_dir) / f"{c['name']}.npy") if cache_dir else None) for c in entries]
-    decoded = dict(_pool_map(_decode_bundle_entry, tasks, workers))
+    cached = [t for t in tasks if t[3] is not None and Path(t[3]).is_file()]   # no pool start when all cached
+    decoded = {t[0]: t[3] for t in cached}
+    decoded.update(_pool_map(_decode_bundle_entry, [t for t in tasks if t not in cached], workers))
     clips = []
     for entry, task in zip(entries, tasks):
         frames = decoded[task[0]]
@@ -581,6 +583,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None)
     budget.add_argument("--minutes", type=float, default=None, help="time budget of the training loop")
+    p.add_argument("--end-by", type=float, default=None, help="with --minutes: also end by this UNIX time")
     p.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch (default: one pass, "
                    "at most total/--evals with --minutes)")
     p.add_argument("--evals", type=int, default=5, help="with --minutes: number of epochs (= evaluations)")
@@ -854,6 +857,8 @@ def _loop(trainer: Trainer, args, stop: StopFlag, step_callback) -> str:
     from tqdm import tqdm
 
     budget = args.minutes * 60 if args.minutes is not None else None
+    if budget is not None and args.end_by is not None:   # a wall-clock deadline shared by parallel runs
+        budget = min(budget, trainer.elapsed + args.end_by - time.time())
     loop_start = time.monotonic() - trainer.elapsed
     eval_seconds = 0.0
     probe_start = None
@@ -907,7 +912,7 @@ def _save_last(trainer: Trainer) -> None:
 def _end_epoch(trainer: Trainer, args) -> None:
     epoch = math.ceil(trainer.step / trainer.steps_per_epoch)
     metrics = evaluate_model(trainer.ema.module, trainer.val_clips, trainer.class_names, args.input_size,
-                             trainer.device, max(1, args.batch), args.amp, args.val_per_clip)
+                             trainer.device, min(args.batch, 32), args.amp, args.val_per_clip)  # full frames: smaller batches
     window = trainer.history["loss"][-trainer.steps_per_epoch:]
     record = {"epoch": epoch, "step": trainer.step, "images_seen": trainer.images_seen,
               "elapsed_s": round(trainer.elapsed, 1), "loss": float(np.mean(window)) if window else None,

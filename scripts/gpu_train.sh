@@ -31,7 +31,7 @@ if [ "$MODE" = smoke ]; then
   PREP_WORKERS=2
 else
   TOTAL_S=${TOTAL_S:-470}; DEVICE=${DEVICE:-cuda}; SYNTH=${SYNTH:-120}; SYNTH_FRAMES=150
-  COMMON="--batch 64 --crop 320 --val-per-clip 20 --threads 2 --probe-steps 20 --evals 6 --warmup-steps 100"
+  COMMON="--batch 64 --crop 320 --val-per-clip 20 --threads 2 --probe-steps 20 --evals 6 --warmup-steps 100 --gpu-reserve-gb 30"
   RUNS=${RUNS:-"nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-sigres-s1:yolox-nano-gssam-sigres-p1:1:syn nano-base-s0:yolox-nano:0:syn nano-base-s1:yolox-nano:1:syn nano-sigres-s0-real:yolox-nano-gssam-sigres-p1:0:real s-sigres-s0:yolox-s-gssam-sigres-p1:0:syn"}
   PREP_WORKERS=$(nproc)
 fi
@@ -62,8 +62,10 @@ $PY -m pipeline.train --prepare-only --model yolox-nano --bundle "$BUNDLE" --cac
   --epochs 1 --synthetic "$SYNTH" --synthetic-frames "$SYNTH_FRAMES" --workers "$PREP_WORKERS" $SMOKE_LIMIT \
   || { echo "error: preparing the frame cache failed"; exit 1; }
 NOW=$(date +%s)
-# the rest of the budget, less ~75 s for process start, loading the cache, the last evaluation, packing
-MINUTES=$(awk -v t="$TOTAL_S" -v e="$((NOW - START))" 'BEGIN { m = (t - e - 75) / 60; if (m < 0.3) m = 0.3; printf "%.2f", m }')
+# each run's loop ends by END_BY (runs that load later get less time); 45 s are kept for the last
+# evaluation, saving and packing; MINUTES is only an upper cap
+END_BY=$((START + TOTAL_S - 45))
+MINUTES=$(awk -v t="$TOTAL_S" -v e="$((NOW - START))" 'BEGIN { m = (t - e - 45) / 60; if (m < 0.3) m = 0.3; printf "%.2f", m }')
 echo "cache ready at +$((NOW - START))s in $CACHE; training budget $MINUTES min per run"
 
 # 3. all runs in parallel; each writes $WORK/runs/<run>/
@@ -73,7 +75,7 @@ for SPEC in $RUNS; do
   SYN_ARGS="--synthetic $SYNTH --synthetic-frames $SYNTH_FRAMES"; [ "$DATA" = real ] && SYN_ARGS=""
   RUN_DIR=$WORK/runs/$NAME; rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
   $PY -m pipeline.train --model "$MODEL" --seed "$SEED" --device "$DEVICE" --bundle "$BUNDLE" --cache "$CACHE" \
-    --minutes "$MINUTES" --out "$RUN_DIR" --workers 2 --no-progress $SMOKE_LIMIT $COMMON $SYN_ARGS \
+    --minutes "$MINUTES" --end-by "$END_BY" --out "$RUN_DIR" --workers 2 --no-progress $SMOKE_LIMIT $COMMON $SYN_ARGS \
     >"$RUN_DIR/train.log" 2>&1 &
   PIDS+=($!)
 done
