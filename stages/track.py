@@ -34,7 +34,7 @@ from trackers import ByteTrackTracker
 from pipeline.config import PipelineConfig, TrackConfig
 from pipeline.dataset import CLASSES
 from pipeline.messages import FrameMessage
-from pipeline.stage import Stage, _curve_keys
+from pipeline.stage import Stage, curve_keys
 from pipeline.transport import open_socket
 from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
@@ -101,7 +101,7 @@ class EventSink:
 
     def __init__(self, cfg: PipelineConfig, hwm: int):
         self.ctx = zmq.Context()
-        self.pub = open_socket(self.ctx, cfg.endpoint("events"), hwm=hwm, curve=_curve_keys(cfg))
+        self.pub = open_socket(self.ctx, cfg.endpoint("events"), hwm=hwm, curve=curve_keys(cfg))
         path = cfg.resolve(cfg.output_dir) / "events.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND and one write() per event: whole lines, even beside the supervisor's stream events

@@ -154,3 +154,28 @@ def _concat(src, dst, times):
             for image in frames:
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
         out.mux(stream.encode(None))
+
+
+@pytest.mark.rtsp
+def test_live_rtsp_camera_frozen_then_back_no_stage_blocks(tmp_path, rtsp_server, random_weights):
+    proc = start_pipeline(tmp_path, [{"id": "cam", "uri": rtsp_server.url, "read_timeout_s": 2,
+                                      "open_timeout_s": 2, "reconnect_max_s": 1}],
+                          random_weights, mode="live", supervisor={"heartbeat_timeout_s": 10})
+    wait_for(lambda: status(tmp_path)["record"]["processed"] > 10, timeout=120)
+    rtsp_server.signal(signal.SIGSTOP)
+    wait_for(lambda: status(tmp_path)["capture:cam"]["stream"] == "down", timeout=20)
+    time.sleep(11)  # longer than the heartbeat timeout: a blocked stage would be killed now
+    assert all(s["restarts"] == 0 and s["alive"] for s in status(tmp_path).values())
+    rtsp_server.signal(signal.SIGCONT)
+    rtsp_server.kill()
+    rtsp_server.start()
+    recorded = status(tmp_path)["record"]["processed"]
+    wait_for(lambda: status(tmp_path)["capture:cam"]["stream"] == "up"
+             and status(tmp_path)["record"]["processed"] > recorded + 5, timeout=90)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc, timeout=60)
+    assert code == 0, err
+    events = jsonl(tmp_path / "out" / "events.jsonl")
+    assert [e["type"] for e in events if e["type"].startswith("stream_")] == ["stream_down", "stream_up"]
+    rows = jsonl(tmp_path / "out" / "cam" / "tracks.jsonl")
+    assert decoded_frames(tmp_path / "out" / "cam") == len(rows) > 20
