@@ -179,7 +179,10 @@ class ViewStats:
 
 # ---------------------------------------------------------------- tracks, events, health
 class ViewState:
-    """What the page shows besides video: the status snapshot, drone tracks, stream events."""
+    """What the page shows besides video: the status snapshot, drone tracks, stream events.
+
+    Events as the track stage and supervisor publish them: {"type": "track_confirmed" | "track_lost" |
+    "stream_down" | "stream_up", "stream_id", "t" (wall time), "track_id", "class", "thumbnail_jpeg_b64"}."""
 
     def __init__(self, max_events: int):
         self.lock = threading.Lock()
@@ -205,18 +208,18 @@ class ViewState:
             elif kind == "track_lost":
                 row = self.tracks.get((stream_id, _int(event.get("track_id"))))
                 if row is not None:
-                    row["end"] = _float(event.get("time"), time.time())
+                    row["end"] = _float(event.get("t"), time.time())
             elif kind in ("stream_down", "stream_up"):
                 self.stream_flags[stream_id] = kind.split("_")[1]
                 self.events.appendleft({"type": kind, "stream_id": stream_id,
-                                        "time": _float(event.get("t", event.get("time")), time.time())})
+                                        "time": _float(event.get("t"), time.time())})
 
     def _confirm(self, event: dict, stream_id: str) -> None:
         key = (stream_id, _int(event.get("track_id")))
         row = {"id": self.next_id, "stream_id": stream_id, "track_id": key[1], "class": str(event.get("class", "")),
-               "start": _float(event.get("time"), time.time()), "end": None, "thumb": None}
+               "start": _float(event.get("t"), time.time()), "end": None, "thumb": None}
         self.next_id += 1
-        thumb = _thumbnail(event.get("thumbnail"))
+        thumb = _thumbnail(event.get("thumbnail_jpeg_b64"))
         if thumb is not None:
             self.thumbs[row["id"]] = thumb
             row["thumb"] = f"thumb/{row['id']}.jpg"
@@ -249,6 +252,13 @@ class ViewState:
             return {"stages": self.snapshot, "status_age_s": round(time.time() - self.snapshot_time, 1)
                     if self.snapshot_time else None,
                     "tracks": list(reversed(self.tracks.values())), "events": list(self.events)}
+
+
+def run_is_over(snapshot: dict) -> bool:
+    """The supervisor reports every other stage of this host as exited: nothing more will come (and
+    the supervisor, which only asks sources to stop, is waiting for us)."""
+    others = [beat for label, beat in snapshot.items() if label != "view" and isinstance(beat, dict)]
+    return bool(others) and all(beat.get("alive") is False for beat in others)
 
 
 def _int(value) -> int:
@@ -486,7 +496,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int | None, int]:
 
 # ---------------------------------------------------------------- the stage process
 class ViewStage:
-    """`run()` serves the page and follows the side channels until SIGTERM (exit 0)."""
+    """`run()` serves the page and follows the side channels until SIGTERM or the end of the run (exit 0)."""
 
     name = "view"
 
@@ -592,6 +602,9 @@ class ViewStage:
                 raise ValueError(f"{topic.decode()} payload is not a JSON object")
             if topic == b"status":
                 self.state.set_snapshot(payload)
+                if run_is_over(payload):
+                    log.info("every frame-path stage has exited: the view closes too")
+                    self.stopping = True
             else:
                 self.state.add_event(payload)
 

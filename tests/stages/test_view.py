@@ -293,14 +293,14 @@ def test_page_shows_live_video_tracks_health_and_down_streams(view_factory, chro
 
     # a confirmed drone track appears with its thumbnail, then gets a duration when lost
     t0 = time.time()
-    side.event({"type": "track_confirmed", "stream_id": "cam1", "track_id": 7, "class": "drone", "time": t0,
-                "thumbnail": thumbnail_b64()})
+    side.event({"type": "track_confirmed", "stream_id": "cam1", "track_id": 7, "class": "drone", "t": t0,
+                "thumbnail_jpeg_b64": thumbnail_b64()})
     track = '#tracks li[data-track="7"]'
     assert "drone #7 on cam1" in wait_until(lambda: text_of(chromium, track), 5, "the track")
     wait_until(lambda: chromium.execute_script(
         "const i = document.querySelector('#tracks li[data-track=\"7\"] img.thumb'); return i && i.naturalWidth"),
         5, "the thumbnail to load")
-    side.event({"type": "track_lost", "stream_id": "cam1", "track_id": 7, "time": t0 + 2.5})
+    side.event({"type": "track_lost", "stream_id": "cam1", "track_id": 7, "t": t0 + 2.5})
     wait_until(lambda: "2.5 s" in text_of(chromium, track), 5, "the track's duration")
 
     # stage health from the status snapshot
@@ -367,10 +367,12 @@ def read_mjpeg_parts(port: int, stream_id: str, stop: threading.Event, parts: li
     response = conn.getresponse()
     assert response.getheader("Content-Type").startswith("multipart/x-mixed-replace")
     while not stop.is_set():
-        line = response.fp.readline()
-        if line.lower().startswith(b"content-length:"):
-            response.fp.readline()
-            parts.append(response.fp.read(int(line.split(b":")[1])))
+        headers = {}
+        while (line := response.fp.readline().strip()) or not headers:  # part headers up to a blank line
+            if b":" in line:
+                key, value = line.split(b":", 1)
+                headers[key.strip().lower()] = value.strip()
+        parts.append(response.fp.read(int(headers[b"content-length"])))
     conn.close()
 
 
@@ -396,6 +398,15 @@ def test_client_that_never_reads_slows_neither_pipeline_nor_other_clients(view_f
     assert received >= 0.75 * total * len(STREAMS), (received, view)
     assert len(healthy) >= 0.25 * total, (len(healthy), view)
     assert healthy[-1] == request(port, "/frame/cam0.jpg")[2], "the healthy client did not get the newest frame"
+    # the stalled client really was backed up: far less reached it than the healthy one got
+    stalled.setblocking(False)
+    stalled_bytes = 0
+    try:
+        while chunk := stalled.recv(1 << 16):
+            stalled_bytes += len(chunk)
+    except BlockingIOError:
+        pass
+    assert stalled_bytes < sum(map(len, healthy)) / 2, (stalled_bytes, sum(map(len, healthy)))
     stalled.close()
 
 
@@ -440,11 +451,18 @@ def test_malformed_side_channel_messages_are_counted_and_ignored(view_factory):
     assert api_state(port)["view"]["malformed"] == 6
     for track_id, thumbnail in [(1, base64.b64encode(b"<script>").decode()), (2, "%%%not base64")]:
         side.event({"type": "track_confirmed", "stream_id": "cam0", "track_id": track_id, "class": "drone",
-                    "time": time.time(), "thumbnail": thumbnail})
+                    "t": time.time(), "thumbnail_jpeg_b64": thumbnail})
     wait_until(lambda: len(api_state(port)["tracks"]) == 2, 5, "the two tracks")
     assert all(t["thumb"] is None for t in api_state(port)["tracks"]), "a non-JPEG thumbnail would be served"
     received = api_state(port)["view"]["received"]
     wait_until(lambda: api_state(port)["view"]["received"] > received, 5, "frames after the malformed ones")
+
+
+def test_view_exits_0_when_the_run_is_over(view_factory):
+    port, side, proc, _ = view_factory()
+    ended = {label: dict(beat, alive=False) for label, beat in status_snapshot(STREAMS, 15.0).items()}
+    side.send("status", [b"status", json.dumps({**ended, "view": {"alive": True}}).encode()])
+    assert proc.proc.wait(timeout=10) == 0
 
 
 def test_port_in_use_is_a_one_line_error(run_dir):
@@ -467,3 +485,58 @@ def test_bad_view_setting_is_a_one_line_error(run_dir):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "stages.view.jpeg_quality" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ---------------------------------------------------------------- the real pipeline
+@pytest.mark.slow
+def test_pipeline_run_serves_the_view_at_the_configured_address(tmp_path, synthetic_clip, random_weights, chromium):
+    """`python -m pipeline run` with the view enabled: real capture -> ... -> track frames in the browser."""
+    port = free_port()
+    raw = {"mode": "live", "output_dir": str(tmp_path / "out"),
+           "sources": [{"id": s, "uri": str(synthetic_clip.video), "pace": True, "loop": True} for s in STREAMS],
+           "stages": {"detect": {"weights": str(random_weights), "backend": "torch"},
+                      "record": {"segment_seconds": 1.0}, "view": {"enabled": True, "port": port}},
+           "supervisor": {"status_interval_s": 0.5, "heartbeat_interval_s": 0.25}}
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc.poll() is None and _serving(port), 60, f"the view on 127.0.0.1:{port}")
+        chromium.get(f"http://127.0.0.1:{port}/")
+        for stream_id in STREAMS:
+            wait_until(lambda: "live" in tile(chromium, stream_id).get_attribute("class"), 90, f"{stream_id} live")
+        shown = chromium.execute_script("return window.liveView.frames")
+        wait_until(lambda: all(chromium.execute_script("return window.liveView.frames")[s] > shown[s] + 3
+                               for s in STREAMS), 20, "frames to advance in the page")
+        for stage in ("capture:cam0", "capture:cam1", "preprocess", "detect", "track", "record", "view"):
+            wait_until(lambda: text_of(chromium, f'#health tr[data-stage="{stage}"]'), 10, f"{stage} health")
+        wait_until(lambda: chromium.find_elements("css selector", "#recordings a[href*='segment_']"), 20,
+                   "a recorded segment link")
+        page = cv2.imdecode(np.frombuffer(chromium.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)
+        assert page.std() > 20
+        assert video_png(chromium, "cam0").std() > 5, "the annotated video is blank"
+    finally:
+        proc.send_signal(signal.SIGINT)  # drains; the view closes once the frame path has exited
+        try:
+            _, err = proc.communicate(timeout=90)
+        finally:
+            _kill_stages_of(tmp_path)  # stage processes left behind if the supervisor itself failed
+    assert proc.returncode == 0, err[-3000:]
+    assert "did not drain in time" not in err, "the view held up the end of the run"
+
+
+def _kill_stages_of(tmp_path: Path) -> None:
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(tmp_path).encode() in (proc_dir / "cmdline").read_bytes():
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def _serving(port: int) -> bool:
+    try:
+        return request(port, "/api/state")[0] == 200
+    except OSError:
+        return False
