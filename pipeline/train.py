@@ -8,7 +8,7 @@ Data sources: the real dataset (``--data``, split manifest configs/splits.json),
 by ``scripts/make_train_bundle.py`` (``--bundle``), plus optional synthetic clips (``--synthetic N``).
 Budget: ``--epochs`` or ``--minutes`` (the cosine schedule then spans the number of steps that the
 measured step rate fits into the budget). Every epoch: validation mAP50:95 on the val split with the EMA
-weights (COCO evaluation, pycocotools), ``last.pt`` (exact-resume state) and ``best.pt`` (model
+weights (pipeline.evaluate.coco_metrics), ``last.pt`` (exact-resume state) and ``best.pt`` (model
 checkpoint, models.save_checkpoint) in ``--out``; also ``log.json`` and ``curve.png``. See docs/training.md.
 """
 from __future__ import annotations
@@ -409,22 +409,14 @@ def letterbox_batch(frames: torch.Tensor, input_size: tuple[int, int]) -> tuple[
 
 
 def coco_map(gt: dict, detections: list[dict]) -> dict:
-    """COCO bbox mAP50:95 / mAP50 (pycocotools), from in-memory ground truth and detections."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """mAP50:95 / mAP50 overall and per modality through the evaluation code (pipeline.evaluate)."""
+    from pipeline.evaluate import coco_metrics
 
     if not detections or not gt["annotations"]:
-        return {"map50_95": 0.0, "map50": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO()
-        truth.dataset = gt
-        truth.createIndex()
-        result = truth.loadRes(detections)
-        evaluator = COCOeval(truth, result, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"map50_95": float(evaluator.stats[0]), "map50": float(evaluator.stats[1])}
+        return {"map50_95": 0.0, "map50": 0.0, "per_modality": {}}
+    metrics = coco_metrics(gt, detections)
+    per_modality = {m: round(v["map50_95"] or 0.0, 4) for m, v in metrics["per_modality"].items()}
+    return {"map50_95": metrics["map50_95"] or 0.0, "map50": metrics["map50"] or 0.0, "per_modality": per_modality}
 
 
 @torch.no_grad()
@@ -450,7 +442,7 @@ def evaluate_model(model: torch.nn.Module, clips: list[ClipFrames], class_names:
                 image_id = len(images) + 1
                 height, width = clip.frames.shape[1:3]
                 images.append({"id": image_id, "width": int(width), "height": int(height),
-                               "file_name": f"{clip.name}/{clip.frame_ids[index]:06d}"})
+                               "file_name": f"{clip.name}/{clip.frame_ids[index]:06d}", "modality": clip.modality})
                 for c, x1, y1, x2, y2 in clip.boxes[index]:
                     annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c) + 1,
                                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
@@ -916,7 +908,7 @@ def _end_epoch(trainer: Trainer, args) -> None:
     window = trainer.history["loss"][-trainer.steps_per_epoch:]
     record = {"epoch": epoch, "step": trainer.step, "images_seen": trainer.images_seen,
               "elapsed_s": round(trainer.elapsed, 1), "loss": float(np.mean(window)) if window else None,
-              "map50_95": metrics["map50_95"], "map50": metrics["map50"]}
+              "map50_95": metrics["map50_95"], "map50": metrics["map50"], "per_modality": metrics["per_modality"]}
     trainer.history["epochs"].append(record)
     if metrics["map50_95"] > trainer.best:
         trainer.best = metrics["map50_95"]

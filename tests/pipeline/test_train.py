@@ -160,3 +160,17 @@ def test_eval_letterbox_matches_the_detector_preprocessing(shape):
     ours, ratio = train.letterbox_batch(torch.from_numpy(frame)[None], (512, 640))
     assert ratio == pytest.approx(expected_ratio)
     assert np.abs(ours[0].numpy() - expected).mean() < 1.0    # OpenCV vs torch bilinear rounding only
+
+
+def test_validation_metric_scores_perfect_detections_as_one():
+    images = [{"id": i, "width": 640, "height": 512, "file_name": f"c/{i:06d}", "modality": m}
+              for i, m in ((1, "V"), (2, "IR"))]
+    boxes = [(1, [100.0, 50.0, 12.0, 9.0]), (2, [10.0, 20.0, 30.0, 15.0])]
+    annotations = [{"id": k, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                   for k, (i, b) in enumerate(boxes, 1)]
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "drone"}]}
+    perfect = [{"image_id": i, "category_id": 1, "bbox": b, "score": 0.9} for i, b in boxes]
+    metrics = train.coco_map(gt, perfect)
+    assert metrics["map50_95"] == pytest.approx(1.0) and metrics["per_modality"] == {"IR": 1.0, "V": 1.0}
+    shifted = [{**d, "bbox": [d["bbox"][0] + 6, *d["bbox"][1:]]} for d in perfect]
+    assert train.coco_map(gt, shifted)["map50_95"] < 0.5
