@@ -410,23 +410,26 @@ def evaluate(args: argparse.Namespace) -> dict:
     report: dict = {"split": args.split, "data": str(args.data), "clips": len(clips), "stride": args.stride,
                     "max_frames": args.max_frames, "backend": args.backend, "device": args.device,
                     "mode": "pipeline" if args.through_pipeline else "direct"}
+    skipped: list[dict] = []
+    clips = usable_clips(clips, skipped)
     if args.through_pipeline:
         categories = class_to_category(_class_names_of(args))
         detections, report["pipeline"] = evaluate_through_pipeline(clips, args, args.out)
-        skipped, frame_counts = [], {}
+        frame_counts: dict[str, int] = {}
         report["throughput_fps"] = report["pipeline"]["frames"] / max(report["pipeline"]["seconds"], 1e-9)
     else:
         detector = _load_detector(args)
         categories = class_to_category(detector.class_names)
         report["weights"] = str(detector.weights)
         run = run_detector(detector, clips, args.stride, args.max_frames, args.cache_dir)
-        detections, skipped, frame_counts = run.detections, run.skipped, run.frame_counts
+        detections, frame_counts = run.detections, run.frame_counts
+        skipped += run.skipped
         report["latency_ms"] = latency_summary(run.timings_ms)
         report["throughput_fps"] = run.images / max(run.seconds, 1e-9)
     scored = [clip for clip in clips if clip.name not in {s["clip"] for s in skipped}]
     if not scored:
-        raise EvalError(f"no clip of split {args.split!r} could be evaluated ({len(skipped)} skipped)")
-    ground_truth = _ground_truth(scored, args, frame_counts, skipped)
+        raise EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
+    ground_truth = dataset.to_coco(scored, args.stride, frame_counts=frame_counts, max_frames=args.max_frames)
     predictions = to_coco_results(detections, ground_truth, categories)
     started = time.perf_counter()
     metrics = coco_metrics(ground_truth, predictions, args.metrics)
@@ -440,8 +443,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     return report
 
 
-def _ground_truth(clips, args, frame_counts: dict, skipped: list) -> dict:
-    """COCO ground truth of the clips; a clip whose labels fail here is also skipped and listed."""
+def usable_clips(clips, skipped: list[dict]) -> list:
+    """Clips whose labels parse and whose video opens; the others are listed in skipped with the reason.
+    Raises EvalError when none is left."""
     usable = []
     for clip in clips:
         try:
@@ -452,8 +456,8 @@ def _ground_truth(clips, args, frame_counts: dict, skipped: list) -> dict:
             log.warning("skipping clip: %s", exc)
             skipped.append({"clip": clip.name, "reason": str(exc)})
     if not usable:
-        raise EvalError(f"no clip of split {args.split!r} could be evaluated ({len(skipped)} skipped)")
-    return dataset.to_coco(usable, args.stride, frame_counts=frame_counts, max_frames=args.max_frames)
+        raise EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
+    return usable
 
 
 def _write_outputs(out: Path, report: dict, predictions: list, ground_truth: dict, metrics: dict) -> None:
