@@ -255,6 +255,3 @@ def run_stage(stage: Stage, cfg: PipelineConfig, instance: str | None = None) ->
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {instance or stage.name}[%(process)d] %(levelname)s %(message)s")
     return StageRunner(stage, cfg, instance).run()
-
-
-_curve_keys = curve_keys  # TODO(lead): drop once stages/view.py imports curve_keys

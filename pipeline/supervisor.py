@@ -234,7 +234,8 @@ class Supervisor:
         """Frames between a stage and its upstream: what upstream sent minus what this one took."""
         sent_by = {name: 0 for name in STAGE_ORDER}
         for label, beat in snapshot.items():
-            sent_by[label.split(":")[0]] += int(beat.get("sent", 0))
+            if label.split(":")[0] in sent_by:  # consumers beside the frame path (the view) have no queue here
+                sent_by[label.split(":")[0]] += int(beat.get("sent", 0))
         depths = {}
         for up, down in zip(STAGE_ORDER, STAGE_ORDER[1:]):
             if down in snapshot:

@@ -279,7 +279,8 @@ class RecordStage(Stage):
 def frame_record(msg: FrameMessage) -> dict:
     dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
     return {"stream_id": msg.stream_id, "frame_index": msg.frame_index, "source_ts": round(msg.source_ts, 4),
-            "capture_wall": msg.capture_wall, "detections": dets.tolist(),  # full precision: scored later
+            "capture_wall": msg.capture_wall, "recorded_wall": time.time(),  # capture-to-record latency
+            "detections": dets.tolist(),  # full precision: scored later
             "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
             "track_class_ids": msg.meta.get("track_class_ids", []),
             "alert_track_ids": msg.meta.get("alert_track_ids", [])}

@@ -42,7 +42,7 @@ import zmq
 
 from pipeline.config import PipelineConfig, connect_side
 from pipeline.messages import FrameMessage, MessageError
-from pipeline.stage import _curve_keys
+from pipeline.stage import curve_keys
 from pipeline.transport import open_socket
 
 log = logging.getLogger("stages.view")
@@ -531,7 +531,7 @@ class ViewStage:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         ctx = zmq.Context()
-        curve = _curve_keys(self.cfg)
+        curve = curve_keys(self.cfg)
         events = connect_side(self.cfg.endpoint("events"))
         subs = [open_socket(ctx, events, hwm=FRAME_HWM, curve=curve, subscribe=b"frame/"),
                 open_socket(ctx, events, hwm=EVENT_HWM, curve=curve, subscribe=b"event"),

@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Pipeline benchmark, all measured side by side in one run on one clip with one detector:
+
+  (a) a single-process sequential loop: decode -> preprocess -> infer -> track -> annotate -> encode
+  (b) the ZeroMQ pipeline in replay mode (each stage its own process)
+  (c) live mode: capture-to-recorded latency p50/p99, first vs second half of the run (must not grow)
+  (d) transport of one 1920x1080 frame over ipc and tcp, against a plain memory copy
+
+    python scripts/bench_pipeline.py [--clip FILE] [--weights PATH] [--backend onnx|torch] [--frames N]
+
+Steady-state rates: (a) and (b) count from the first frame out to the last, so process start-up
+and model loading are excluded from both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import config_from_dict  # noqa: E402
+from pipeline.messages import FrameMessage  # noqa: E402
+from pipeline.transport import open_socket  # noqa: E402
+
+
+def make_clip(folder: Path, frames: int) -> Path:
+    from pipeline.synthetic import make_clip as synth
+
+    return synth(folder, seed=3, frames=frames, size=(640, 512)).video
+
+
+def pipeline_config(clip: Path, out: Path, weights: str, backend: str, mode: str) -> dict:
+    return {"mode": mode, "sources": [{"id": "bench", "uri": str(clip)}], "output_dir": str(out),
+            "stages": {"detect": {"weights": weights, "backend": backend, "batch_size": 4},
+                       "record": {"segment_seconds": 600}},
+            "supervisor": {"status_interval_s": 5}}
+
+
+# ---------------------------------------------------------------- (a) one process
+def sequential_fps(clip: Path, out: Path, weights: str, backend: str) -> tuple[float, float]:
+    """-> (fps, mean detector ms per frame)"""
+    import cv2
+
+    from stages.detect import DetectStage
+    from stages.preprocess import PreprocessStage
+    from stages.record import RecordStage
+    from stages.track import TrackStage
+
+    cfg = config_from_dict(pipeline_config(clip, out, weights, backend, "replay"))
+    pre, det, trk, rec = PreprocessStage(cfg), DetectStage(cfg), TrackStage(cfg), RecordStage(cfg)
+    cap = cv2.VideoCapture(str(clip))
+    count, start, detect_s = 0, None, 0.0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        start = start or time.perf_counter()
+        msg = FrameMessage("bench", count, count / 30.0, time.time(), {"image": image})
+        for stage in (pre, det, trk, rec):
+            t0 = time.perf_counter()
+            msg = (stage.process_batch([msg]) or [msg])[0]
+            detect_s += time.perf_counter() - t0 if stage is det else 0.0
+        count += 1
+    rec.close()
+    trk.close()
+    return (count - 1) / (time.perf_counter() - start), detect_s / count * 1000
+
+
+# ---------------------------------------------------------------- (b), (c) the pipeline
+def run_pipeline(clip: Path, out: Path, weights: str, backend: str, mode: str) -> list[dict]:
+    cfg_path = out.parent / f"{out.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(pipeline_config(clip, out, weights, backend, mode)))
+    subprocess.run([sys.executable, "-m", "pipeline", "run", str(cfg_path), "--no-progress"], cwd=REPO,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [json.loads(line) for line in (out / "bench" / "tracks.jsonl").read_text().splitlines()]
+
+
+def replay_fps(rows: list[dict]) -> float:
+    return (len(rows) - 1) / (rows[-1]["recorded_wall"] - rows[0]["recorded_wall"])
+
+
+def live_latency(rows: list[dict]) -> dict:
+    lat = np.array([(r["recorded_wall"] - r["capture_wall"]) * 1000 for r in rows])
+    half = len(lat) // 2
+    return {"p50": np.percentile(lat, 50), "p99": np.percentile(lat, 99),
+            "p99_first_half": np.percentile(lat[:half], 99), "p99_second_half": np.percentile(lat[half:], 99),
+            "recorded": len(rows)}
+
+
+# ---------------------------------------------------------------- (d) transport
+def transport_ms(address: str, frame: np.ndarray, repeats: int) -> float:
+    ctx = zmq.Context()
+    pull = open_socket(ctx, f"pull+bind:{address}", hwm=4)
+    push = open_socket(ctx, f"push+connect:{address}", hwm=4)
+    msg = FrameMessage("bench", 0, 0.0, 0.0, {"image": frame})
+    push.send_multipart(msg.encode(), copy=False)
+    FrameMessage.decode(pull.recv_multipart(copy=False))  # connect + warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        push.send_multipart(msg.encode(), copy=False)
+        got = FrameMessage.decode(pull.recv_multipart(copy=False))
+        assert got.image.shape == frame.shape
+    elapsed = (time.perf_counter() - start) / repeats
+    push.close(0), pull.close(0), ctx.term()
+    return elapsed * 1000
+
+
+def memcpy_ms(frame: np.ndarray, repeats: int) -> float:
+    target = np.empty_like(frame)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        np.copyto(target, frame)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip", type=Path, help="video to use (default: a synthetic 640x512 clip)")
+    parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic clip")
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--repeats", type=int, default=50, help="transport repetitions")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        tmp = Path(tmp)
+        clip = args.clip or make_clip(tmp / "clip", args.frames)
+        print(f"clip {clip}, detector {args.weights} ({args.backend})", flush=True)
+        seq, detect_ms = sequential_fps(clip, tmp / "seq", args.weights, args.backend)
+        print(f"(a) sequential: {seq:.1f} fps (detector {detect_ms:.1f} ms/frame)", flush=True)
+        replay = replay_fps(run_pipeline(clip, tmp / "replay", args.weights, args.backend, "replay"))
+        print(f"(b) pipeline replay: {replay:.1f} fps", flush=True)
+        live = live_latency(run_pipeline(clip, tmp / "live", args.weights, args.backend, "live"))
+        frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+        copy = memcpy_ms(frame, args.repeats)
+        ipc = transport_ms(f"ipc://{tmp}/bench.ipc", frame, args.repeats)
+        with __import__("socket").socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        tcp = transport_ms(f"tcp://127.0.0.1:{port}", frame, args.repeats)
+
+    live_goal_ms = 2 * detect_ms + 1000 / 30
+    results = {"detector_ms": detect_ms, "live_p99_goal_ms": live_goal_ms, "sequential_fps": seq, "replay_fps": replay, "replay_over_sequential": replay / seq,
+               "live_latency_ms": live, "memcpy_ms": copy, "ipc_ms": ipc, "tcp_ms": tcp,
+               "ipc_over_memcpy": ipc / copy, "tcp_over_memcpy": tcp / copy}
+    print()
+    print(f"{'measure':<44}{'value':>12}  goal")
+    rows = [
+        ("(a) sequential single process, fps", f"{seq:.1f}", ""),
+        ("(b) ZeroMQ pipeline replay, fps", f"{replay:.1f}", ""),
+        ("(b)/(a)", f"{replay / seq:.2f}", ">= 1.2"),
+        ("(c) live capture->recorded p50, ms", f"{live['p50']:.0f}", ""),
+        ("detector alone (in (a)), ms per frame", f"{detect_ms:.1f}", ""),
+        ("(c) live capture->recorded p99, ms", f"{live['p99']:.0f}", f"<= {live_goal_ms:.0f} (2 x detector + 1 frame)"),
+        ("(c) live p99 first half / second half, ms", f"{live['p99_first_half']:.0f}/{live['p99_second_half']:.0f}",
+         "not growing"),
+        ("(c) live frames recorded of source", f"{live['recorded']}", ""),
+        ("(d) memcpy 1920x1080x3, ms", f"{copy:.2f}", ""),
+        ("(d) ipc send+receive, ms (x memcpy)", f"{ipc:.2f} ({ipc / copy:.1f}x)", "<= 3x"),
+        ("(d) tcp send+receive, ms (x memcpy)", f"{tcp:.2f} ({tcp / copy:.1f}x)", "<= 3x"),
+    ]
+    for name, value, goal in rows:
+        print(f"{name:<44}{value:>12}  {goal}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
