@@ -95,8 +95,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        for sp in self.stages:
-            sp.start()
+        self._start_consumers_then_sources()
         log.info("started %d stage processes; outputs in %s", len(self.stages), self.cfg.resolve(self.cfg.output_dir))
         last_status, drain_deadline = 0.0, None
         while any(sp.alive() for sp in self.stages):
@@ -120,6 +119,21 @@ class Supervisor:
             print(f"pipeline failed: {self.failed}", file=sys.stderr)
             return 1
         return 0
+
+    def _start_consumers_then_sources(self) -> None:
+        """Sources start once every other stage beats (models loaded): a live camera's first seconds
+        are not dropped while the detector is still loading."""
+        for sp in self.stages:
+            if not sp.is_source:
+                sp.start()
+        deadline = time.time() + STARTUP_GRACE_S
+        waiting = [sp for sp in self.stages if not sp.is_source]
+        while waiting and time.time() < deadline and not self.stopping:
+            self._read_heartbeats(timeout_ms=200)
+            waiting = [sp for sp in waiting if not sp.last_beat_time and sp.alive()]
+        for sp in self.stages:
+            if sp.is_source and not self.stopping:
+                sp.start()
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stopping:
@@ -163,6 +177,8 @@ class Supervisor:
     def _check_processes(self) -> None:
         now = time.time()
         for sp in self.stages:
+            if sp.proc is None:  # a source never started: the run stopped during start-up
+                continue
             code = sp.proc.poll()
             if code is None:
                 silent_for = now - (sp.last_beat_time or sp.started)
