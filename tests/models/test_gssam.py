@@ -203,3 +203,13 @@ def test_single_channel_conv_fast_path_equals_conv2d():
     with torch.no_grad():
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conv(x), expected)  # grad mode: the plain conv
+
+
+def test_channel_reduction_fast_path_equals_conv2d():
+    torch.manual_seed(11)
+    conv = gssam.ChannelReduction(7)
+    x = torch.randn(2, 7, 9, 13)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv(x), expected)
