@@ -40,10 +40,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 VARIANTS = ("std", "sig", "sigres", "conv", "convres")
 
-# The broadcast form is used when N is at most this many points: scripts/model_report.py's crossover
-# table (inference forward, 2-core CPU, maps 40-160 px a side) has it faster up to N ~ 16-36; its cost
-# grows as HW*N (and its memory as HW*N), the exact form's as HW*log N plus a fixed overhead.
-BROADCAST_MAX_POINTS = 16
+# The broadcast form is used while its H*W*N intermediate has at most this many elements (and so
+# costs at most a few MiB): scripts/model_report.py's crossover table (inference forward, 2-core CPU)
+# has it faster up to N = 64 on 40x40 and 80x80 maps and up to N = 16 on 160x160 (H*W*N ~ 0.4 M);
+# the exact form has a fixed overhead of tens of microseconds and grows as HW*log N.
+BROADCAST_MAX_ELEMENTS = 1 << 19
 
 
 class GssamConfigError(ValueError):
@@ -135,13 +136,14 @@ def num_points(height: int, width: int, pool: int) -> int:
 def sampled_contrast(c: torch.Tensor, pool: int) -> torch.Tensor:
     """D(x) = sum_j |c(x) - p_j| over the points of an r x r, stride-r max-pool (ceil mode).
 
-    c: B x 1 x H x W. Returns B x 1 x H x W. Exact; picks the faster of the two equal forms by N.
+    c: B x 1 x H x W. Returns B x 1 x H x W. Exact; picks the faster of the two equal forms by the size H*W*N of the broadcast.
     """
     if c.dim() != 4 or c.shape[1] != 1:
         raise ValueError(f"sampled_contrast expects B x 1 x H x W, got {tuple(c.shape)}")
     if pool < 1:
         raise ValueError(f"sampled_contrast pool must be >= 1, got {pool}")
-    if num_points(c.shape[2], c.shape[3], pool) <= BROADCAST_MAX_POINTS:
+    height, width = c.shape[2], c.shape[3]
+    if height * width * num_points(height, width, pool) <= BROADCAST_MAX_ELEMENTS:
         return sampled_contrast_broadcast(c, pool)
     return sampled_contrast_exact(c, pool)
 
@@ -170,14 +172,16 @@ def _cpu_inference(x: torch.Tensor) -> bool:
 
 
 class ChannelReduction(nn.Conv2d):
-    """The 1x1 C -> 1 reduction. On CPU at inference it runs as one matmul: oneDNN's 1x1 conv with a
-    single output channel measured 10-30x slower with 2 threads. Otherwise the plain nn.Conv2d."""
+    """The 1x1 C -> 1 reduction. On CPU at inference and in ONNX exports it runs as one matmul:
+    single-output 1x1 convs measured 10-30x slower in oneDNN (2 threads) and ~10x in ONNX Runtime.
+    Otherwise (training, CUDA) the plain nn.Conv2d."""
 
     def __init__(self, channels: int):
         super().__init__(channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _cpu_inference(x) or not x.is_contiguous():
+        as_matmul = torch.onnx.is_in_onnx_export() or (_cpu_inference(x) and x.is_contiguous())
+        if not as_matmul:
             return super().forward(x)
         batch, channels, height, width = x.shape
         reduced = torch.matmul(self.weight.view(1, channels), x.view(batch, channels, height * width))

@@ -2,7 +2,7 @@
 
 The graph returns the head's undecoded outputs (B x A x (5 + C), sigmoids applied); ``decode`` runs
 the yolox head's own ``decode_outputs`` on them, so ONNX Runtime + decode equals eager torch.
-Exported files are cached by the weights file's content hash, input size and opset.
+Exported files are cached by the weights file's content hash, this package's code, input size and opset.
 """
 from __future__ import annotations
 
@@ -54,12 +54,20 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _code_digest() -> str:
+    """Changes whenever the code that shapes the graph (this package, torch) changes."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def cached_onnx_path(weights, input_size: tuple[int, int], cache_dir=None, opset: int = OPSET) -> Path:
-    """Where the export of ``weights`` lives: <cache>/<stem>-<sha16>-<h>x<w>-opset<k>.onnx."""
+    """Where the export of ``weights`` lives: <cache>/<stem>-<weights sha>-<code sha>-<h>x<w>-opset<k>.onnx."""
     weights = Path(weights)
     cache = Path(cache_dir or os.environ.get("MODELS_ONNX_CACHE", DEFAULT_CACHE_DIR))
     h, w = input_size
-    return cache / f"{weights.stem}-{_file_digest(weights)}-{h}x{w}-opset{opset}.onnx"
+    return cache / f"{weights.stem}-{_file_digest(weights)}-{_code_digest()}-{h}x{w}-opset{opset}.onnx"
 
 
 def ensure_onnx(weights, model: nn.Module, input_size: tuple[int, int], cache_dir=None) -> Path:

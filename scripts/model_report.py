@@ -10,7 +10,7 @@ interleaved run by run) with eager torch (BN folded as models.Detector runs it) 
 (--threads intra-op threads) on CPU, or eager torch fp16/channels_last on CUDA.
 Per GSSAM stage at --input: sampled_contrast broadcast vs exact, forward + backward time and peak
 memory (CPU: torch allocations replayed from the profiler's memory timeline; CUDA: max_memory_allocated),
-plus the goal case N = 1600 on a 320 x 320 map, and the crossover that sets gssam.BROADCAST_MAX_POINTS.
+plus the goal case N = 1600 on a 320 x 320 map, and the crossover that sets gssam.BROADCAST_MAX_ELEMENTS.
 Prints tables and writes JSON (--json).
 """
 from __future__ import annotations

@@ -70,8 +70,8 @@ def test_float32_matches_within_float_tolerance():
 def test_dispatcher_is_exact_on_both_sides_of_the_crossover(monkeypatch):
     torch.manual_seed(1)
     c = torch.randn(2, 1, 24, 24, dtype=torch.float64)
-    for threshold in (0, 10_000):  # force the exact form, then the broadcast form
-        monkeypatch.setattr(gssam, "BROADCAST_MAX_POINTS", threshold)
+    for threshold in (0, 10**9):  # force the exact form, then the broadcast form
+        monkeypatch.setattr(gssam, "BROADCAST_MAX_ELEMENTS", threshold)
         _assert_same_as_broadcast(c, 3, function=sampled_contrast)
 
 
