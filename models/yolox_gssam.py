@@ -31,7 +31,7 @@ backbone's output dict. Each stage is wrapped in ``AttendedStage`` (no yolox cod
 
 n and r per stage (the paper leaves them open): from the stage's feature side at the reference
 input 640 (stride 2, 4, 8, 16, 32 -> sides 320, 160, 80, 40, 20):
-``r = max(2, side // 20)`` (a pool grid of about 10-20 points per side at 640; 6-16 on the 256-320
+``r = max(2, side // 20)`` (a pool grid of 10-20 points per side at 640; 4-10 on the 256-320
 training crops) and ``n = max(1, ceil((r - 1) / 2))``, the fewest 3x3 convs whose receptive
 field 2n + 1 covers r. Result: stem r=16 n=8, dark2 r=8 n=4, dark3 r=4 n=2, dark4 r=2 n=1,
 dark5 r=2 n=1. Modules are fixed at build time, so r does not change with the input size.
