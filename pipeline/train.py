@@ -590,6 +590,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.json, curve.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same model name): "
+                   "a fresh schedule on top of an earlier run")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--val-per-clip", type=int, default=10, help="val frames per clip (evenly spaced)")
@@ -676,6 +678,8 @@ class Trainer:
             self.model = models.build_model(args.model, num_classes=len(class_names)).to(device)
         except ValueError as error:
             raise TrainError(str(error)) from None
+        if args.init:
+            self._load_init(args.init)
         self.model.train()
         self.optimizer = make_optimizer(self.model, args.optimizer, args.lr, args.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp == "fp16")
@@ -692,6 +696,18 @@ class Trainer:
         self.images_seen = 0
         self.elapsed = 0.0                 # training-loop seconds before this process (resume)
         self.skipped_steps = 0
+
+    def _load_init(self, path: str) -> None:
+        import models
+
+        try:
+            model, meta = models.load_checkpoint(path)
+        except models.CheckpointError as error:
+            raise TrainError(f"--init: {error}") from None
+        if meta["name"] != self.args.model or list(meta["class_names"]) != list(self.class_names):
+            raise TrainError(f"--init: {path} holds {meta['name']} for {meta['class_names']}, not {self.args.model}")
+        self.model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+        log.info("%s: weights from %s", self.args.model, path)
 
     # -- planning
     def plan_epochs(self, frames: int) -> None:
