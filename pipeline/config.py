@@ -220,7 +220,7 @@ class PipelineConfig:
 
     def resolve(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return Path(os.path.normpath(p if p.is_absolute() else Path(self.base_dir) / p))
 
     def endpoint(self, key: str) -> str:
         return self.endpoints[key]

@@ -348,7 +348,18 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
             integrity[key] += value
     integrity["seconds"] = time.perf_counter() - started
     integrity["frames"] = len(detections)
+    integrity["tracking"] = tracking_metrics(clips, output_dir)
     return detections, integrity
+
+
+def tracking_metrics(clips, output_dir: Path) -> dict:
+    """MOTA / IDF1 / HOTA of the pipeline's tracks against the labels, each clip a sequence."""
+    from pipeline.track_metrics import evaluate_mot_sequences, gt_rows_from_labels, rows_from_tracks_jsonl
+
+    sequences = {clip.name: (gt_rows_from_labels(dataset.read_labels(clip)),
+                             rows_from_tracks_jsonl(output_dir / clip.name / "tracks.jsonl"))
+                 for clip in clips if (output_dir / clip.name / "tracks.jsonl").is_file()}
+    return evaluate_mot_sequences(sequences) if sequences else {}
 
 
 # --------------------------------------------------------------------------- command line

@@ -183,6 +183,9 @@ def test_through_pipeline_scores_exactly_what_direct_evaluation_scores(tiny_chec
     assert piped["pipeline"]["frames"] == 16
     assert piped["pipeline"]["duplicates"] == piped["pipeline"]["out_of_order"] == 0
     assert piped["map50_95"] == pytest.approx(direct["map50_95"], abs=1e-6)
+    tracking = piped["pipeline"]["tracking"]
+    assert set(tracking["sequences"]) == {"IR_DRONE_910", "V_BIRD_911"}
+    assert {"MOTA", "IDF1", "HOTA"} <= set(tracking["combined"])
 
     def ordered(d):
         results = json.loads((tmp_path / d / "predictions.json").read_text())
