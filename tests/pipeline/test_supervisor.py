@@ -4,13 +4,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import av
 import pytest
 import yaml
 import zmq
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +109,12 @@ def test_sigterm_mid_run_drains_and_the_recording_plays(tmp_path, synthetic_clip
 def test_malformed_message_is_dropped_and_counted_and_the_stage_lives(tmp_path, synthetic_clip, random_weights):
     long_clip = tmp_path / "long.mp4"
     _concat(synthetic_clip.video, long_clip, times=3)
-    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights)
+    port = free_port()
+    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights,
+                          supervisor={"prometheus_port": port})
     wait_for(lambda: status(tmp_path)["preprocess"]["processed"] > 5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'lss_stage_fps{stage="detect"}' in metrics and 'lss_stage_queue_depth{stage="preprocess"}' in metrics
     run_cfg = yaml.safe_load((tmp_path / "out" / "run_config.yaml").read_text())
     address = run_cfg["endpoints"]["preprocess_in"].split(":", 1)[1]
     ctx = zmq.Context()
