@@ -132,9 +132,8 @@ class StageRunner:
                 self.metrics.count("received")
                 self._emit([msg])
             self._beat()
-        for stream_id in self.cfg.stream_ids:
-            if stream_id in getattr(self.stage, "stream_ids", [stream_id]):
-                self._finish_stream(stream_id)
+        for stream_id in self.stage.stream_ids:  # a source owns the streams it reads
+            self._finish_stream(stream_id)
 
     def _run_filter(self) -> None:
         poller = zmq.Poller()
