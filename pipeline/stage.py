@@ -98,12 +98,19 @@ class StageRunner:
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.ended: set[str] = set()
         self.stopping = False
+        self.awaiting_release = self.released = False
+        self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
         self._last_beat = 0.0
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_release)
 
     def _on_term(self, signum, frame):
         self.stopping = True
+        self.released = self.released or self.awaiting_release
+
+    def _on_release(self, signum, frame):
+        self.released = True
 
     # ------------------------------------------------------------ main loops
     def run(self) -> int:
@@ -112,6 +119,8 @@ class StageRunner:
                 self._run_source()
             else:
                 self._run_filter()
+            if self.out is not None:
+                self._await_release()
         finally:
             self._beat(force=True, state="exiting")
             self.stage.close()
@@ -123,6 +132,17 @@ class StageRunner:
                     sock.close(linger=linger_ms if sock is self.out else 0)
             self.ctx.term()
         return 0
+
+    def _await_release(self) -> None:
+        """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
+        taken in (its queue full: HWM) when the sending peer disconnects, the stream's last frames and
+        its EOS among them, so a stage exits only when the supervisor says its downstream has exited
+        (SIGUSR1), on a SIGTERM from here on, or after the drain timeout (downstream on another host)."""
+        self.awaiting_release = True
+        deadline = time.time() + self.cfg.supervisor.drain_timeout_s
+        while not self.released and time.time() < deadline:
+            self._beat(state="flushed")
+            time.sleep(0.05)
 
     def _run_source(self) -> None:
         for msg in self.stage.frames():
@@ -229,8 +249,13 @@ class StageRunner:
     # ------------------------------------------------------------ heartbeat
     def _beat(self, force: bool = False, state: str = "running") -> None:
         now = time.time()
-        if not force and now - self._last_beat < self.cfg.supervisor.heartbeat_interval_s:
+        first_in_state = state != getattr(self, "_last_state", state)
+        self._last_state = state
+        if not force and not first_in_state and now - self._last_beat < self.cfg.supervisor.heartbeat_interval_s:
             return
+        if os.getppid() != self.parent_pid and not self.stopping:
+            log.error("%s: the supervisor (pid %d) is gone: stopping", self.label, self.parent_pid)
+            self.stopping = self.released = True
         self._last_beat = now
         beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
                 "ended": sorted(self.ended), **self.metrics.snapshot(now), **self.stage.counters,

@@ -23,7 +23,8 @@ from pipeline.transport import open_socket
 
 log = logging.getLogger("pipeline.supervisor")
 EXIT_BAD_INPUT = 3
-STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
+STARTUP_GRACE_S = 60.0
+DOWNSTREAM = dict(zip(STAGE_ORDER, STAGE_ORDER[1:]))  # whose exit releases a flushed stage  # model loading may take a while before the first heartbeat
 
 
 @dataclass
@@ -36,6 +37,7 @@ class StageProcess:
     last_beat: dict = field(default_factory=dict)
     last_beat_time: float = 0.0
     exit_code: int | None = None
+    release_sent: bool = False
 
     @property
     def is_source(self) -> bool:
@@ -43,7 +45,7 @@ class StageProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
-        self.started, self.exit_code, self.last_beat_time = time.time(), None, 0.0
+        self.started, self.exit_code, self.last_beat_time, self.release_sent = time.time(), None, 0.0, False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -101,6 +103,7 @@ class Supervisor:
         while any(sp.alive() for sp in self.stages):
             self._read_heartbeats(timeout_ms=200)
             self._check_processes()
+            self._release_flushed()
             if self.failed and not self.stopping:
                 self._begin_drain()
             if self.stopping:
@@ -198,6 +201,18 @@ class Supervisor:
                 self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
             elif not self.stopping:
                 self._restart(sp, f"exit code {code}")
+
+    def _release_flushed(self) -> None:
+        """A stage that sent all its EOS waits, output open, until its downstream stage has exited
+        (see StageRunner._await_release); tell it when that happened."""
+        for sp in self.stages:
+            if not sp.alive() or sp.last_beat.get("state") != "flushed" or sp.release_sent:
+                continue
+            downstream = DOWNSTREAM.get(sp.label.split(":")[0])
+            peers = [d for d in self.stages if d.label == downstream]
+            if peers and all(d.proc is not None and d.exit_code is not None for d in peers):
+                sp.signal(signal.SIGUSR1)
+                sp.release_sent = True
 
     def _restart(self, sp: StageProcess, why: str) -> None:
         if sp.restarts >= self.cfg.supervisor.max_restarts:

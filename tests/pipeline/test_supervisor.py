@@ -184,3 +184,28 @@ def test_live_rtsp_camera_frozen_then_back_no_stage_blocks(tmp_path, rtsp_server
     assert [e["type"] for e in events if e["type"].startswith("stream_")] == ["stream_down", "stream_up"]
     rows = jsonl(tmp_path / "out" / "cam" / "tracks.jsonl")
     assert decoded_frames(tmp_path / "out" / "cam") == len(rows) > 20
+
+
+def test_stages_stop_when_the_supervisor_is_killed(tmp_path, synthetic_clip, random_weights):
+    long_clip = tmp_path / "long.mp4"
+    _concat(synthetic_clip.video, long_clip, times=10)
+    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights)
+    wait_for(lambda: status(tmp_path)["record"]["processed"] > 5)
+    pids = [s["pid"] for s in status(tmp_path).values()]
+    proc.kill()  # SIGKILL: no drain, no cleanup by the supervisor
+    proc.communicate()
+
+    def all_gone():
+        return not any(_alive(pid) for pid in pids)
+
+    wait_for(all_gone, timeout=30)
+    rows = jsonl(tmp_path / "out" / "a" / "tracks.jsonl")
+    assert decoded_frames(tmp_path / "out" / "a") >= len(rows) - 2  # what was recorded still plays
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
