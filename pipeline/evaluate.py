@@ -255,15 +255,14 @@ def detections_from_jsonl(path: Path, stream_id: str | None = None) -> tuple[Det
     detections: Detections = {}
     order_errors = duplicates = 0
     last: dict[str, int] = {}
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    from stages.record import read_frame_records
+
+    try:
+        for line_number, record in read_frame_records(path):
             try:
-                record = json.loads(line)
                 key = (record["stream_id"] if stream_id is None else stream_id, int(record["frame_index"]))
                 boxes = np.asarray(record["detections"], dtype=np.float32).reshape(-1, 6)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError) as exc:
                 raise EvalError(f"{path}:{line_number}: malformed pipeline record ({exc})") from None
             if key in detections:  # keep the first, as the record stage does with a resent frame
                 duplicates += 1
@@ -271,6 +270,8 @@ def detections_from_jsonl(path: Path, stream_id: str | None = None) -> tuple[Det
             order_errors += key[1] < last.get(key[0], -1)
             last[key[0]] = max(key[1], last.get(key[0], -1))
             detections[key] = boxes
+    except ValueError as exc:  # a line that is not JSON
+        raise EvalError(str(exc)) from None
     missing = sum(last_index + 1 - sum(1 for k in detections if k[0] == stream) for stream, last_index in last.items())
     return detections, {"duplicates": duplicates, "out_of_order": order_errors, "missing_before_last": missing}
 

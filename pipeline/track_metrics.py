@@ -16,7 +16,6 @@ class-agnostic (every ground-truth box is an object to track); for one class, fi
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -63,20 +62,23 @@ def rows_from_tracks_jsonl(path: str | Path, class_ids: Iterable[int] | None = N
     """MOT rows of the tracked boxes in a record stage tracks.jsonl; with class_ids, only tracks whose
     voted class is one of them."""
     keep = None if class_ids is None else {int(c) for c in class_ids}
+    from stages.record import read_frame_records
+
     rows = []
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    try:
+        for line_number, record in read_frame_records(path):
             try:
-                record = json.loads(line)
                 voted = record.get("track_class_ids") or [-1] * len(record["track_ids"])
                 for det, track_id, class_id in zip(record["detections"], record["track_ids"], voted):
                     if track_id >= 0 and (keep is None or class_id in keep):
                         x1, y1, x2, y2, score = det[:5]
                         rows.append((record["frame_index"] + 1, track_id, x1, y1, x2 - x1, y2 - y1, score))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError) as exc:
                 raise TrackMetricsError(f"{path}:{line_number}: malformed tracks record ({exc})") from None
+    except TrackMetricsError:
+        raise
+    except ValueError as exc:  # a line that is not JSON
+        raise TrackMetricsError(str(exc)) from None
     return rows
 
 

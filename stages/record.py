@@ -20,6 +20,7 @@ import time
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -296,3 +297,15 @@ def mot_lines(msg: FrameMessage) -> str:
             rows.append(f"{msg.frame_index + 1},{track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},"
                         f"{score:.4f},-1,-1,-1\n")
     return "".join(rows)
+
+
+def read_frame_records(path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a tracks.jsonl written by this stage; blank lines skipped. A line that is
+    not JSON raises ValueError naming the file and line (a crash leaves whole lines only)."""
+    with open(path) as f:
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield line_number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_number}: not a JSON record ({exc.msg})") from None
