@@ -124,6 +124,12 @@ def _match_weights(path: Path, model: nn.Module, state: dict) -> None:
     model.load_state_dict(state)
 
 
+def checkpoint_meta(path) -> dict:
+    """The checkpoint's meta (name, input_size, class_names, extras) without building the model."""
+    path = Path(path)
+    return _check_meta(path, _read(path)["meta"])
+
+
 def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the checkpoint's model, load its weights, return (model in eval mode, meta).
 

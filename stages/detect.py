@@ -22,7 +22,7 @@ def weights_path(cfg: PipelineConfig) -> str:
 def model_input_size(cfg: PipelineConfig) -> tuple[int, int]:
     import models
 
-    return tuple(models.load_checkpoint(weights_path(cfg))[1]["input_size"])
+    return tuple(models.checkpoint_meta(weights_path(cfg))["input_size"])
 
 
 class DetectStage(Stage):

@@ -122,3 +122,16 @@ def test_save_rejects_bad_meta(tmp_path):
         with pytest.raises(CheckpointError, match=problem):
             save_checkpoint(tmp_path / "x.pt", model, **kwargs)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_checkpoint_meta_reads_meta_without_building(tmp_path):
+    import models
+
+    path = tmp_path / "m.pt"
+    models.save_checkpoint(path, models.build_model("yolox-nano", num_classes=2), name="yolox-nano",
+                           input_size=(256, 320), class_names=["drone", "bird"])
+    meta = models.checkpoint_meta(path)
+    assert meta["name"] == "yolox-nano" and meta["input_size"] == (256, 320) and meta["class_names"] == ["drone", "bird"]
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(models.CheckpointError, match="bad.pt"):
+        models.checkpoint_meta(tmp_path / "bad.pt")
