@@ -100,6 +100,7 @@ class StageRunner:
         self.stopping = False
         self.awaiting_release = self.released = False
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
+        self.orphaned = False
         self._last_beat = 0.0
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -126,7 +127,7 @@ class StageRunner:
             self.stage.close()
             # queued output (the stream's last frames and its EOS) must still reach a downstream stage
             # that is slow to start: linger as long as the drain may take, never forever
-            linger_ms = int(self.cfg.supervisor.drain_timeout_s * 1000)
+            linger_ms = 0 if self.orphaned else int(self.cfg.supervisor.drain_timeout_s * 1000)
             for sock in (self.inp, self.out, self.control):
                 if sock is not None:
                     sock.close(linger=linger_ms if sock is self.out else 0)
@@ -227,13 +228,15 @@ class StageRunner:
             except zmq.Again:
                 self.metrics.count("dropped_full")
             return
+        give_up = time.time() + self.cfg.supervisor.drain_timeout_s
         while True:  # replay (and EOS): wait for room, but keep beating and stay stoppable
             if self.out.poll(200, zmq.POLLOUT):
                 self.out.send_multipart(parts, copy=False)
                 self.metrics.count("sent")
                 return
             self._beat(state="blocked")
-            if self.stopping and not msg.is_eos:
+            # stopping: frames go at once; an EOS waits for a live downstream, not for a dead one
+            if self.stopping and (not msg.is_eos or self.orphaned or time.time() > give_up):
                 self.metrics.count("dropped_full")
                 return
 
@@ -255,7 +258,7 @@ class StageRunner:
             return
         if os.getppid() != self.parent_pid and not self.stopping:
             log.error("%s: the supervisor (pid %d) is gone: stopping", self.label, self.parent_pid)
-            self.stopping = self.released = True
+            self.stopping = self.released = self.orphaned = True
         self._last_beat = now
         beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
                 "ended": sorted(self.ended), **self.metrics.snapshot(now), **self.stage.counters,

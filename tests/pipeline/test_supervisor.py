@@ -191,14 +191,21 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path, synthetic_clip, ran
     _concat(synthetic_clip.video, long_clip, times=10)
     proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights)
     wait_for(lambda: status(tmp_path)["record"]["processed"] > 5)
-    pids = [s["pid"] for s in status(tmp_path).values()]
+    pids = {label: s["pid"] for label, s in status(tmp_path).items()}
     proc.kill()  # SIGKILL: no drain, no cleanup by the supervisor
-    proc.communicate()
+    proc.wait()
 
-    def all_gone():
-        return not any(_alive(pid) for pid in pids)
+    def alive():
+        return [label for label, pid in pids.items() if _alive(pid)]
 
-    wait_for(all_gone, timeout=30)
+    try:
+        wait_for(lambda: not alive(), timeout=30)
+    except AssertionError:
+        raise AssertionError(f"still running 30 s after the supervisor died: {alive()}") from None
+    finally:
+        for pid in pids.values():  # never leave stages behind, even when the assertion fails
+            subprocess.run(["kill", "-9", str(pid)], capture_output=True)
+        proc.communicate(timeout=30)
     rows = jsonl(tmp_path / "out" / "a" / "tracks.jsonl")
     assert decoded_frames(tmp_path / "out" / "a") >= len(rows) - 2  # what was recorded still plays
 
