@@ -92,14 +92,14 @@ def test_counts_match_two_binary_searches():
     assert torch.equal(k_le, torch.searchsorted(points, values, right=True))
 
 
-def test_joint_sort_counts_bracket_the_searchsorted_counts():
-    """The ONNX-export count (one joint sort) lies between #(q < c) and #(q <= c)."""
-    torch.manual_seed(3)
-    points = torch.sort(torch.randint(0, 5, (2, 30)).float(), dim=1).values
-    values = torch.randint(-1, 6, (2, 200)).float()
-    k, _ = gssam._counts_below_by_sort(points, values)
-    k_lt, k_le = gssam._counts_below(points, values)
-    assert torch.all(k_lt <= k) and torch.all(k <= k_le)
+@pytest.mark.parametrize("num_points", [1, 2, 3, 30, 31, 32, 33])
+def test_unrolled_search_counts_equal_searchsorted(num_points):
+    """The ONNX-export count (unrolled binary search) is #(q <= c), ties and out-of-range values included."""
+    torch.manual_seed(num_points)
+    points = torch.sort(torch.randint(0, 5, (2, num_points)).float(), dim=1).values
+    values = torch.randint(-1, 7, (2, 200)).float()
+    k, _ = gssam._counts_by_unrolled_search(points, values)
+    assert torch.equal(k, torch.searchsorted(points, values, right=True))
 
 
 def test_point_count_includes_partial_blocks():
