@@ -80,6 +80,7 @@ def _read(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a plain-tensor checkpoint ({first[:160]})") from None
     except Exception as error:  # torch.load raises many types on garbage (KeyError, RuntimeError, ...)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first.split(". ")[0]  # torch appends paragraphs of advice after the first sentence
         raise CheckpointError(
             f"{path}: unreadable or truncated checkpoint ({type(error).__name__}: {first[:160]})") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:

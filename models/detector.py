@@ -21,12 +21,13 @@ class Detector:
 
     backend "torch": device "cpu" or "cuda[:i]"; fp16=True (CUDA only) runs half precision with
     channels_last. backend "onnx": ONNX Runtime on CPU with ``onnx_threads`` intra-op threads, the
-    export cached in ``cache_dir`` (see models.onnx_export).
+    export (one per input size) cached in ``cache_dir`` (see models.onnx_export). ``input_size``
+    (h, w) defaults to the checkpoint's.
     """
 
     def __init__(self, weights=None, backend: str = "torch", device: str = "cpu", fp16: bool = False,
                  conf_threshold: float = 0.25, nms_threshold: float = 0.45, onnx_threads: int = 2,
-                 cache_dir=None):
+                 cache_dir=None, input_size: tuple[int, int] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.device = torch.device(device)
@@ -43,7 +44,9 @@ class Detector:
         self.meta = meta
         self.model_name = meta["name"]
         self.class_names = list(meta["class_names"])
-        self.input_size = tuple(meta["input_size"])
+        self.input_size = tuple(input_size or meta["input_size"])  # any multiple of 32: fully convolutional
+        if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
+            raise ValueError(f"input_size must be (h, w), positive multiples of 32, got {self.input_size}")
         self._head = model.head
         if backend == "onnx":
             self.onnx_path = ensure_onnx(self.weights, model, self.input_size, cache_dir)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError, load_config
+from pipeline.transport import EndpointError
 
 STAGE_NAMES = ("capture", "preprocess", "detect", "track", "record", "view")
 
@@ -23,6 +24,10 @@ def cmd_run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         cfg = load_config(args.config)
+        if {"preprocess", "detect"} & set(cfg.run_stages):
+            from stages.detect import check_weights
+
+            check_weights(cfg)  # a wrong weights file stops here, before any stage starts
     except ConfigError as exc:
         return _fail(str(exc), 2)
     from pipeline.supervisor import Supervisor
@@ -55,6 +60,8 @@ def cmd_stage(argv: list[str]) -> int:
         return run_stage(stage, cfg, instance=f"capture:{args.source}" if args.name == "capture" else None)
     except SourceError as exc:
         return _fail(f"{args.name}: {exc}", 3)
+    except (ConfigError, EndpointError) as exc:  # exit 2: the supervisor stops the run, no restarts
+        return _fail(f"{args.name}: {exc}", 2)
 
 
 def main(argv: list[str] | None = None) -> int:

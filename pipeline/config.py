@@ -344,8 +344,7 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
     _positive(cfg.stages.detect.batch_size, "stages.detect.batch_size")
     _positive(cfg.transport.hwm, "transport.hwm")
     _positive(cfg.stages.record.segment_seconds, "stages.record.segment_seconds")
-    if not cfg.stages.detect.device.startswith(("cpu", "cuda")):
-        raise ConfigError(f"config key 'stages.detect.device' must be cpu or cuda[:N], got {cfg.stages.detect.device!r}")
+    _check_detector(cfg.stages.detect, cfg.stages.preprocess)
     for name in cfg.run_stages:
         _choice(name, STAGE_ORDER + OPTIONAL_STAGES, "run_stages[]")
     view = cfg.stages.view
@@ -353,6 +352,8 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
         raise ConfigError(f"config key 'stages.view.token' is required to serve the view on {view.host}")
     if not cfg.sources:
         raise ConfigError("config key 'sources' must list at least one source")
+    for i, src in enumerate(cfg.sources):
+        _positive(src.fps, f"sources[{i}].fps")
     ids = [s.id for s in cfg.sources]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"config key 'sources': stream ids must be unique, got {ids}")
@@ -368,6 +369,20 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
         _check_endpoint(cfg, key, spec, check_network)
     if check_files:
         _check_files(cfg)
+
+
+def _check_detector(detect: DetectConfig, preprocess: PreprocessConfig) -> None:
+    """What the detector would refuse only after loading the weights (and restarting) is refused here."""
+    if not detect.device.startswith(("cpu", "cuda")):
+        raise ConfigError(f"config key 'stages.detect.device' must be cpu or cuda[:N], got {detect.device!r}")
+    if detect.backend == "onnx" and detect.device != "cpu":
+        raise ConfigError(f"config key 'stages.detect.device': the onnx backend runs on cpu only, got {detect.device!r}")
+    if detect.fp16 and not detect.device.startswith("cuda"):
+        raise ConfigError(f"config key 'stages.detect.fp16' needs a cuda device, got {detect.device!r}")
+    size = preprocess.input_size
+    if size is not None and (len(size) != 2 or any(not isinstance(v, int) or v <= 0 or v % 32 for v in size)):
+        raise ConfigError(f"config key 'stages.preprocess.input_size' must be [height, width], positive multiples "
+                          f"of 32, got {size!r}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -387,6 +402,9 @@ def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, check_network: boo
         raise ConfigError(f"config key '{where}': pattern must be {_LINKS[key][0]}, got {ep.pattern}")
     if ep.binds_beyond_loopback and cfg.transport.curve is None:
         raise ConfigError(f"config key '{where}': binding {ep.address} beyond loopback needs transport.curve keys")
+    if ep.binds_beyond_loopback and None in (cfg.transport.curve.server_secret, cfg.transport.curve.client_public):
+        raise ConfigError(f"config key '{where}': binding {ep.address} beyond loopback needs transport.curve."
+                          "server_secret and transport.curve.client_public (the one client key admitted)")
     if check_network and ep.is_tcp and ep.action == "connect":
         _check_reachable(ep, where)
 

@@ -22,7 +22,7 @@ import zmq
 
 from pipeline.config import PipelineConfig, connect_side
 from pipeline.messages import FrameMessage, MessageError
-from pipeline.transport import CurveKeys, open_socket
+from pipeline.transport import CurveKeys, close_context, open_socket
 
 log = logging.getLogger("pipeline.stage")
 
@@ -131,7 +131,7 @@ class StageRunner:
             for sock in (self.inp, self.out, self.control):
                 if sock is not None:
                     sock.close(linger=linger_ms if sock is self.out else 0)
-            self.ctx.term()
+            close_context(self.ctx)
         return 0
 
     def _await_release(self) -> None:

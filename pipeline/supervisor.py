@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import yaml
 import zmq
 
 from pipeline.config import STAGE_ORDER, PipelineConfig
-from pipeline.transport import open_socket
+from pipeline.stage import curve_keys
+from pipeline.transport import close_context, open_socket
 
 log = logging.getLogger("pipeline.supervisor")
 EXIT_BAD_INPUT = 3
@@ -64,13 +66,27 @@ def write_run_config(cfg: PipelineConfig) -> Path:
     return path
 
 
+def resume_frame(last_beat: dict, live: bool, now: float) -> int:
+    """Where a restarted capture starts numbering (and, for a file, reading). Replay resumes at the
+    last reported frame: the few frames sent after that beat come again and the recorder drops
+    them, nothing is lost. Live skips past every frame that may have been sent since the beat, so
+    a restarted camera never reuses an index (track and record would take the new frames for old
+    ones and drop them until the count caught up)."""
+    next_frame = int(last_beat.get("next_frame", last_beat.get("sent", 0)))
+    if not live:
+        return next_frame
+    since_beat = max(0.0, now - float(last_beat.get("t", now)))
+    return next_frame + math.ceil(float(last_beat.get("fps", 0.0)) * since_beat) + 1
+
+
 class Supervisor:
     def __init__(self, cfg: PipelineConfig, progress: bool = True):
         self.cfg = cfg
         self.run_config = write_run_config(cfg)
         self.ctx = zmq.Context()
-        self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000)
-        self.status_pub = open_socket(self.ctx, cfg.endpoint("status"), hwm=10)
+        curve = curve_keys(cfg)  # the stages and the view connect with Curve where it is configured
+        self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000, curve=curve)
+        self.status_pub = open_socket(self.ctx, cfg.endpoint("status"), hwm=10, curve=curve)
         self.stream_states: dict[str, str] = {}
         self.stages = self._plan()
         self.stopping = False
@@ -89,7 +105,8 @@ class Supervisor:
                          for s in self.cfg.sources]
             else:
                 plan.append(StageProcess(name, base + [name, str(self.run_config)]))
-        if self.cfg.stages.view.enabled and "view" in self.cfg.run_stages + ["view"]:
+        # the view runs where it is listed, or by default beside the track stage whose frames it shows
+        if self.cfg.stages.view.enabled and ("view" in self.cfg.run_stages or "track" in self.cfg.run_stages):
             plan.append(StageProcess("view", base + ["view", str(self.run_config)]))
         return plan
 
@@ -117,7 +134,7 @@ class Supervisor:
         self._report(final=True)
         self.control.close(0)
         self.status_pub.close(0)
-        self.ctx.term()
+        close_context(self.ctx)
         if self.failed:
             print(f"pipeline failed: {self.failed}", file=sys.stderr)
             return 1
@@ -219,9 +236,9 @@ class Supervisor:
             self.failed = f"{sp.label} failed ({why}) after {sp.restarts} restarts"
             return
         sp.restarts += 1
-        if sp.is_source:  # resume a file where it was; the recorder drops the few resent frames
+        if sp.is_source:
             sp.argv = [a for a in sp.argv if not a.startswith("--start-frame=")]
-            sp.argv.append(f"--start-frame={int(sp.last_beat.get('sent', 0))}")
+            sp.argv.append(f"--start-frame={resume_frame(sp.last_beat, self.cfg.live, time.time())}")
         log.warning("restarting %s (%s), restart %d of %d", sp.label, why, sp.restarts,
                     self.cfg.supervisor.max_restarts)
         sp.start()

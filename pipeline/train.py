@@ -23,6 +23,7 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import sys
@@ -519,15 +520,18 @@ def ema_settings(total_steps: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------------------- run state
 def _rng_state(sampler_rng: np.random.Generator, device: torch.device) -> dict:
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {"sampler": sampler_rng.bit_generator.state, "python": random.getstate(),
-            "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), position, has_gauss, cached_gaussian],  # plain: weights_only loads it
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
 
 
 def _set_rng_state(state: dict, sampler_rng: np.random.Generator, device: torch.device) -> None:
     sampler_rng.bit_generator.state = state["sampler"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -741,8 +745,8 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)  # our own file, never network data
-        except (OSError, RuntimeError, EOFError) as error:
+            state = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain values only
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != "pipeline.train/1" or state.get("model_name") != self.args.model:
             raise TrainError(f"{path}: not a training state of model {self.args.model!r}")

@@ -86,6 +86,15 @@ def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: 
                 subscribe: bytes = b"") -> zmq.Socket:
     endpoint = spec if isinstance(spec, Endpoint) else Endpoint.parse(spec)
     sock = ctx.socket(PATTERNS[endpoint.pattern])
+    try:
+        _configure(sock, endpoint, hwm, curve, subscribe)
+    except BaseException:
+        sock.close(0)  # an open socket would keep ctx.term() waiting
+        raise
+    return sock
+
+
+def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes) -> None:
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -101,16 +110,58 @@ def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: 
             os.chmod(endpoint.ipc_path, 0o600)  # only this user's processes may talk to a local pipeline
     else:
         sock.connect(endpoint.address)
-    return sock
 
 
 def _apply_curve(sock: zmq.Socket, endpoint: Endpoint, keys: CurveKeys) -> None:
     import zmq.auth
 
+    needed = ("server_secret",) if endpoint.action == "bind" else ("client_secret", "server_public")
+    missing = [name for name in needed if getattr(keys, name) is None]
+    if missing:
+        raise EndpointError(f"endpoint {endpoint.address} ({endpoint.action}) with Curve needs "
+                            f"transport.curve.{' and transport.curve.'.join(missing)}")
     if endpoint.action == "bind":
         public, secret = zmq.auth.load_certificate(keys.server_secret)
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+        if keys.client_public is not None:
+            _admit_only(sock.context, keys.client_public)
     else:
         public, secret = zmq.auth.load_certificate(keys.client_secret)
         server_public, _ = zmq.auth.load_certificate(keys.server_public)
         sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server_public
+
+
+class _AllowedClients:
+    """ZAP credentials check: a Curve client is admitted only with one of these public keys."""
+
+    def __init__(self, z85_keys: set[bytes]):
+        self.z85_keys = z85_keys
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        return z85_key in self.z85_keys
+
+
+_authenticators: dict[int, object] = {}  # one ZAP handler thread per context
+
+
+def _admit_only(ctx: zmq.Context, client_public: str) -> None:
+    """Without a ZAP handler libzmq admits any client that knows the server's public key; with one,
+    only the configured client key gets in (the others fail the handshake and are never heard)."""
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    public, _ = zmq.auth.load_certificate(client_public)
+    auth = _authenticators.get(id(ctx))
+    if auth is None:
+        auth = _authenticators[id(ctx)] = ThreadAuthenticator(ctx)
+        auth.start()
+    auth.configure_curve_callback("*", credentials_provider=_AllowedClients({public}))
+
+
+def close_context(ctx: zmq.Context) -> None:
+    """Terminate a context whose sockets are closed; its ZAP handler goes first (term() would wait on
+    that thread's socket forever)."""
+    auth = _authenticators.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
+    ctx.term()

@@ -101,7 +101,9 @@ class CaptureStage(Stage):
 
     def __init__(self, cfg: PipelineConfig, source_id: str, start_frame: int = 0):
         super().__init__(cfg)
-        self.start_frame = start_frame  # a restarted capture of a file resumes where it was
+        # a restarted capture resumes the numbering: a file skips the frames already sent, a camera
+        # continues from there, so downstream stages never see old frame indices again
+        self.start_frame = start_frame
         matches = [s for s in cfg.sources if s.id == source_id]
         if not matches:
             raise SourceError(f"no source with id {source_id!r} in config")
@@ -112,9 +114,10 @@ class CaptureStage(Stage):
         self.counters = {"reconnects": 0, "frames_total": 0}
         self.stream_state = "starting"
         self.reader = None
+        self.next_frame = start_frame
 
     def status(self) -> dict:
-        return {"stream": self.stream_state}
+        return {"stream": self.stream_state, "next_frame": self.next_frame}
 
     def _open(self):
         if self.kind == "folder":
@@ -122,8 +125,8 @@ class CaptureStage(Stage):
         return VideoReader(self.src, self.location)
 
     def frames(self) -> Iterator[FrameMessage | None]:
-        frame_index, backoff = 0, self.src.reconnect_initial_s
-        failures = 0
+        frame_index = self.start_frame if self.kind in ("stream", "webcam") else 0
+        backoff, failures = self.src.reconnect_initial_s, 0
         while True:
             try:
                 self.reader = self._open()
@@ -152,6 +155,7 @@ class CaptureStage(Stage):
                 if self._pacing():
                     first_ts = source_ts if first_ts is None else first_ts
                     yield from self._sleep(start_wall + (source_ts - first_ts) - time.time())
+                self.next_frame = frame_index + 1  # before the yield: a heartbeat may run while it waits
                 yield FrameMessage(self.src.id, frame_index, source_ts, time.time(), {"image": image})
                 frame_index += 1
                 backoff = self.src.reconnect_initial_s

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.messages import FrameMessage
 from pipeline.stage import Stage
 
@@ -19,10 +20,34 @@ def weights_path(cfg: PipelineConfig) -> str:
     return str(models.DEFAULT_WEIGHTS if weights == "default" else cfg.resolve(weights))
 
 
-def model_input_size(cfg: PipelineConfig) -> tuple[int, int]:
+@contextmanager
+def weights_problems_as_config_errors():
+    """A wrong or truncated weights file is a configuration problem: one line and exit 2 (no
+    restarts), not a traceback in every restarted stage."""
+    from models import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as exc:
+        raise ConfigError(f"config key 'stages.detect.weights': {exc}") from None
+
+
+def check_weights(cfg: PipelineConfig) -> None:
+    """Load the configured weights once before any stage starts (ConfigError if they are wrong)."""
     import models
 
-    return tuple(models.checkpoint_meta(weights_path(cfg))["input_size"])
+    with weights_problems_as_config_errors():
+        models.load_checkpoint(weights_path(cfg))
+
+
+def model_input_size(cfg: PipelineConfig) -> tuple[int, int]:
+    """The detector's input (h, w): stages.preprocess.input_size, else the checkpoint's own."""
+    import models
+
+    if cfg.stages.preprocess.input_size:
+        return tuple(cfg.stages.preprocess.input_size)
+    with weights_problems_as_config_errors():
+        return tuple(models.checkpoint_meta(weights_path(cfg))["input_size"])
 
 
 class DetectStage(Stage):
@@ -36,8 +61,10 @@ class DetectStage(Stage):
 
         det = cfg.stages.detect
         self.batch_size = det.batch_size
-        self.detector = Detector(weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
-                                 conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold)
+        with weights_problems_as_config_errors():
+            self.detector = Detector(weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
+                                     conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
+                                     input_size=model_input_size(cfg))
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)
 

@@ -34,7 +34,7 @@ class PreprocessStage(Stage):
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
-        self.input_size = tuple(cfg.stages.preprocess.input_size or model_input_size(cfg))
+        self.input_size = model_input_size(cfg)  # the size the detect stage runs at
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         msg.buffers["input"], msg.meta["ratio"] = letterbox(msg.image, self.input_size)

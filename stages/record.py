@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import deque
 from fractions import Fraction
@@ -50,10 +51,17 @@ class SegmentWriter:
     def __init__(self, folder: Path, settings: RecordConfig, prefix: str = "segment"):
         self.folder, self.settings, self.prefix = folder, settings, prefix
         self.container = self.stream = None
-        self.segment_index, self.segment_start, self.last_pts = 0, 0.0, -1
+        # a restarted recorder (or a second run into the same folder) continues the numbering:
+        # segments already on disk are never reopened for writing, which would truncate them
+        self.segment_index, self.segment_start, self.last_pts = self._next_free_index(), 0.0, -1
         self.frames_written = 0
         self.segments: list[Path] = []
         self.frames_per_segment: list[int] = []
+
+    def _next_free_index(self) -> int:
+        taken = [int(m.group(1)) for path in self.folder.glob(f"{self.prefix}_*.*")
+                 if (m := re.fullmatch(rf"{re.escape(self.prefix)}_(\d+)\.\w+", path.name))]
+        return max(taken, default=-1) + 1
 
     @property
     def open_path(self) -> Path | None:

@@ -35,7 +35,7 @@ from pipeline.config import PipelineConfig, TrackConfig
 from pipeline.dataset import CLASSES
 from pipeline.messages import FrameMessage
 from pipeline.stage import Stage, curve_keys
-from pipeline.transport import open_socket
+from pipeline.transport import close_context, open_socket
 from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
 log = logging.getLogger("stages.track")
@@ -125,7 +125,7 @@ class EventSink:
 
     def close(self) -> None:
         self.pub.close(linger=0)
-        self.ctx.term()
+        close_context(self.ctx)
         os.close(self.fd)
 
 

@@ -43,7 +43,7 @@ import zmq
 from pipeline.config import PipelineConfig, connect_side
 from pipeline.messages import FrameMessage, MessageError
 from pipeline.stage import curve_keys
-from pipeline.transport import open_socket
+from pipeline.transport import close_context, open_socket
 
 log = logging.getLogger("stages.view")
 STATIC_DIR = Path(__file__).resolve().parent / "view_static"
@@ -549,7 +549,7 @@ class ViewStage:
             server.server_close()
             for sock in subs + [control]:
                 sock.close(linger=0)
-            ctx.term()
+            close_context(ctx)
         return 0
 
     def _settings_problem(self) -> str | None:

@@ -43,6 +43,18 @@ def test_onnx_equals_torch(weights, tmp_path):
     assert np.max(np.abs(actual - expected) / scale) < 1e-4
 
 
+def test_onnx_at_another_input_size_than_the_checkpoints(weights, tmp_path):
+    """stages.preprocess.input_size: the export follows the size the frames come at."""
+    size = (INPUT_SIZE[0] + 32, INPUT_SIZE[1] + 64)
+    torch_detector = Detector(weights, backend="torch", input_size=size)
+    onnx_detector = Detector(weights, backend="onnx", cache_dir=tmp_path, input_size=size)
+    batch = np.random.default_rng(1).uniform(0, 255, (1, 3, *size)).astype(np.float32)
+    expected, actual = torch_detector.infer(batch), onnx_detector.infer(batch)
+    assert actual.shape == expected.shape and np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))) < 1e-4
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Detector(weights, backend="torch", input_size=(100, 96))
+
+
 def test_graph_is_opset17_and_contains_the_sampling(weights, tmp_path, monkeypatch):
     monkeypatch.setattr(gssam, "BROADCAST_MAX_ELEMENTS", 0)
     detector = Detector(weights, backend="onnx", cache_dir=tmp_path)

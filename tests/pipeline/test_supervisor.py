@@ -216,3 +216,37 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_truncated_weights_stop_the_run_before_any_stage_starts(tmp_path, synthetic_clip, random_weights):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(random_weights.read_bytes()[:4096])
+    proc = start_pipeline(tmp_path, [{"id": "cam0", "uri": str(synthetic_clip.video)}], truncated)
+    code, err = finish(proc, timeout=120)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: config key 'stages.detect.weights': {truncated}: unreadable or truncated checkpoint "
+        "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory)"]
+
+
+def test_stage_given_truncated_weights_exits_2_with_one_line(tmp_path, synthetic_clip, random_weights):
+    """Exit 2 tells the supervisor not to restart it (a stage started by hand, or on another host)."""
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(random_weights.read_bytes()[:4096])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"sources": [{"id": "cam0", "uri": str(synthetic_clip.video)}],
+                                    "output_dir": str(tmp_path / "out"), "stages": {"detect": {"weights": str(truncated)}}}))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "stage", "detect", str(path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: detect: config key 'stages.detect.weights': {truncated}")
+
+
+@pytest.mark.parametrize("live, beat, now, expected", [
+    (False, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 120),  # replay: resend, lose nothing
+    (True, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 151),   # live: past all sent since
+    (True, {"sent": 7, "t": 100.0}, 100.0, 8),                                        # a beat from before next_frame
+])
+def test_restarted_capture_resumes_its_numbering(live, beat, now, expected):
+    from pipeline.supervisor import resume_frame
+
+    assert resume_frame(beat, live, now) == expected

@@ -3,7 +3,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from pipeline.transport import CurveKeys, Endpoint, EndpointError, open_socket
+from pipeline.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket
 from tests.conftest import free_port
 
 
@@ -56,4 +56,35 @@ def test_curve_link_encrypts_and_refuses_wrong_server_key(tmp_path):
     assert not server.poll(1000)  # the handshake fails: nothing from a client that has the wrong server key
     for s in (server, good, wrong):
         s.close(0)
+    ctx.term()
+
+
+def test_curve_server_admits_only_the_configured_client_key(tmp_path):
+    server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
+    client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "client")
+    _, stranger_sec = zmq.auth.create_certificates(tmp_path, "stranger")
+    server_ctx, client_ctx, port = zmq.Context(), zmq.Context(), free_port()
+    server = open_socket(server_ctx, f"pull+bind:tcp://127.0.0.1:{port}",
+                         curve=CurveKeys(server_secret=server_sec, client_public=client_pub))
+    # the stranger knows the server's public key (enough without a ZAP handler) but has its own key pair
+    stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                           curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
+    stranger.send(b"intruder", zmq.NOBLOCK)
+    assert not server.poll(1500)
+    good = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                       curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
+    good.send(b"hello")
+    assert server.poll(3000) and server.recv() == b"hello"
+    assert not server.poll(500)  # and still nothing from the stranger
+    for s in (server, good, stranger):
+        s.close(0)
+    close_context(server_ctx)  # stops the ZAP handler first; a plain term() would wait on it forever
+    client_ctx.term()
+
+
+def test_curve_side_without_its_keys_is_refused_with_one_line(tmp_path):
+    ctx = zmq.Context()
+    with pytest.raises(EndpointError, match=r"\(connect\) with Curve needs transport.curve.client_secret and "
+                                            r"transport.curve.server_public"):
+        open_socket(ctx, f"push+connect:tcp://127.0.0.1:{free_port()}", curve=CurveKeys(server_secret="s"))
     ctx.term()

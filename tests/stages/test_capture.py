@@ -13,10 +13,10 @@ from stages.capture import CaptureStage, SourceError
 from tests.conftest import REPO_ROOT
 
 
-def capture_for(uri, tmp_path, **source):
+def capture_for(uri, tmp_path, start_frame=0, **source):
     cfg = config_from_dict({"sources": [{"id": "cam", "uri": str(uri), **source}], "output_dir": str(tmp_path),
                             "mode": "live"}, check_files=False)
-    return CaptureStage(cfg, "cam")
+    return CaptureStage(cfg, "cam", start_frame)
 
 
 def take(frames_iter, n, timeout):
@@ -59,6 +59,27 @@ def test_rtsp_frames_arrive(rtsp_server, tmp_path):
     msgs = take(stage.frames(), 10, timeout=20)
     assert len(msgs) == 10 and msgs[0].image.shape == (256, 320, 3)
     assert stage.stream_state == "up"
+    stage.close()
+
+
+def test_restarted_folder_capture_skips_the_frames_already_sent(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), i * 50, np.uint8))
+    stage = capture_for(tmp_path, tmp_path, start_frame=2, fps=10)
+    stage.cfg.mode = "replay"
+    msgs = [m for m in stage.frames() if m is not None]
+    assert [m.frame_index for m in msgs] == [2, 3] and msgs[0].image[0, 0, 0] == 100
+    assert stage.status()["next_frame"] == 4
+
+
+@pytest.mark.rtsp
+def test_restarted_rtsp_capture_continues_the_numbering(rtsp_server, tmp_path):
+    """A camera restarted by the supervisor must not start again at 0: track and record would take
+    every new frame for an old one until the count caught up."""
+    stage = capture_for(rtsp_server.url, tmp_path, start_frame=5000)
+    msgs = take(stage.frames(), 3, timeout=20)
+    assert [m.frame_index for m in msgs] == [5000, 5001, 5002]
+    assert stage.status()["next_frame"] == 5003
     stage.close()
 
 
