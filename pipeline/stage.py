@@ -105,6 +105,8 @@ class StageRunner:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_release)
+        signal.signal(signal.SIGUSR2, self._on_resend_eos)
+        self.eos_resend_due = False
 
     def _on_term(self, signum, frame):
         self.stopping = True
@@ -112,6 +114,19 @@ class StageRunner:
 
     def _on_release(self, signum, frame):
         self.released = True
+
+    def _on_resend_eos(self, signum, frame):
+        self.eos_resend_due = True  # the downstream stage was restarted (see Supervisor._resend_upstream_eos)
+
+    def _resend_eos(self) -> bool:
+        if not self.eos_resend_due or self.out is None:
+            return False
+        self.eos_resend_due = False
+        for stream_id in sorted(self.ended):
+            self._send(FrameMessage.end_of_stream(stream_id))
+        log.info("%s: sent the end of %d finished stream(s) again for a restarted downstream stage",
+                 self.label, len(self.ended))
+        return True
 
     # ------------------------------------------------------------ main loops
     def run(self) -> int:
@@ -142,6 +157,8 @@ class StageRunner:
         self.awaiting_release = True
         deadline = time.time() + self.cfg.supervisor.drain_timeout_s
         while not self.released and time.time() < deadline:
+            if self._resend_eos():
+                deadline = time.time() + self.cfg.supervisor.drain_timeout_s
             self._beat(state="flushed")
             time.sleep(0.05)
 
@@ -163,6 +180,7 @@ class StageRunner:
         while not self.stopping and self.ended != set(self.cfg.stream_ids):
             if poller.poll(interval_ms):
                 self._handle(self._receive_batch())
+            self._resend_eos()
             self._beat()
         if self.stopping:  # asked to stop mid-stream: flush what we hold so outputs stay whole
             for stream_id in self.cfg.stream_ids:

@@ -40,6 +40,7 @@ class StageProcess:
     last_beat_time: float = 0.0
     exit_code: int | None = None
     release_sent: bool = False
+    upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
     @property
     def is_source(self) -> bool:
@@ -193,6 +194,22 @@ class Supervisor:
             except (ValueError, KeyError, StopIteration, TypeError):
                 continue
             sp.last_beat, sp.last_beat_time = beat, time.time()
+            if sp.upstream_eos_due and sp.proc is not None and beat.get("pid") == sp.proc.pid:
+                self._resend_upstream_eos(sp)
+
+    def _resend_upstream_eos(self, sp: StageProcess) -> None:
+        """A killed stage may have taken its upstream's end-of-stream messages down with it (they sat in
+        its receive queue) and the restarted one would wait for them forever: once it beats (its socket
+        is up), ask the upstream stage to send the EOS of every stream it finished again (SIGUSR2;
+        a second EOS is ignored). An upstream already gone cannot: the run fails instead of hanging."""
+        sp.upstream_eos_due = False
+        stage = sp.label.split(":")[0]
+        upstream = [u for u in self.stages if DOWNSTREAM.get(u.label.split(":")[0]) == stage]
+        if any(u.exit_code == 0 for u in upstream):
+            self.failed = f"{sp.label} restarted after its upstream had finished: the end of stream was lost"
+            return
+        for u in upstream:
+            u.signal(signal.SIGUSR2)
 
     def _check_processes(self) -> None:
         now = time.time()
@@ -236,6 +253,7 @@ class Supervisor:
             self.failed = f"{sp.label} failed ({why}) after {sp.restarts} restarts"
             return
         sp.restarts += 1
+        sp.upstream_eos_due = not sp.is_source
         if sp.is_source:
             sp.argv = [a for a in sp.argv if not a.startswith("--start-frame=")]
             sp.argv.append(f"--start-frame={resume_frame(sp.last_beat, self.cfg.live, time.time())}")
@@ -302,6 +320,8 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
             text += f" q={depths[label]}"
         if b.get("malformed"):
             text += f" bad={b['malformed']}"
+        if b.get("frames_missing"):
+            text += f" lost={b['frames_missing']}"
         if b.get("restarts"):
             text += f" restarts={b['restarts']}"
         if b.get("stream") and b.get("stream") != "up":

@@ -247,13 +247,16 @@ class RecordStage(Stage):
         self.recorders: dict[str, StreamRecorder] = {}
         self.retention = Retention(self.root, s.retention_max_age_s, s.retention_max_total_mb)
         self.last_retention = 0.0
-        self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0}
+        self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0, "frames_missing": 0}
         self.last_index: dict[str, int] = {}
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
-        if msg.frame_index <= self.last_index.get(msg.stream_id, -1):
+        last = self.last_index.get(msg.stream_id, -1)
+        if msg.frame_index <= last:
             self.counters["duplicates"] += 1  # a restarted capture may resend its last frames
             return []
+        if not self.cfg.live:  # replay sends every frame: a gap is frames lost (in a killed stage's queue)
+            self.counters["frames_missing"] += msg.frame_index - last - 1
         self.last_index[msg.stream_id] = msg.frame_index
         if msg.stream_id not in self.recorders:
             self.recorders[msg.stream_id] = StreamRecorder(self.root / msg.stream_id, self.cfg.stages.record)

@@ -91,6 +91,54 @@ def test_killed_stage_is_restarted_and_run_completes(tmp_path, synthetic_clip, r
     assert "restarting detect" in err
     rows = jsonl(tmp_path / "out" / "a" / "tracks.jsonl")
     assert rows[-1]["frame_index"] == 149  # the stream ran to its end after the restart
+    # frames in the killed stage's queue are gone, but never silently: recorded + missing = all
+    assert len(rows) + final["record"]["frames_missing"] == 150
+
+
+def test_frozen_sink_is_killed_restarted_and_the_run_ends(tmp_path, random_weights):
+    """record is frozen (SIGSTOP) before the frames come, killed as hung and restarted; what track
+    had queued for it reaches the new process and the run ends instead of hanging."""
+    from pipeline import synthetic
+
+    clip = synthetic.make_clip(tmp_path / "clip", seed=3, frames=3, size=(160, 128))
+    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(clip.video)}], random_weights,
+                          supervisor={"heartbeat_timeout_s": 8.0})
+    wait_for(lambda: status(tmp_path)["record"]["pid"] > 0, timeout=60)  # record beats before sources start
+    frozen = status(tmp_path)["record"]["pid"]
+    subprocess.run(["kill", "-STOP", str(frozen)], check=True)
+    code, err = finish(proc, timeout=120)
+    assert code == 0, err
+    final = status(tmp_path)
+    assert final["record"]["restarts"] == 1 and final["record"]["pid"] != frozen
+
+
+def test_a_restarted_stage_has_its_upstream_send_the_end_of_stream_again(tmp_path, synthetic_clip, random_weights):
+    """The end-of-stream messages in a killed stage's queue die with it: once the restarted stage
+    beats, its upstream is told (SIGUSR2) to send them again; an upstream already gone fails the run
+    with a reason instead of leaving it to hang."""
+    from pipeline.config import load_config
+    from pipeline.supervisor import StageProcess, Supervisor
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"sources": [{"id": "a", "uri": str(synthetic_clip.video)}],
+                                    "output_dir": str(tmp_path / "out"), "stages": {"detect": {"weights": str(random_weights)}}}))
+    supervisor = Supervisor(load_config(path), progress=False)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    detect, track = StageProcess("detect", sleeper), StageProcess("track", sleeper)
+    supervisor.stages = [detect, track]
+    try:
+        detect.start(), track.start()
+        supervisor._resend_upstream_eos(track)
+        assert detect.proc.wait(timeout=10) == -signal.SIGUSR2 and track.alive()  # only the upstream is told
+        assert supervisor.failed is None
+        detect.exit_code = 0  # finished and gone before the restart
+        supervisor._resend_upstream_eos(track)
+        assert "track restarted after its upstream had finished" in supervisor.failed
+    finally:
+        for sp in (detect, track):
+            if sp.alive():
+                sp.proc.kill()
+        supervisor.control.close(0), supervisor.status_pub.close(0), supervisor.ctx.term()
 
 
 def test_sigterm_mid_run_drains_and_the_recording_plays(tmp_path, synthetic_clip, random_weights):

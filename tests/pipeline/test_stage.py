@@ -1,0 +1,45 @@
+"""pipeline/stage.py: the stage runner's end-of-stream duties, over real ZeroMQ sockets."""
+import os
+import signal
+
+import zmq
+
+from pipeline.config import config_from_dict
+from pipeline.messages import FrameMessage
+from pipeline.stage import Stage, StageRunner
+from pipeline.transport import open_socket
+
+
+class Passthrough(Stage):
+    name = "track"
+    input_key = "track_in"
+    output_key = "record_in"
+
+
+def test_sigusr2_sends_the_end_of_finished_streams_again(tmp_path):
+    """The supervisor's answer to a downstream stage restarted after this one had finished: the
+    restarted stage may have lost the EOS with its predecessor's queue, so it is sent once more."""
+    cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}, {"id": "b", "uri": "y.mp4"}],
+                            "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")}},
+                           check_files=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+    ctx = zmq.Context()
+    downstream = open_socket(ctx, cfg.endpoint("record_in"), hwm=16)
+    runner = StageRunner(Passthrough(cfg), cfg)
+    try:
+        runner.ended = {"a"}  # stream a finished (its EOS went out), b is still running
+        assert not runner._resend_eos()  # nothing asked: nothing sent
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert runner._resend_eos()
+        assert downstream.poll(2000)
+        resent = FrameMessage.decode(downstream.recv_multipart(copy=False))
+        assert resent.is_eos and resent.stream_id == "a"
+        assert not downstream.poll(200)  # only the finished stream
+    finally:
+        for sock in (runner.inp, runner.out, runner.control):
+            sock.close(0)
+        runner.ctx.term()
+        downstream.close(0)
+        ctx.term()
+        for sig, handler in handlers.items():  # the runner installs a stage process's handlers
+            signal.signal(sig, handler)
