@@ -45,6 +45,9 @@ VARIANTS = ("std", "sig", "sigres", "conv", "convres")
 # has it faster up to N = 64 on 40x40 and 80x80 maps and up to N = 16 on 160x160 (H*W*N ~ 0.4 M);
 # the exact form has a fixed overhead of tens of microseconds and grows as HW*log N.
 BROADCAST_MAX_ELEMENTS = 1 << 19
+# Index type of the exported search: int32 halves the memory traffic of its gather/compare/add steps
+# (ONNX GatherElements takes int32 indices).
+SEARCH_INDEX_DTYPE = torch.int32
 
 
 class GssamConfigError(ValueError):
@@ -95,11 +98,11 @@ def _counts_by_unrolled_search(points_sorted: torch.Tensor, values: torch.Tensor
     count = points_sorted.shape[1]
     levels = max(1, math.ceil(math.log2(count + 1)))
     padded = F.pad(points_sorted, (0, (1 << levels) - count), value=float("inf"))
-    k = torch.zeros_like(values, dtype=torch.long)
+    k = torch.zeros_like(values, dtype=SEARCH_INDEX_DTYPE)
     for level in reversed(range(levels)):
         step = 1 << level
         probe = torch.gather(padded, 1, k + (step - 1))
-        k = k + (probe <= values).long() * step
+        k = k + (probe <= values).to(SEARCH_INDEX_DTYPE) * step
     return k, k
 
 
@@ -124,8 +127,9 @@ def sampled_contrast_exact(c: torch.Tensor, pool: int) -> torch.Tensor:
     prefix = F.pad(torch.cumsum(points_sorted, dim=1), (1, 0))  # S_0 = 0 ... S_N
     total = prefix[:, -1:]
     k_lt, k_le = _tie_aware_counts(points_sorted, values, c.requires_grad and torch.is_grad_enabled())
-    if k_lt is k_le:
-        contrast = values * (2 * k_le - count).to(values.dtype) + total - 2 * torch.gather(prefix, 1, k_le)
+    if k_lt is k_le:  # inference: two table lookups per position, D = c * (2k - N) + (S_N - 2 S_k)
+        slope = (2 * torch.arange(count + 1, device=c.device, dtype=values.dtype) - count).expand_as(prefix)
+        contrast = values * torch.gather(slope, 1, k_le) + torch.gather(total - 2 * prefix, 1, k_le)
     else:
         contrast = (values * (k_lt + k_le - count).to(values.dtype) + total
                     - torch.gather(prefix, 1, k_lt) - torch.gather(prefix, 1, k_le))
@@ -204,8 +208,10 @@ class SingleChannelConv3x3(nn.Conv2d):
         super().__init__(1, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            return F.conv3d(x.unsqueeze(2), self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1)).squeeze(2)
+        if torch.onnx.is_in_onnx_export():  # x: B x 1 x 1 x H x W from Gssam._context_map, or B x 1 x H x W
+            flat = x.dim() == 4
+            out = F.conv3d(x.unsqueeze(2) if flat else x, self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1))
+            return out.squeeze(2) if flat else out
         if not _cpu_inference(x):
             return super().forward(x)
         height, width = x.shape[-2:]
@@ -256,9 +262,21 @@ class Gssam(nn.Module):
             layers += [nn.BatchNorm2d(1), nn.ReLU(inplace=True), SingleChannelConv3x3()]
         return nn.Sequential(*layers)
 
+    def _context_map(self, features: torch.Tensor) -> torch.Tensor:
+        """c = the context stack on F. Exported, the 1-channel map stays B x 1 x 1 x H x W from the
+        first 3x3 conv to the last (see SingleChannelConv3x3), so each conv meets its ReLU directly
+        (ONNX Runtime fuses the pair) instead of through a Squeeze/Unsqueeze."""
+        reduction, *rest = self.context
+        if not torch.onnx.is_in_onnx_export() or any(isinstance(layer, nn.BatchNorm2d) for layer in rest):
+            return self.context(features)  # (an unfused stack keeps 4-D: BatchNorm2d takes no 5-D input)
+        c = reduction(features).unsqueeze(2)
+        for layer in rest:
+            c = layer(c)
+        return c.squeeze(2)
+
     def attention(self, features: torch.Tensor) -> torch.Tensor:
         """A: B x 1 x H x W, broadcast over channels (before the residual)."""
-        c = self.context(features)
+        c = self._context_map(features)
         if not self.compares:
             return torch.sigmoid(c)
         contrast = sampled_contrast(c, self.pool)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .yolox_gssam import gssam_modules
+
 OPSET = 17
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "onnx"
 
@@ -23,6 +25,8 @@ def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int 
     """Export an eval copy of ``model`` for inputs N x 3 x H x W (dynamic batch) to ``path``."""
     path = Path(path)
     export_model = copy.deepcopy(model).float().cpu().eval()
+    for _, gssam in gssam_modules(export_model):  # ONNX Runtime cannot fold the BNs of the 1-channel 3-D convs;
+        gssam.fuse()                              # the rest it folds itself (pre-folded measured 7 % slower)
     export_model.head.decode_in_inference = False
     dummy = torch.zeros(1, 3, *input_size)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ import onnx
 import pytest
 import torch
 
-from models import Detector, build_model, gssam, save_checkpoint
+from models import Detector, build_model, gssam, load_checkpoint, save_checkpoint
+from models.yolox_gssam import gssam_modules
 from models.onnx_export import OPSET, cached_onnx_path
 
 CLASSES = ["drone", "bird"]
@@ -65,7 +66,12 @@ def test_graph_is_opset17_and_contains_the_sampling(weights, tmp_path, monkeypat
     assert "Exp" not in ops  # box decoding runs outside the graph
     # the 1-channel context convs are exported 3-D (kept out of ONNX Runtime's blocked 2-D layout)
     kernels_3d = {t.name for t in graph.graph.initializer if len(t.dims) == 5}
-    assert any(node.op_type == "Conv" and node.input[1] in kernels_3d for node in graph.graph.node)
+    conv3d_outputs = {n.output[0] for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in kernels_3d}
+    assert conv3d_outputs
+    readers = [n.op_type for n in graph.graph.node if set(n.input) & conv3d_outputs]
+    # BNs folded before export; the map stays 3-D through each stack: one Squeeze per module, at its end
+    assert "BatchNormalization" not in readers
+    assert readers.count("Squeeze") == len(list(gssam_modules(load_checkpoint(weights)[0])))
 
 
 def test_forced_exact_everywhere_still_matches(weights, tmp_path, monkeypatch):
