@@ -24,7 +24,7 @@ def cmd_run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         cfg = load_config(args.config)
-        if {"preprocess", "detect"} & set(cfg.run_stages):
+        if "detect" in cfg.run_stages or ("preprocess" in cfg.run_stages and not cfg.stages.preprocess.input_size):
             from stages.detect import check_weights
 
             check_weights(cfg)  # a wrong weights file stops here, before any stage starts

@@ -104,16 +104,16 @@ class StageRunner:
         self._last_beat = 0.0
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        self.eos_resend_due = self.downstream_gone = False
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
-        self.eos_resend_due = False
 
     def _on_term(self, signum, frame):
         self.stopping = True
         self.released = self.released or self.awaiting_release
 
     def _on_release(self, signum, frame):
-        self.released = True
+        self.released = self.downstream_gone = True  # SIGUSR1: the supervisor saw the downstream exit
 
     def _on_resend_eos(self, signum, frame):
         self.eos_resend_due = True  # the downstream stage was restarted (see Supervisor._resend_upstream_eos)
@@ -141,8 +141,10 @@ class StageRunner:
             self._beat(force=True, state="exiting")
             self.stage.close()
             # queued output (the stream's last frames and its EOS) must still reach a downstream stage
-            # that is slow to start: linger as long as the drain may take, never forever
-            linger_ms = 0 if self.orphaned else int(self.cfg.supervisor.drain_timeout_s * 1000)
+            # that is slow to start: linger as long as the drain may take, never forever; nothing can
+            # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
+            gone = self.orphaned or self.downstream_gone
+            linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
             for sock in (self.inp, self.out, self.control):
                 if sock is not None:
                     sock.close(linger=linger_ms if sock is self.out else 0)

@@ -205,11 +205,12 @@ class Supervisor:
         sp.upstream_eos_due = False
         stage = sp.label.split(":")[0]
         upstream = [u for u in self.stages if DOWNSTREAM.get(u.label.split(":")[0]) == stage]
-        if any(u.exit_code == 0 for u in upstream):
+        if not self.cfg.live and any(u.exit_code == 0 for u in upstream):  # live runs end by signal anyway
             self.failed = f"{sp.label} restarted after its upstream had finished: the end of stream was lost"
             return
         for u in upstream:
-            u.signal(signal.SIGUSR2)
+            if u.proc is not None and u.last_beat.get("pid") == u.proc.pid:  # its handler is installed by now
+                u.signal(signal.SIGUSR2)
 
     def _check_processes(self) -> None:
         now = time.time()
@@ -224,6 +225,9 @@ class Supervisor:
                     log.error("%s sent no heartbeat for %.0f s: killing it", sp.label, silent_for)
                     sp.proc.kill()
                     sp.proc.wait()
+                    if sp.last_beat.get("state") == "exiting":  # its work was done: stuck closing, not hung
+                        sp.exit_code = 0
+                        continue
                     self._restart(sp, "hung")
                 continue
             if sp.exit_code is not None:

@@ -519,6 +519,18 @@ def ema_settings(total_steps: int) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------- run state
+def _load_training_state(path: Path, device: torch.device) -> dict:
+    """torch.load with weights_only=True: tensors and plain values only. States written before
+    2026-11-27 hold numpy's legacy RNG state as an ndarray; only numpy's array types are admitted
+    besides, and only for those."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        numpy_array_types = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        with torch.serialization.safe_globals(numpy_array_types):
+            return torch.load(path, map_location=device, weights_only=True)
+
+
 def _rng_state(sampler_rng: np.random.Generator, device: torch.device) -> dict:
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {"sampler": sampler_rng.bit_generator.state, "python": random.getstate(),
@@ -745,7 +757,7 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain values only
+            state = _load_training_state(path, self.device)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != "pipeline.train/1" or state.get("model_name") != self.args.model:

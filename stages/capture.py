@@ -155,9 +155,12 @@ class CaptureStage(Stage):
                 if self._pacing():
                     first_ts = source_ts if first_ts is None else first_ts
                     yield from self._sleep(start_wall + (source_ts - first_ts) - time.time())
-                self.next_frame = frame_index + 1  # before the yield: a heartbeat may run while it waits
+                # next_frame moves on only once the frame was taken and sent: a capture killed while its
+                # send waits resumes at this frame (the recorder drops it if it did arrive)
+                self.next_frame = frame_index
                 yield FrameMessage(self.src.id, frame_index, source_ts, time.time(), {"image": image})
                 frame_index += 1
+                self.next_frame = frame_index
                 backoff = self.src.reconnect_initial_s
             self.reader.release()
             if self.kind in ("file", "folder"):

@@ -255,7 +255,9 @@ class RecordStage(Stage):
         if msg.frame_index <= last:
             self.counters["duplicates"] += 1  # a restarted capture may resend its last frames
             return []
-        if not self.cfg.live:  # replay sends every frame: a gap is frames lost (in a killed stage's queue)
+        if not self.cfg.live and msg.stream_id in self.last_index:
+            # replay sends every frame: a gap is frames lost in a killed stage's queue (the first frame of
+            # a restarted recorder has no predecessor here: the frames before it were recorded earlier)
             self.counters["frames_missing"] += msg.frame_index - last - 1
         self.last_index[msg.stream_id] = msg.frame_index
         if msg.stream_id not in self.recorders:

@@ -68,10 +68,16 @@ def test_segments_count_lengths_and_every_frame_plays(tmp_path, container):
 def test_a_restarted_recorder_continues_the_numbering_and_keeps_earlier_segments(tmp_path):
     cfg = make_cfg(tmp_path, segment_seconds=1.0)
     run_stage(cfg, [gray_frame(i) for i in range(45)])          # segments 0 and 1
-    run_stage(cfg, [gray_frame(i) for i in range(45, 60)])      # the restarted process: segment 2
+    restarted = run_stage(cfg, [gray_frame(i) for i in range(45, 60)])  # the restarted process: segment 2
+    assert restarted.counters["frames_missing"] == 0  # frames 0-44 were recorded before, not lost
     segments = sorted((tmp_path / "out" / "cam0").glob("segment_*.mp4"))
     assert [p.name for p in segments] == ["segment_00000.mp4", "segment_00001.mp4", "segment_00002.mp4"]
     assert [len(decode_levels(p)) for p in segments] == [30, 15, 15]
+
+
+def test_replay_gaps_are_counted_as_missing_frames(tmp_path):
+    stage = run_stage(make_cfg(tmp_path), [gray_frame(i) for i in (0, 1, 5, 6, 9)])
+    assert stage.counters["frames_missing"] == 5 and stage.counters["frames_recorded"] == 5
 
 
 def test_sigkill_mid_segment_leaves_a_segment_that_plays_up_to_the_kill(tmp_path):
