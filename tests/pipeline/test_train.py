@@ -174,3 +174,24 @@ def test_validation_metric_scores_perfect_detections_as_one():
     assert metrics["map50_95"] == pytest.approx(1.0) and metrics["per_modality"] == {"IR": 1.0, "V": 1.0}
     shifted = [{**d, "bbox": [d["bbox"][0] + 6, *d["bbox"][1:]]} for d in perfect]
     assert train.coco_map(gt, shifted)["map50_95"] < 0.5
+
+
+def test_training_states_load_with_weights_only_old_numpy_form_included(tmp_path):
+    """Resume reads last.pt with weights_only=True; states written before the RNG state became plain
+    lists (numpy's legacy state as an ndarray) still load, and nothing else beyond plain values does."""
+    import pickle
+
+    import numpy as np
+    import pytest
+    import torch
+
+    from pipeline.train import _load_training_state
+
+    old = tmp_path / "old.pt"
+    torch.save({"rng": {"numpy": np.random.get_state()}, "step": 3}, old)
+    state = _load_training_state(old, torch.device("cpu"))
+    assert state["step"] == 3 and np.array_equal(state["rng"]["numpy"][1], np.random.get_state()[1])
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"step": 3, "payload": pickle.PickleError}, hostile)  # an arbitrary class: refused
+    with pytest.raises(pickle.UnpicklingError):
+        _load_training_state(hostile, torch.device("cpu"))
