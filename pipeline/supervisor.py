@@ -43,8 +43,13 @@ class StageProcess:
     upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
     @property
+    def stage(self) -> str:
+        """The stage name: "capture" for "capture:cam0"."""
+        return self.label.split(":")[0]
+
+    @property
     def is_source(self) -> bool:
-        return self.label.startswith("capture")
+        return self.stage == "capture"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
@@ -203,8 +208,7 @@ class Supervisor:
         is up), ask the upstream stage to send the EOS of every stream it finished again (SIGUSR2;
         a second EOS is ignored). An upstream already gone cannot: the run fails instead of hanging."""
         sp.upstream_eos_due = False
-        stage = sp.label.split(":")[0]
-        upstream = [u for u in self.stages if DOWNSTREAM.get(u.label.split(":")[0]) == stage]
+        upstream = [u for u in self.stages if DOWNSTREAM.get(u.stage) == sp.stage]
         if not self.cfg.live and any(u.exit_code == 0 for u in upstream):  # live runs end by signal anyway
             self.failed = f"{sp.label} restarted after its upstream had finished: the end of stream was lost"
             return
@@ -246,7 +250,7 @@ class Supervisor:
         for sp in self.stages:
             if not sp.alive() or sp.last_beat.get("state") != "flushed" or sp.release_sent:
                 continue
-            downstream = DOWNSTREAM.get(sp.label.split(":")[0])
+            downstream = DOWNSTREAM.get(sp.stage)
             peers = [d for d in self.stages if d.label == downstream]
             if peers and all(d.proc is not None and d.exit_code is not None for d in peers):
                 sp.signal(signal.SIGUSR1)
