@@ -274,6 +274,12 @@ class Augment:
     gray: float = 0.15                  # visible crops turned gray (bridges to the thermal camera)
     min_visible: float = 0.4            # a cut box is kept when this fraction of it stays in the crop
     min_side: float = 2.0               # ... and its sides stay at least this many pixels
+    # positive crops pick an object with weight (SMALL_OBJECT_SIDE / max(side, SMALL_OBJECT_SIDE)) ** this
+    # (side: longest, in inference pixels); 0 = uniform over objects
+    small_object_power: float = 0.0
+
+
+SMALL_OBJECT_SIDE = 16.0   # px at inference: below this every object weighs the same (COCO-tiny-like)
 
 
 class CropSampler:
@@ -302,6 +308,26 @@ class CropSampler:
         self.objects = np.array([(self.frame_offsets[gi] + fi, bi) for gi, g in enumerate(self.groups)
                                  for fi, b in enumerate(g.boxes) for bi in range(len(b))], np.int64).reshape(-1, 2)
         self.frame_count = int(sizes.sum())
+        self.object_cdf = self._object_cdf(augment.small_object_power)
+
+    def _object_cdf(self, power: float) -> np.ndarray | None:
+        """Cumulative pick weights of self.objects, or None for uniform picks (the original draw)."""
+        if power == 0 or not len(self.objects):
+            return None
+        sides = np.empty(len(self.objects))
+        for k, (frame, box) in enumerate(self.objects):
+            group, row = self._locate(int(frame))
+            g = self.groups[group]
+            _, x1, y1, x2, y2 = g.boxes[row][box]
+            sides[k] = max(x2 - x1, y2 - y1) * g.base_scale
+        weights = (SMALL_OBJECT_SIDE / np.maximum(sides, SMALL_OBJECT_SIDE)) ** power
+        cdf = np.cumsum(weights)
+        return cdf / cdf[-1]
+
+    def _pick_object(self, rng: np.random.Generator) -> np.ndarray:
+        if self.object_cdf is None:
+            return self.objects[rng.integers(len(self.objects))]
+        return self.objects[min(int(np.searchsorted(self.object_cdf, rng.random(), side="right")), len(self.objects) - 1)]
 
     def _locate(self, frame: int) -> tuple[int, int]:
         group = int(np.searchsorted(self.frame_offsets, frame, side="right") - 1)
@@ -313,7 +339,7 @@ class CropSampler:
         plans = []
         for _ in range(batch):
             positive = len(self.objects) > 0 and rng.random() < a.positive_fraction
-            frame, box = self.objects[rng.integers(len(self.objects))] if positive else (
+            frame, box = self._pick_object(rng) if positive else (
                 rng.integers(self.frame_count), -1)
             group, row = self._locate(int(frame))
             g = self.groups[group]
@@ -608,6 +634,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same model name): "
                    "a fresh schedule on top of an earlier run")
+    p.add_argument("--l1-loss", action="store_true", help="add yolox's L1 box loss (YOLOX turns it on for its "
+                   "last epochs): tighter boxes, which tiny targets need for IoU 0.5")
+    p.add_argument("--small-object-power", type=float, default=0.0, help="positive crops favour objects "
+                   "under 16 px: pick weight (16/side)**P for larger ones (0: uniform)")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--val-per-clip", type=int, default=10, help="val frames per clip (evenly spaced)")
@@ -632,6 +662,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("batch", "crop", "stride", "evals", "probe_steps", "warmup_steps"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.small_object_power < 0:
+        raise TrainError("--small-object-power must be >= 0")
     if args.crop % 32:
         raise TrainError(f"--crop must be a multiple of 32, got {args.crop}")
     if (args.epochs is not None and args.epochs < 1) or (args.minutes is not None and args.minutes <= 0):
@@ -696,13 +728,15 @@ class Trainer:
             raise TrainError(str(error)) from None
         if args.init:
             self._load_init(args.init)
+        self.model.head.use_l1 = args.l1_loss
         self.model.train()
         self.optimizer = make_optimizer(self.model, args.optimizer, args.lr, args.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp == "fp16")
         # the cross-process lock keeps parallel runs from all claiming GPU memory for frames at once
         with _file_lock(Path(args.cache or self.out) / ".frames.lock"):
             on_device = _frames_on_device(args, device, train_clips)
-            self.sampler = CropSampler(train_clips, args.input_size, Augment(crop=args.crop), device, on_device)
+            augment = Augment(crop=args.crop, small_object_power=args.small_object_power)
+            self.sampler = CropSampler(train_clips, args.input_size, augment, device, on_device)
         self.frames_on_device = on_device
         self.rng = np.random.default_rng(args.seed)
         self.step, self.total_steps, self.steps_per_epoch, self.warmup = 0, 0, 0, args.warmup_steps

@@ -196,3 +196,25 @@ def test_through_pipeline_scores_exactly_what_direct_evaluation_scores(tiny_chec
     for a, b in zip(direct_results, piped_results):
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         assert a["bbox"] + [a["score"]] == pytest.approx(b["bbox"] + [b["score"]], abs=1e-6)
+
+
+def test_recall_by_size_counts_matches_per_threshold_and_size_bin():
+    truth = [np.array([[0, 0, 10, 10], [100, 100, 140, 140]]), np.array([[50, 50, 56, 56]]), np.zeros((0, 4))]
+    found = [np.array([[0, 0, 10, 10, 0.9, 0], [100, 100, 140, 165, 0.8, 0]]),  # exact; IoU 40*40/(40*65) = 0.62
+             np.zeros((0, 6)),                                                # missed
+             np.array([[1, 1, 5, 5, 0.5, 0]])]                                # no truth: ignored
+    report = evaluate.recall_by_size(truth, found, ious=(0.5, 0.7))
+    assert report["boxes"] == 3
+    assert report["recall"] == {"0.5": 2 / 3, "0.7": 1 / 3}
+    by_size = {tuple(row["side_px"]): (row["boxes"], row["recall"]) for row in report["by_size"]}
+    assert by_size == {(0, 12): (2, {"0.5": 0.5, "0.7": 0.5}), (30, 50): (1, {"0.5": 1.0, "0.7": 0.0})}
+
+
+def test_clip_recall_scores_a_rendered_clip(tmp_path, tiny_checkpoint):
+    import models
+
+    paths = synthetic.make_clip(tmp_path, seed=3, frames=6, size=(160, 128))
+    report = evaluate.clip_recall(models.Detector(tiny_checkpoint), paths.video, paths.coco, every=1)
+    coco = json.loads(paths.coco.read_text())
+    drones = sum(a["category_id"] == 1 for a in coco["annotations"])
+    assert report["boxes"] == drones > 0 and 0.0 <= report["recall"]["0.5"] <= 1.0

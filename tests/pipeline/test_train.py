@@ -64,6 +64,17 @@ def test_background_crops_without_objects_have_no_targets():
     assert targets.abs().sum() == 0
 
 
+@pytest.mark.parametrize("power, small_share", [(0.0, 0.5), (1.0, 0.8), (2.0, 16 / 17)])
+def test_small_object_power_favours_small_objects_in_positive_crops(power, small_share):
+    """One 6-px and one 64-px object (visible frames, scale 1): pick weights 1 and (16/64)**power."""
+    clips = [_clip_with_box((100, 100, 106, 106), (512, 640, 3)), _clip_with_box((300, 200, 364, 264), (512, 640, 3))]
+    augment = train.Augment(crop=64, small_object_power=power)
+    sampler = train.CropSampler(clips, (512, 640), augment, torch.device("cpu"), on_device=False)
+    rng = np.random.default_rng(0)
+    picks = np.array([sampler._pick_object(rng)[0] for _ in range(4000)])
+    assert (picks == 0).mean() == pytest.approx(small_share, abs=0.025)
+
+
 def test_lr_warmup_then_cosine():
     assert train.lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert train.lr_factor(9, 10, 100) == pytest.approx(1.0)
@@ -76,6 +87,7 @@ def test_lr_warmup_then_cosine():
     (["--out", "x"], "give a budget"),
     (["--out", "x", "--epochs", "1", "--input-size", "500x640"], "--input-size"),
     (["--out", "x", "--epochs", "1", "--crop", "100"], "--crop"),
+    (["--out", "x", "--epochs", "1", "--small-object-power", "-1"], "--small-object-power"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert train.main(argv) == 2
@@ -96,7 +108,7 @@ def _argv(root: Path, manifest: Path, out: Path) -> list[str]:
     return ["--model", "yolox-nano-gssam-sigres-p1", "--data", str(root), "--splits", str(manifest),
             "--stride", "2", "--epochs", "2", "--epoch-steps", "2", "--batch", "2", "--crop", "64",
             "--input-size", "128x160", "--val-per-clip", "2", "--warmup-steps", "2", "--workers", "1",
-            "--threads", "1", "--no-progress", "--out", str(out)]
+            "--threads", "1", "--no-progress", "--l1-loss", "--small-object-power", "1", "--out", str(out)]
 
 
 @pytest.mark.slow
@@ -129,6 +141,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     assert (tmp_path / "resumed" / "curve.png").stat().st_size > 0
     record = json.loads((tmp_path / "resumed" / "log.json").read_text())
     assert record["status"] == "done" and record["images_seen"] == 8
+    assert record["config"]["l1_loss"] and record["config"]["small_object_power"] == 1
 
 
 @pytest.mark.slow
