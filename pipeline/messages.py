@@ -4,7 +4,8 @@ Wire format (ZeroMQ multipart, no pickle):
   part 0    UTF-8 JSON header
   part 1..n one raw buffer per entry of header["buffers"] (name, shape, dtype), sent zero-copy
 
-A header with ``kind == "eos"`` carries no buffers and marks the end of one stream.
+A header with ``kind == "eos"`` carries no buffers and marks the end of one stream; its ``frame_index``
+is the stream's frame count as its source counted it (the index after its last frame; 0: unknown).
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class FrameMessage:
     kind: str = FRAME
 
     @classmethod
-    def end_of_stream(cls, stream_id: str, frames_sent: int = 0) -> "FrameMessage":
-        return cls(stream_id, frames_sent, 0.0, time.time(), kind=EOS)
+    def end_of_stream(cls, stream_id: str, frame_count: int = 0) -> "FrameMessage":
+        return cls(stream_id, frame_count, 0.0, time.time(), kind=EOS)
 
     @property
     def is_eos(self) -> bool:

@@ -45,9 +45,14 @@ class Stage:
     def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
         return [out for msg in msgs for out in self.process(msg)]
 
-    def end_stream(self, stream_id: str) -> list[FrameMessage]:
-        """Flush what is held for a stream that ended; returns messages to send before its EOS."""
+    def end_stream(self, stream_id: str, frame_count: int = 0) -> list[FrameMessage]:
+        """Flush what is held for a stream that ended; returns messages to send before its EOS.
+        ``frame_count``: the frames its source sent (from the EOS; 0 where unknown)."""
         return []
+
+    def stream_frame_count(self, stream_id: str) -> int:
+        """Source stages: the frames a stream that ran to its end sent (0: unknown or cut short)."""
+        return 0
 
     def frames(self) -> Iterator[FrameMessage | None]:
         """Source stages only: yield frames (or None while idle, to keep heartbeats going)."""
@@ -97,6 +102,7 @@ class StageRunner:
             self.out = open_socket(self.ctx, connect_side(cfg.endpoint(stage.output_key)), hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.ended: set[str] = set()
+        self.frame_counts: dict[str, int] = {}   # of the ended streams, as their EOS carries it
         self.stopping = False
         self.awaiting_release = self.released = False
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
@@ -123,7 +129,7 @@ class StageRunner:
             return False
         self.eos_resend_due = False
         for stream_id in sorted(self.ended):
-            self._send(FrameMessage.end_of_stream(stream_id))
+            self._send(FrameMessage.end_of_stream(stream_id, self.frame_counts.get(stream_id, 0)))
         log.info("%s: sent the end of %d finished stream(s) again for a restarted downstream stage",
                  self.label, len(self.ended))
         return True
@@ -173,7 +179,7 @@ class StageRunner:
                 self._emit([msg])
             self._beat()
         for stream_id in self.stage.stream_ids:  # a source owns the streams it reads
-            self._finish_stream(stream_id)
+            self._finish_stream(stream_id, self.stage.stream_frame_count(stream_id))
 
     def _run_filter(self) -> None:
         poller = zmq.Poller()
@@ -227,7 +233,7 @@ class StageRunner:
             self._emit(self.stage.process_batch(frames), processed=frames)
         for msg in batch:
             if msg.is_eos:
-                self._finish_stream(msg.stream_id)
+                self._finish_stream(msg.stream_id, msg.frame_index)
 
     # ------------------------------------------------------------ send
     def _emit(self, outputs: list[FrameMessage], processed: list[FrameMessage] | None = None) -> None:
@@ -260,13 +266,14 @@ class StageRunner:
                 self.metrics.count("dropped_full")
                 return
 
-    def _finish_stream(self, stream_id: str) -> None:
+    def _finish_stream(self, stream_id: str, frame_count: int = 0) -> None:
         if stream_id in self.ended:
             return
-        self._emit(self.stage.end_stream(stream_id))
+        self._emit(self.stage.end_stream(stream_id, frame_count))
         self.ended.add(stream_id)
+        self.frame_counts[stream_id] = frame_count
         if self.out is not None:
-            self._send(FrameMessage.end_of_stream(stream_id))
+            self._send(FrameMessage.end_of_stream(stream_id, frame_count))
         log.info("%s: stream %s ended", self.label, stream_id)
 
     # ------------------------------------------------------------ heartbeat

@@ -119,6 +119,9 @@ class CaptureStage(Stage):
     def status(self) -> dict:
         return {"stream": self.stream_state, "next_frame": self.next_frame}
 
+    def stream_frame_count(self, stream_id: str) -> int:
+        return self.next_frame if self.stream_state == "ended" else 0
+
     def _open(self):
         if self.kind == "folder":
             return ImageFolderReader(Path(self.location), self.src.fps)

@@ -275,7 +275,10 @@ class RecordStage(Stage):
             self.retention.enforce(open_paths, now)
             self.counters["segments_deleted"] = self.retention.deleted
 
-    def end_stream(self, stream_id: str) -> list[FrameMessage]:
+    def end_stream(self, stream_id: str, frame_count: int = 0) -> list[FrameMessage]:
+        last = self.last_index.get(stream_id)
+        if not self.cfg.live and last is not None:  # frames lost after the last one that arrived
+            self.counters["frames_missing"] += max(0, frame_count - last - 1)
         recorder = self.recorders.pop(stream_id, None)
         if recorder is not None:
             recorder.close()

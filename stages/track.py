@@ -232,7 +232,7 @@ class TrackStage(Stage):
                            hud_text(msg.stream_id, state.fps(), msg.age_ms(), drops))
         return state.annotator.draw(msg.image, facts)
 
-    def end_stream(self, stream_id: str) -> list[FrameMessage]:
+    def end_stream(self, stream_id: str, frame_count: int = 0) -> list[FrameMessage]:
         state = self.streams.pop(stream_id, None)
         if state is not None:
             for track_id, life in state.lives.items():

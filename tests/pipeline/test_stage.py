@@ -2,6 +2,7 @@
 import os
 import signal
 
+import pytest
 import zmq
 
 from pipeline.config import config_from_dict
@@ -16,9 +17,9 @@ class Passthrough(Stage):
     output_key = "record_in"
 
 
-def test_sigusr2_sends_the_end_of_finished_streams_again(tmp_path):
-    """The supervisor's answer to a downstream stage restarted after this one had finished: the
-    restarted stage may have lost the EOS with its predecessor's queue, so it is sent once more."""
+@pytest.fixture
+def runner_and_downstream(tmp_path):
+    """A track-stage runner on streams a and b, and the socket its downstream stage would bind."""
     cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}, {"id": "b", "uri": "y.mp4"}],
                             "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")}},
                            check_files=False)
@@ -27,14 +28,7 @@ def test_sigusr2_sends_the_end_of_finished_streams_again(tmp_path):
     downstream = open_socket(ctx, cfg.endpoint("record_in"), hwm=16)
     runner = StageRunner(Passthrough(cfg), cfg)
     try:
-        runner.ended = {"a"}  # stream a finished (its EOS went out), b is still running
-        assert not runner._resend_eos()  # nothing asked: nothing sent
-        os.kill(os.getpid(), signal.SIGUSR2)
-        assert runner._resend_eos()
-        assert downstream.poll(2000)
-        resent = FrameMessage.decode(downstream.recv_multipart(copy=False))
-        assert resent.is_eos and resent.stream_id == "a"
-        assert not downstream.poll(200)  # only the finished stream
+        yield runner, downstream
     finally:
         for sock in (runner.inp, runner.out, runner.control):
             sock.close(0)
@@ -43,3 +37,28 @@ def test_sigusr2_sends_the_end_of_finished_streams_again(tmp_path):
         ctx.term()
         for sig, handler in handlers.items():  # the runner installs a stage process's handlers
             signal.signal(sig, handler)
+
+
+def received(downstream) -> FrameMessage:
+    assert downstream.poll(2000)
+    return FrameMessage.decode(downstream.recv_multipart(copy=False))
+
+
+def test_sigusr2_sends_the_end_of_finished_streams_again(runner_and_downstream):
+    """The supervisor's answer to a downstream stage restarted after this one had finished: the
+    restarted stage may have lost the EOS with its predecessor's queue, so it is sent once more."""
+    runner, downstream = runner_and_downstream
+    runner.ended, runner.frame_counts = {"a"}, {"a": 30}  # stream a finished (its EOS went out), b runs
+    assert not runner._resend_eos()  # nothing asked: nothing sent
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert runner._resend_eos()
+    resent = received(downstream)
+    assert resent.is_eos and resent.stream_id == "a" and resent.frame_index == 30
+    assert not downstream.poll(200)  # only the finished stream
+
+
+def test_a_filter_passes_the_source_frame_count_on_with_the_eos(runner_and_downstream):
+    runner, downstream = runner_and_downstream
+    runner._handle([FrameMessage.end_of_stream("a", 17)])
+    sent = received(downstream)
+    assert sent.is_eos and sent.stream_id == "a" and sent.frame_index == 17 and runner.ended == {"a"}

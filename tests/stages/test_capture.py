@@ -59,6 +59,7 @@ def test_rtsp_frames_arrive(rtsp_server, tmp_path):
     msgs = take(stage.frames(), 10, timeout=20)
     assert len(msgs) == 10 and msgs[0].image.shape == (256, 320, 3)
     assert stage.stream_state == "up"
+    assert stage.stream_frame_count("cam") == 0  # a live stream that has not ended has no count
     stage.close()
 
 
@@ -70,6 +71,7 @@ def test_restarted_folder_capture_skips_the_frames_already_sent(tmp_path):
     msgs = [m for m in stage.frames() if m is not None]
     assert [m.frame_index for m in msgs] == [2, 3] and msgs[0].image[0, 0, 0] == 100
     assert stage.status()["next_frame"] == 4
+    assert stage.stream_frame_count("cam") == 4  # what its EOS tells the recorder: frames 0-3 were sent
 
 
 @pytest.mark.rtsp

@@ -80,6 +80,15 @@ def test_replay_gaps_are_counted_as_missing_frames(tmp_path):
     assert stage.counters["frames_missing"] == 5 and stage.counters["frames_recorded"] == 5
 
 
+def test_frames_lost_after_the_last_arrival_are_counted_from_the_eos(tmp_path):
+    """The EOS carries the source's frame count: frames 7-11 never came (a killed stage's queue)."""
+    stage = RecordStage(make_cfg(tmp_path))
+    for i in range(7):
+        stage.process(gray_frame(i))
+    stage.end_stream("cam0", frame_count=12)
+    assert stage.counters["frames_missing"] == 5 and stage.counters["frames_recorded"] == 7
+
+
 def test_sigkill_mid_segment_leaves_a_segment_that_plays_up_to_the_kill(tmp_path):
     folder = tmp_path / "rec"
     writer_code = textwrap.dedent(f"""
