@@ -173,6 +173,8 @@ class ViewConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None  # required when host is not loopback
+    tls_cert: str | None = None  # PEM certificate (chain) and its key: serve HTTPS, so the token never
+    tls_key: str | None = None   # crosses the network in clear text
     jpeg_quality: int = 80  # 1..100; each frame is encoded once, shared by every browser
     stale_after_s: float = 2.0  # a stream without a new frame this long shows DOWN, not a frozen frame
     max_clients: int = 32  # open video connections; more get HTTP 503
@@ -350,6 +352,8 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
     view = cfg.stages.view
     if view.enabled and not _is_loopback(view.host) and not view.token:
         raise ConfigError(f"config key 'stages.view.token' is required to serve the view on {view.host}")
+    if bool(view.tls_cert) != bool(view.tls_key):
+        raise ConfigError("config keys 'stages.view.tls_cert' and 'stages.view.tls_key' go together: give both or neither")
     if not cfg.sources:
         raise ConfigError("config key 'sources' must list at least one source")
     for i, src in enumerate(cfg.sources):
@@ -432,3 +436,8 @@ def _check_files(cfg: PipelineConfig) -> None:
             value = getattr(curve, name)
             if value is not None and not cfg.resolve(value).is_file():
                 raise ConfigError(f"config key 'transport.curve.{name}': {value} does not exist")
+    view = cfg.stages.view
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(view, name)
+        if view.enabled and value is not None and not cfg.resolve(value).is_file():
+            raise ConfigError(f"config key 'stages.view.{name}': {value} does not exist")

@@ -12,7 +12,9 @@ connection that wants it, and shared by all others; frames nobody asked for are 
 Video goes out as MJPEG (multipart/x-mixed-replace), which <img> plays natively. Access: bound to
 127.0.0.1 by default (then only loopback Host names are accepted, against DNS rebinding); with a token
 every request must carry it (?token=, X-View-Token or Authorization: Bearer header, or the cookie set
-when the page is opened with ?token=).
+when the page is opened with ?token=). With ``tls_cert``/``tls_key`` it serves HTTPS (the TLS handshake
+runs in the connection's own thread, under its timeout, so a client that never completes one holds up
+nobody); beyond loopback without them the token travels in clear text, and the view warns so.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -291,11 +294,21 @@ class ViewServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck browser connection never holds up shutdown
     allow_reuse_address = True
 
-    def __init__(self, view: "ViewStage"):
+    def __init__(self, view: "ViewStage", tls: ssl.SSLContext | None = None):
         self.view = view
         host = view.settings.host
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, view.settings.port), ViewHandler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Server context for the view's HTTPS (TLS 1.2+); raises ssl.SSLError / OSError on bad files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 class ViewHandler(BaseHTTPRequestHandler):
@@ -369,7 +382,8 @@ class ViewHandler(BaseHTTPRequestHandler):
         """Trade ?token= for a cookie and drop it from the address bar (and the browser history)."""
         self.send_response(HTTPStatus.SEE_OTHER)
         self.send_header("Location", "/")
-        self.send_header("Set-Cookie", f"{COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/")
+        secure = "; Secure" if self.server.view.settings.tls_cert else ""
+        self.send_header("Set-Cookie", f"{COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/{secure}")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -520,14 +534,24 @@ class ViewStage:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        s = self.settings
         try:
-            server = ViewServer(self)
+            tls = tls_context(self.cfg.resolve(s.tls_cert), self.cfg.resolve(s.tls_key)) if s.tls_cert else None
+        except (OSError, ssl.SSLError) as exc:
+            print(f"error: view: cannot load stages.view.tls_cert/tls_key ({s.tls_cert}, {s.tls_key}): "
+                  f"{exc.strerror or getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+            return 2
+        try:
+            server = ViewServer(self, tls)
         except OSError as exc:
-            s = self.settings
             print(f"error: view: cannot serve on {s.host}:{s.port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         host, port = server.server_address[:2]
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/"
+        if not tls and s.host not in LOOPBACK_NAMES:
+            log.warning("serving beyond loopback without TLS: the token crosses the network in clear text "
+                        "(set stages.view.tls_cert and tls_key)")
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         ctx = zmq.Context()

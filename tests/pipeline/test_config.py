@@ -59,6 +59,8 @@ UNREACHABLE_PORT = free_port()
     (GOOD + "endpoints: {detect_in: 'push+bind:ipc:///tmp/x'}\n", "pattern must be pull"),
     (GOOD + f"endpoints: {{detect_in: 'pull+connect:tcp://127.0.0.1:{UNREACHABLE_PORT}'}}\n", "is unreachable"),
     (GOOD + "stages: {view: {enabled: true, host: 0.0.0.0}}\n", "'stages.view.token' is required"),
+    (GOOD + "stages: {view: {enabled: true, tls_cert: view.crt}}\n",
+     "'stages.view.tls_cert' and 'stages.view.tls_key' go together"),
     ("sources: [oops\n", "malformed YAML at line"),
     ("- just\n- a list\n", "top level must be a mapping"),
 ])

@@ -14,6 +14,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -145,8 +146,10 @@ def write_run_config(tmp: Path, ipc_dir: str, port: int, **view) -> Path:
     return path
 
 
-def request(port: int, path: str, headers: dict | None = None, host: str | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def request(port: int, path: str, headers: dict | None = None, host: str | None = None,
+            tls: ssl.SSLContext | None = None):
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=tls) if tls
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=10))
     conn.putrequest("GET", path, skip_host=host is not None)
     if host is not None:
         conn.putheader("Host", host)
@@ -176,12 +179,12 @@ class ViewProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def wait_serving(self, port: int, headers: dict | None = None) -> None:
+    def wait_serving(self, port: int, headers: dict | None = None, tls: ssl.SSLContext | None = None) -> None:
         def serving():
             if self.proc.poll() is not None:
                 raise AssertionError(f"view exited with {self.proc.returncode}: {self.proc.stderr.read()}")
             try:
-                return request(port, "/api/state", headers)[0] in (200, 401)
+                return request(port, "/api/state", headers, tls=tls)[0] in (200, 401)
             except OSError:
                 return False
 
@@ -223,7 +226,7 @@ def view_factory(run_dir):
         proc = ViewProcess(config)
         started.append((proc, side))
         headers = {"X-View-Token": view["token"]} if view.get("token") else None
-        proc.wait_serving(port, headers)
+        proc.wait_serving(port, headers, client_tls(view["tls_cert"]) if view.get("tls_cert") else None)
         return port, side, proc, cfg
 
     yield start
@@ -232,6 +235,24 @@ def view_factory(run_dir):
         side.stop.set()
         side.join(5)
         assert code == 0, f"view exit code {code} after SIGTERM: {err}"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command line tool."""
+    if not shutil.which("openssl"):
+        pytest.skip("the HTTPS test needs the openssl command (apt-get install -y openssl)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "view.crt", folder / "view.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lss-view",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def client_tls(cert) -> ssl.SSLContext:
+    """A client that trusts only this certificate (and checks it names 127.0.0.1)."""
+    return ssl.create_default_context(cafile=str(cert))
 
 
 def api_state(port: int) -> dict:
@@ -365,6 +386,30 @@ def test_token_is_checked_on_every_request(view_factory):
     status, _, body = request(port, "/", {"Cookie": cookie.split(";")[0]})
     assert status == 200 and b"static/app.js" in body
     assert request(port, "/frame/cam0.jpg", {"Cookie": "view_token=nope"})[0] == 401
+
+
+def test_https_serves_only_tls_with_a_secure_cookie_and_a_silent_client_blocks_nobody(view_factory, tls_files):
+    cert, key = tls_files
+    port, _, _, _ = view_factory(token="s3cret-token", tls_cert=str(cert), tls_key=str(key))
+    with socket.create_connection(("127.0.0.1", port)):  # connects, never starts its TLS handshake
+        status, response, _ = request(port, "/?token=s3cret-token", tls=client_tls(cert))
+        assert status == 303
+        cookie = response.getheader("Set-Cookie")
+        assert "Secure" in cookie and "HttpOnly" in cookie
+        assert request(port, "/api/state", {"Cookie": cookie.split(";")[0]}, tls=client_tls(cert))[0] == 200
+        assert request(port, "/api/state", tls=client_tls(cert))[0] == 401
+    with pytest.raises((http.client.HTTPException, OSError)):
+        request(port, "/api/state", {"X-View-Token": "s3cret-token"})  # plain HTTP gets no answer
+
+
+def test_unreadable_tls_certificate_is_a_one_line_error(run_dir):
+    tmp, ipc_dir = run_dir
+    (tmp / "bad.pem").write_text("not a certificate")
+    config = write_run_config(tmp, ipc_dir, free_port(), tls_cert=str(tmp / "bad.pem"), tls_key=str(tmp / "bad.pem"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "stages.view.tls_cert" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_loopback_view_without_token_rejects_foreign_host_names(view_factory):
