@@ -350,7 +350,7 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
     for name in cfg.run_stages:
         _choice(name, STAGE_ORDER + OPTIONAL_STAGES, "run_stages[]")
     view = cfg.stages.view
-    if view.enabled and not _is_loopback(view.host) and not view.token:
+    if view.enabled and not is_loopback(view.host) and not view.token:
         raise ConfigError(f"config key 'stages.view.token' is required to serve the view on {view.host}")
     if bool(view.tls_cert) != bool(view.tls_key):
         raise ConfigError("config keys 'stages.view.tls_cert' and 'stages.view.tls_key' go together: give both or neither")
@@ -389,7 +389,7 @@ def _check_detector(detect: DetectConfig, preprocess: PreprocessConfig) -> None:
                           f"of 32, got {size!r}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -304,7 +304,7 @@ class CropSampler:
             self.groups.append(FrameGroup(members, device, on_device, ratio))
         sizes = np.array([len(g) for g in self.groups])
         self.frame_offsets = np.concatenate([[0], np.cumsum(sizes)])
-        # every labeled box, as (global frame, box row): positive crops pick one uniformly
+        # every labeled box, as (global frame, box row): positive crops pick one (see _pick_object)
         self.objects = np.array([(self.frame_offsets[gi] + fi, bi) for gi, g in enumerate(self.groups)
                                  for fi, b in enumerate(g.boxes) for bi in range(len(b))], np.int64).reshape(-1, 2)
         self.frame_count = int(sizes.sum())
@@ -314,12 +314,9 @@ class CropSampler:
         """Cumulative pick weights of self.objects, or None for uniform picks (the original draw)."""
         if power == 0 or not len(self.objects):
             return None
-        sides = np.empty(len(self.objects))
-        for k, (frame, box) in enumerate(self.objects):
-            group, row = self._locate(int(frame))
-            g = self.groups[group]
-            _, x1, y1, x2, y2 = g.boxes[row][box]
-            sides[k] = max(x2 - x1, y2 - y1) * g.base_scale
+        # longest side in inference pixels, in the order self.objects lists them (group, frame, box)
+        sides = np.concatenate([np.maximum(b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]) * g.base_scale
+                                for g in self.groups for b in g.boxes if len(b)])
         weights = (SMALL_OBJECT_SIDE / np.maximum(sides, SMALL_OBJECT_SIDE)) ** power
         cdf = np.cumsum(weights)
         return cdf / cdf[-1]
@@ -662,8 +659,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("batch", "crop", "stride", "evals", "probe_steps", "warmup_steps"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.small_object_power < 0:
-        raise TrainError("--small-object-power must be >= 0")
+    if not 0 <= args.small_object_power <= 8:
+        raise TrainError("--small-object-power must be in 0..8")
     if args.crop % 32:
         raise TrainError(f"--crop must be a multiple of 32, got {args.crop}")
     if (args.epochs is not None and args.epochs < 1) or (args.minutes is not None and args.minutes <= 0):
@@ -787,7 +784,12 @@ class Trainer:
                 "ema_meta": [self.ema.decay, self.ema.tau, self.ema.updates],
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": _rng_state(self.rng, self.device), "history": self.history, "best": self.best,
-                "images_seen": self.images_seen, "elapsed": self.elapsed, "skipped_steps": self.skipped_steps}
+                "images_seen": self.images_seen, "elapsed": self.elapsed, "skipped_steps": self.skipped_steps,
+                "recipe": self.recipe()}
+
+    def recipe(self) -> dict:
+        """Options that change what a step computes: a resumed run must use the same."""
+        return {"l1_loss": bool(self.args.l1_loss), "small_object_power": float(self.args.small_object_power)}
 
     def load_state(self, path: Path) -> None:
         try:
@@ -796,6 +798,10 @@ class Trainer:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != "pipeline.train/1" or state.get("model_name") != self.args.model:
             raise TrainError(f"{path}: not a training state of model {self.args.model!r}")
+        started = state.get("recipe", self.recipe())  # states from before the recipe was stored: not checked
+        if started != self.recipe():
+            raise TrainError(f"--resume: {path} was trained with {started}, this command asks for {self.recipe()}; "
+                             "resume with the same options")
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.ema.decay, self.ema.tau, self.ema.updates = state["ema_meta"]

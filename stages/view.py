@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import zmq
 
-from pipeline.config import PipelineConfig, connect_side
+from pipeline.config import PipelineConfig, connect_side, is_loopback
 from pipeline.messages import FrameMessage, MessageError
 from pipeline.stage import curve_keys
 from pipeline.transport import close_context, open_socket
@@ -302,13 +302,38 @@ class ViewServer(ThreadingHTTPServer):
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
+    def handle_error(self, request, client_address) -> None:
+        """A failed handshake or a dropped connection is one log line, not a traceback: anyone who can
+        reach the port (a plain-HTTP request, a scanner, a browser refusing the certificate) causes them."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ssl.SSLError, ConnectionError, TimeoutError)):
+            log.info("connection from %s failed: %s", client_address[0], error)
+        else:
+            super().handle_error(request, client_address)
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """Server context for the view's HTTPS (TLS 1.2+); raises ssl.SSLError / OSError on bad files."""
+
+class TlsSetupError(Exception):
+    """The view's certificate or key cannot be used (one-line message)."""
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server context for the view's HTTPS (TLS 1.2+); TlsSetupError names what is wrong with the files."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except TlsSetupError:
+        raise
+    except (OSError, ssl.SSLError) as exc:
+        if "-----BEGIN CERTIFICATE-----" not in Path(cert).read_text(errors="replace"):
+            raise TlsSetupError(f"{cert} is not a PEM certificate") from None
+        raise TlsSetupError(f"{key} is not a PEM private key of that certificate ({exc.strerror or exc})") from None
     return context
+
+
+def _no_passphrase() -> str:
+    # without a password callback OpenSSL would prompt on the terminal and the view would hang
+    raise TlsSetupError("the key is encrypted; give an unencrypted key file (the view cannot ask for a passphrase)")
 
 
 class ViewHandler(BaseHTTPRequestHandler):
@@ -537,9 +562,8 @@ class ViewStage:
         s = self.settings
         try:
             tls = tls_context(self.cfg.resolve(s.tls_cert), self.cfg.resolve(s.tls_key)) if s.tls_cert else None
-        except (OSError, ssl.SSLError) as exc:
-            print(f"error: view: cannot load stages.view.tls_cert/tls_key ({s.tls_cert}, {s.tls_key}): "
-                  f"{exc.strerror or getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        except (TlsSetupError, OSError) as exc:
+            print(f"error: view: config keys 'stages.view.tls_cert'/'tls_key': {exc}", file=sys.stderr)
             return 2
         try:
             server = ViewServer(self, tls)
@@ -549,7 +573,7 @@ class ViewStage:
         host, port = server.server_address[:2]
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/"
-        if not tls and s.host not in LOOPBACK_NAMES:
+        if not tls and not is_loopback(s.host):
             log.warning("serving beyond loopback without TLS: the token crosses the network in clear text "
                         "(set stages.view.tls_cert and tls_key)")
         signal.signal(signal.SIGTERM, self._on_term)

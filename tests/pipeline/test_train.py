@@ -118,12 +118,15 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     assert train.main(_argv(root, manifest, tmp_path / "straight")) == 0
 
     def terminate_at_step_3(trainer):
+        assert trainer.model.head.use_l1  # --l1-loss reached yolox's head
         if trainer.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
     interrupted = train.parse_args(_argv(root, manifest, tmp_path / "resumed"))
     assert train.run(interrupted, step_callback=terminate_at_step_3) == 143
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["step"] == 3
+    without_l1 = [a for a in _argv(root, manifest, tmp_path / "resumed") if a != "--l1-loss"]
+    assert train.main(without_l1 + ["--resume"]) == 2  # a resumed run must compute the same steps
     assert train.main(_argv(root, manifest, tmp_path / "resumed") + ["--resume"]) == 0
 
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)

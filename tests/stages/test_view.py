@@ -191,15 +191,18 @@ class ViewProcess:
         wait_until(serving, 20, "the view to serve")
 
     def terminate(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise AssertionError(f"view did not exit within 15 s of SIGTERM: {err}")
-        return self.proc.returncode, err
+        """SIGTERM, then (exit code, stderr); a second call returns the same."""
+        if getattr(self, "result", None) is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = self.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _, err = self.proc.communicate()
+                raise AssertionError(f"view did not exit within 15 s of SIGTERM: {err}")
+            self.result = (self.proc.returncode, err)
+        return self.result
 
 
 @pytest.fixture
@@ -390,7 +393,7 @@ def test_token_is_checked_on_every_request(view_factory):
 
 def test_https_serves_only_tls_with_a_secure_cookie_and_a_silent_client_blocks_nobody(view_factory, tls_files):
     cert, key = tls_files
-    port, _, _, _ = view_factory(token="s3cret-token", tls_cert=str(cert), tls_key=str(key))
+    port, _, proc, _ = view_factory(token="s3cret-token", tls_cert=str(cert), tls_key=str(key))
     with socket.create_connection(("127.0.0.1", port)):  # connects, never starts its TLS handshake
         status, response, _ = request(port, "/?token=s3cret-token", tls=client_tls(cert))
         assert status == 303
@@ -400,16 +403,28 @@ def test_https_serves_only_tls_with_a_secure_cookie_and_a_silent_client_blocks_n
         assert request(port, "/api/state", tls=client_tls(cert))[0] == 401
     with pytest.raises((http.client.HTTPException, OSError)):
         request(port, "/api/state", {"X-View-Token": "s3cret-token"})  # plain HTTP gets no answer
+    code, err = proc.terminate()
+    assert code == 0 and "connection from 127.0.0.1 failed" in err and "Traceback" not in err, err
 
 
-def test_unreadable_tls_certificate_is_a_one_line_error(run_dir):
+@pytest.mark.parametrize("problem", ["not a certificate", "encrypted key"])
+def test_unusable_tls_files_are_a_one_line_error_never_a_prompt(run_dir, tls_files, problem):
     tmp, ipc_dir = run_dir
-    (tmp / "bad.pem").write_text("not a certificate")
-    config = write_run_config(tmp, ipc_dir, free_port(), tls_cert=str(tmp / "bad.pem"), tls_key=str(tmp / "bad.pem"))
+    cert, key = tls_files
+    if problem == "not a certificate":
+        (tmp / "bad.pem").write_text("not a certificate")
+        cert = key = tmp / "bad.pem"
+    else:
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret",
+                        "-out", str(tmp / "encrypted.key")], check=True, capture_output=True, timeout=60)
+        key = tmp / "encrypted.key"
+    config = write_run_config(tmp, ipc_dir, free_port(), tls_cert=str(cert), tls_key=str(key))
     proc = subprocess.run([sys.executable, "-m", "pipeline", "stage", "view", str(config)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=30)
+                          stdin=subprocess.PIPE, capture_output=True, text=True, timeout=30)  # a prompt would hang
     assert proc.returncode == 2 and "stages.view.tls_cert" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    if problem == "encrypted key":
+        assert "encrypted" in proc.stderr
 
 
 def test_loopback_view_without_token_rejects_foreign_host_names(view_factory):
