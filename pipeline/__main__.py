@@ -32,7 +32,11 @@ def cmd_run(argv: list[str]) -> int:
         return _fail(str(exc), 2)
     from pipeline.supervisor import Supervisor
 
-    code = Supervisor(cfg, progress=not args.no_progress).run()
+    try:
+        supervisor = Supervisor(cfg, progress=not args.no_progress)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    code = supervisor.run()
     if code == 0:
         print(f"outputs (annotated video, tracks.jsonl per stream): {cfg.resolve(cfg.output_dir)}")
     return code
@@ -49,7 +53,7 @@ def cmd_stage(argv: list[str]) -> int:
         cfg = load_config(args.config, check_network=False)
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    from pipeline.stage import run_stage
+    from pipeline.stage import StageFatalError, run_stage
     from stages import build_stage
     from stages.capture import SourceError
 
@@ -58,7 +62,7 @@ def cmd_stage(argv: list[str]) -> int:
         if hasattr(stage, "run"):  # consumers beside the frame path (the view) run their own loop
             return stage.run()
         return run_stage(stage, cfg, instance=f"capture:{args.source}" if args.name == "capture" else None)
-    except SourceError as exc:
+    except (SourceError, StageFatalError) as exc:  # exit 3: the supervisor stops the run, no restarts
         return _fail(f"{args.name}: {exc}", 3)
     except (ConfigError, EndpointError) as exc:  # exit 2: the supervisor stops the run, no restarts
         return _fail(f"{args.name}: {exc}", 2)

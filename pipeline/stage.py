@@ -27,6 +27,10 @@ from pipeline.transport import CurveKeys, close_context, open_socket
 log = logging.getLogger("pipeline.stage")
 
 
+class StageFatalError(RuntimeError):
+    """An error a restart cannot fix (one-line message): the stage exits 3 and the supervisor stops the run."""
+
+
 class Stage:
     """Subclass per stage. Override `process` (or `process_batch`), `end_stream`, `close`."""
 

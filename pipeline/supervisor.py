@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 import yaml
 import zmq
 
-from pipeline.config import STAGE_ORDER, PipelineConfig
+from pipeline.config import STAGE_ORDER, ConfigError, PipelineConfig
 from pipeline.stage import curve_keys
+from pipeline.storage import append_line, replace_file
 from pipeline.transport import close_context, open_socket
 
 log = logging.getLogger("pipeline.supervisor")
@@ -68,7 +70,8 @@ def write_run_config(cfg: PipelineConfig) -> Path:
     out = cfg.resolve(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "run_config.yaml"
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if not replace_file(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)):
+        raise ConfigError(f"output_dir {out}: the disk is full (cannot write run_config.yaml)")
     return path
 
 
@@ -94,6 +97,7 @@ class Supervisor:
         self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000, curve=curve)
         self.status_pub = open_socket(self.ctx, cfg.endpoint("status"), hwm=10, curve=curve)
         self.stream_states: dict[str, str] = {}
+        self.disk_full_reported: set[str] = set()
         self.stages = self._plan()
         self.stopping = False
         self.failed: str | None = None
@@ -274,8 +278,8 @@ class Supervisor:
         snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive(), exit_code=sp.exit_code)
                     for sp in self.stages}
         self.metrics.update(snapshot, self._queue_depths(snapshot))
-        status_path = self.cfg.resolve(self.cfg.output_dir) / "status.json"
-        status_path.write_text(json.dumps(snapshot, indent=1))
+        if not replace_file(self.cfg.resolve(self.cfg.output_dir) / "status.json", json.dumps(snapshot, indent=1)):
+            self._disk_full("status.json is not updated")
         self._publish(b"status", snapshot)
         self._stream_events(snapshot)
         if self.progress is not None:
@@ -301,8 +305,22 @@ class Supervisor:
             if previous is not None and previous != state:
                 event = {"type": f"stream_{state}", "stream_id": label.split(":", 1)[1], "t": time.time()}
                 self._publish(b"event", event)
-                with open(self.cfg.resolve(self.cfg.output_dir) / "events.jsonl", "a") as log_file:
-                    log_file.write(json.dumps(event) + "\n")
+                if not self._append_event(event):
+                    self._disk_full("stream events are published but not written to events.jsonl")
+
+    def _append_event(self, event: dict) -> bool:
+        path = self.cfg.resolve(self.cfg.output_dir) / "events.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            return append_line(fd, json.dumps(event, separators=(",", ":")))
+        finally:
+            os.close(fd)
+
+    def _disk_full(self, what: str) -> None:
+        """A full disk must not stop a live run: say so once per kind of loss, go on."""
+        if what not in self.disk_full_reported:
+            self.disk_full_reported.add(what)
+            log.error("disk full under %s: %s until space returns", self.cfg.output_dir, what)
 
     def _queue_depths(self, snapshot: dict) -> dict[str, int]:
         """Frames between a stage and its upstream: what upstream sent minus what this one took."""
@@ -330,6 +348,8 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
             text += f" bad={b['malformed']}"
         if b.get("frames_missing"):
             text += f" lost={b['frames_missing']}"
+        if b.get("frames_unrecorded"):
+            text += f" unrecorded={b['frames_unrecorded']}"
         if b.get("restarts"):
             text += f" restarts={b['restarts']}"
         if b.get("stream") and b.get("stream") != "up":

@@ -9,6 +9,14 @@ Files per stream, under ``<output_dir>/<stream_id>/``: ``segment_NNNNN.<ext>`` (
 raw ones when ``annotated`` is false), ``raw_segment_NNNNN.<ext>`` (with ``also_raw``),
 ``tracks.jsonl`` and ``tracks_mot.txt`` (``frame(1-based),track_id,x,y,w,h,score,-1,-1,-1``).
 
+A full disk (ENOSPC, EDQUOT) never stops a live run: detection, tracking, alerts and the view go on,
+the recorder closes what it had open (everything written so far stays playable/readable), counts the
+frames it could not record (``frames_unrecorded``, shown as ``unrecorded=N``), frees space by
+retention where that is configured, and tries again every ``DISK_RETRY_S`` seconds, in new segment
+files. In replay, whose output must be complete, a full disk stops the run with one line (exit 3).
+A text log whose last line was cut (a full disk, a crash mid-write) is trimmed to its last whole line
+when it is opened again, so appended records never follow a partial one.
+
 Event mode keeps the last ``pre_roll_s`` of source time as yuv420p frames in a ring buffer (the
 format the encoder needs anyway): at 640x512 a 3 s pre-roll is ~44 MB, at 1920x1080 ~280 MB.
 """
@@ -28,7 +36,8 @@ import numpy as np
 
 from pipeline.config import PipelineConfig, RecordConfig
 from pipeline.messages import FrameMessage
-from pipeline.stage import Stage
+from pipeline.stage import Stage, StageFatalError
+from pipeline.storage import is_storage_full, open_line_log
 
 log = logging.getLogger("stages.record")
 FORMATS = {"mp4": "mp4", "mkv": "matroska", "ts": "mpegts"}
@@ -37,6 +46,7 @@ CONTAINER_OPTIONS = {"mp4": {"movflags": "frag_every_frame+empty_moov+default_ba
 TIME_BASE = Fraction(1, 1000)  # pts in ms of source time: dropped frames keep real timing
 TIME_EPS = 1e-4  # s; roll windows compare source times far below a frame period
 RETENTION_CHECK_S = 10.0
+DISK_RETRY_S = 5.0
 
 
 def video_frame(image: np.ndarray) -> av.VideoFrame:
@@ -190,8 +200,8 @@ class StreamRecorder:
             if settings.annotated and settings.also_raw:
                 self.writers["raw"] = SegmentWriter(folder, settings, "raw_segment")
         self.gate = RollGate(settings.pre_roll_s, settings.post_roll_s) if settings.mode == "event" else None
-        self.jsonl = open(folder / "tracks.jsonl", "a", buffering=1)  # line-buffered: whole lines survive a crash
-        self.mot = open(folder / "tracks_mot.txt", "a", buffering=1) if settings.mot_txt else None
+        self.jsonl = open_line_log(folder / "tracks.jsonl")
+        self.mot = open_line_log(folder / "tracks_mot.txt") if settings.mot_txt else None
 
     def record(self, msg: FrameMessage) -> None:
         self.jsonl.write(json.dumps(frame_record(msg), separators=(",", ":")) + "\n")
@@ -235,6 +245,22 @@ class StreamRecorder:
         if self.mot is not None:
             self.mot.close()
 
+    def abandon(self) -> None:
+        """Close everything after a failed write, ignoring further write errors: what reached the disk
+        stays (fragmented MP4s play up to their last whole fragment, logs are trimmed on reopening)."""
+        for writer in self.writers.values():
+            try:
+                writer.close()
+            except (OSError, av.FFmpegError):
+                pass
+            writer.container = None
+        for log_file in (self.jsonl, self.mot):
+            try:
+                if log_file is not None:
+                    log_file.close()
+            except OSError:
+                pass
+
 
 class RecordStage(Stage):
     name = "record"
@@ -247,8 +273,11 @@ class RecordStage(Stage):
         self.recorders: dict[str, StreamRecorder] = {}
         self.retention = Retention(self.root, s.retention_max_age_s, s.retention_max_total_mb)
         self.last_retention = 0.0
-        self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0, "frames_missing": 0}
+        self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0, "frames_missing": 0,
+                         "frames_unrecorded": 0}
         self.last_index: dict[str, int] = {}
+        self.disk_full_since: float | None = None   # live: recording paused by a full disk since then
+        self.next_disk_try = 0.0
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         last = self.last_index.get(msg.stream_id, -1)
@@ -260,12 +289,40 @@ class RecordStage(Stage):
             # a restarted recorder has no predecessor here: the frames before it were recorded earlier)
             self.counters["frames_missing"] += msg.frame_index - last - 1
         self.last_index[msg.stream_id] = msg.frame_index
-        if msg.stream_id not in self.recorders:
-            self.recorders[msg.stream_id] = StreamRecorder(self.root / msg.stream_id, self.cfg.stages.record)
-        self.recorders[msg.stream_id].record(msg)
+        if self.disk_full_since is not None and time.monotonic() < self.next_disk_try:
+            self.counters["frames_unrecorded"] += 1
+            return []
+        try:
+            if msg.stream_id not in self.recorders:
+                self.recorders[msg.stream_id] = StreamRecorder(self.root / msg.stream_id, self.cfg.stages.record)
+            self.recorders[msg.stream_id].record(msg)
+        except (OSError, av.FFmpegError) as error:
+            if not is_storage_full(error):
+                raise
+            self._disk_full(msg.stream_id, error)
+            return []
+        if self.disk_full_since is not None:
+            log.warning("disk space is back: recording again after %.0f s (%d frames unrecorded so far)",
+                        time.monotonic() - self.disk_full_since, self.counters["frames_unrecorded"])
+            self.disk_full_since = None
         self.counters["frames_recorded"] += 1
         self._retain()
         return []
+
+    def _disk_full(self, stream_id: str, error: OSError) -> None:
+        recorder = self.recorders.pop(stream_id, None)
+        if recorder is not None:
+            recorder.abandon()
+        if not self.cfg.live:
+            raise StageFatalError(f"disk full under {self.root} ({error.strerror}): the replay's recording "
+                                  f"would be incomplete; free space and run it again")
+        self.counters["frames_unrecorded"] += 1
+        if self.disk_full_since is None:
+            self.disk_full_since = time.monotonic()
+            log.error("disk full under %s (%s): recording paused, the pipeline goes on; retrying every %.0f s",
+                      self.root, error.strerror, DISK_RETRY_S)
+        self.next_disk_try = time.monotonic() + DISK_RETRY_S
+        self._retain(force=True)
 
     def _retain(self, force: bool = False) -> None:
         now = time.time()
@@ -281,7 +338,13 @@ class RecordStage(Stage):
             self.counters["frames_missing"] += max(0, frame_count - last - 1)
         recorder = self.recorders.pop(stream_id, None)
         if recorder is not None:
-            recorder.close()
+            try:
+                recorder.close()
+            except (OSError, av.FFmpegError) as error:
+                if not is_storage_full(error):
+                    raise
+                recorder.abandon()
+                self._disk_full(stream_id, error)
             for writer in recorder.writers.values():
                 log.info("stream %s: %d frames in %d segment(s) under %s", stream_id, writer.frames_written,
                          len(writer.segments), writer.folder)

@@ -35,6 +35,7 @@ from pipeline.config import PipelineConfig, TrackConfig
 from pipeline.dataset import CLASSES
 from pipeline.messages import FrameMessage
 from pipeline.stage import Stage, curve_keys
+from pipeline.storage import append_line
 from pipeline.transport import close_context, open_socket
 from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
@@ -107,10 +108,14 @@ class EventSink:
         # O_APPEND and one write() per event: whole lines, even beside the supervisor's stream events
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.sent = 0  # a PUB socket drops silently for a subscriber over its HWM; events.jsonl keeps all
+        self.unlogged = 0  # events a full disk kept out of events.jsonl (they are still published)
 
     def event(self, payload: dict) -> None:
         line = json.dumps(payload, separators=(",", ":"))
-        os.write(self.fd, (line + "\n").encode())
+        if not append_line(self.fd, line):
+            if not self.unlogged:
+                log.error("disk full: events are published but not written to events.jsonl until space returns")
+            self.unlogged += 1
         self._send([b"event", line.encode()])
 
     def frame(self, msg: FrameMessage) -> None:
@@ -240,7 +245,7 @@ class TrackStage(Stage):
         return []
 
     def status(self) -> dict:
-        return {"published": self.sink.sent}
+        return {"published": self.sink.sent, "events_unlogged": self.sink.unlogged}
 
     def close(self) -> None:
         self.sink.close()

@@ -23,6 +23,7 @@ def synthetic_clip(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- pipeline fixtures (lead)
+import os  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -97,3 +98,31 @@ def rtsp_server():
     if server.proc.poll() is None:
         server.proc.send_signal(_signal.SIGCONT)
     server.kill()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs) to fill up; needs the right to mount (root, as in CI)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"the full-disk tests mount a 4 MiB tmpfs, which failed here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill_disk(disk: Path, leave_bytes: int = 0) -> Path:
+    """A file that takes the disk's free space but about ``leave_bytes``; returns it (unlink to free)."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing is left to flush on close
+        try:
+            for chunk in (1 << 16, 1 << 12):
+                while os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize >= leave_bytes + chunk:
+                    f.write(b"\0" * chunk)
+            if not leave_bytes:
+                while True:
+                    f.write(b"\0" * 4096)
+        except OSError:  # full
+            pass
+    return filler

@@ -16,9 +16,11 @@ import pytest
 
 from pipeline.config import REPO_ROOT, config_from_dict
 from pipeline.messages import FrameMessage
+from pipeline.stage import StageFatalError
 from pipeline.track_metrics import evaluate_mot, read_mot
-from stages.record import RecordStage, Retention
+from stages.record import RecordStage, Retention, read_frame_records
 from stages.track import TrackStage
+from tests.conftest import fill_disk
 
 SIZE = (160, 128)  # w, h: small frames keep the encoder cheap on a shared 2-core machine
 
@@ -180,3 +182,64 @@ def test_tracks_jsonl_and_mot_txt_score_perfectly_against_their_ground_truth(tmp
     assert metrics["MOTA"] == 1.0 and metrics["IDF1"] == 1.0 and metrics["HOTA"] == pytest.approx(1.0, abs=1e-6)
     records = [json.loads(line) for line in (folder / "tracks.jsonl").read_text().splitlines()]
     assert len(records) == 30 and all(len(r["track_ids"]) == len(r["detections"]) for r in records)
+
+
+# ---------------------------------------------------------------- a full disk
+def noise_frame(index: int, rng: np.random.Generator) -> FrameMessage:
+    """Incompressible frames: a few of them fill the small disk."""
+    msg = gray_frame(index)
+    msg.buffers["annotated"] = rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    return msg
+
+
+def decodable_frames(path) -> int:
+    """Frames FFmpeg decodes from a segment, stopping at the first damaged packet."""
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for _ in container.decode(video=0):
+                count += 1
+    except av.FFmpegError:
+        pass
+    return count
+
+
+def test_live_recorder_survives_a_full_disk_and_resumes_when_space_returns(small_disk):
+    cfg = config_from_dict({"sources": [{"id": "cam0", "uri": "unused.mp4"}], "output_dir": str(small_disk / "out"),
+                            "mode": "live", "transport": {"ipc_dir": str(small_disk / "ipc")},
+                            "stages": {"record": {"segment_seconds": 1.0}}}, check_files=False)
+    stage, rng = RecordStage(cfg), np.random.default_rng(0)
+    filler = fill_disk(small_disk, 400_000)
+    index = 0
+    while stage.counters["frames_unrecorded"] == 0:  # ~40 kB per noise frame: the disk fills within ~10
+        stage.process(noise_frame(index, rng))
+        index += 1
+        assert index < 200, "the disk never filled"
+    for _ in range(5):                      # paused: frames are counted, nothing is attempted
+        stage.process(noise_frame(index, rng))
+        index += 1
+    assert stage.disk_full_since is not None and stage.counters["frames_unrecorded"] == 6
+    filler.unlink()                         # space is back
+    stage.next_disk_try = 0.0               # (instead of waiting DISK_RETRY_S)
+    for _ in range(10):
+        stage.process(noise_frame(index, rng))
+        index += 1
+    stage.end_stream("cam0")
+    assert stage.disk_full_since is None
+    assert stage.counters["frames_recorded"] + stage.counters["frames_unrecorded"] == index
+    folder = small_disk / "out" / "cam0"
+    segments = sorted(folder.glob("segment_*.mp4"))
+    assert len(segments) >= 2 and decodable_frames(segments[-1]) == 10  # a new segment after the pause
+    assert sum(decodable_frames(p) for p in segments) >= stage.counters["frames_recorded"] - 2
+    records = [r for _, r in read_frame_records(folder / "tracks.jsonl")]  # every line whole
+    assert len(records) >= stage.counters["frames_recorded"]
+
+
+def test_replay_recorder_stops_the_run_on_a_full_disk(small_disk):
+    stage, rng = RecordStage(make_cfg(small_disk)), np.random.default_rng(1)
+    fill_disk(small_disk, 200_000)
+    with pytest.raises(StageFatalError, match="disk full"):
+        for index in range(200):
+            stage.process(noise_frame(index, rng))
+    stage.close()
+

@@ -18,6 +18,7 @@ from pipeline.messages import FrameMessage
 from pipeline.transport import open_socket
 from stages.annotate import REFERENCE_HEIGHT, ui_scale
 from stages.track import TrackStage
+from tests.conftest import fill_disk
 
 DRONE, BIRD = CLASSES.index("drone"), CLASSES.index("bird")
 
@@ -164,3 +165,21 @@ def test_resent_frames_get_no_track_ids_and_do_not_rewind_the_tracker(tmp_path):
         assert stage.process(frame(10, [small_target(10)]))[0].track_ids[0] >= 1
     finally:
         stage.close()
+
+
+def test_a_full_disk_keeps_events_flowing_and_counts_what_was_not_logged(small_disk):
+    cfg, stage = make_stage(small_disk, events_hwm=1000)
+    ctx, sub = subscriber(cfg)
+    try:
+        fill_disk(small_disk)
+        for i in range(30):
+            stage.process(frame(i, [small_target(i)]))
+        stage.end_stream("cam0")
+        messages = received(sub)
+    finally:
+        stage.close()
+        sub.close(0)
+        ctx.term()
+    events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
+    assert [e["type"] for e in events] == ["track_confirmed", "track_lost"]  # published all the same
+    assert stage.status()["events_unlogged"] == 2
