@@ -95,22 +95,26 @@ def received(sub) -> list[list[bytes]]:
     return messages
 
 
-def test_events_once_per_confirmed_track_with_thumbnail_and_lost(tmp_path):
-    cfg, stage = make_stage(tmp_path, lost_track_buffer=5, events_hwm=1000)  # the test reads at the end
+def run_and_listen(cfg, stage, frames) -> list[list[bytes]]:
+    """Everything the stage publishes while it processes ``frames`` of cam0 and ends the stream."""
     ctx, sub = subscriber(cfg)
     try:
-        for i in range(60):
-            dets = []
-            if i < 30:  # two drones and a bird for 30 frames, then nothing: all three tracks end
-                dets = [small_target(i), small_target(i, x0=300, y0=300, vx=-2, vy=1, size=10),
-                        small_target(i, x0=500, y0=60, vx=0, vy=2, size=14, score=0.7, cls=BIRD)]
-            stage.process(frame(i, dets))
+        for msg in frames:
+            stage.process(msg)
         stage.end_stream("cam0")
-        messages = received(sub)
+        return received(sub)
     finally:
         stage.close()
         sub.close(0)
         ctx.term()
+
+
+def test_events_once_per_confirmed_track_with_thumbnail_and_lost(tmp_path):
+    cfg, stage = make_stage(tmp_path, lost_track_buffer=5, events_hwm=1000)  # the test reads at the end
+    # two drones and a bird for 30 frames, then nothing: all three tracks end
+    targets = [lambda i: small_target(i), lambda i: small_target(i, x0=300, y0=300, vx=-2, vy=1, size=10),
+               lambda i: small_target(i, x0=500, y0=60, vx=0, vy=2, size=14, score=0.7, cls=BIRD)]
+    messages = run_and_listen(cfg, stage, [frame(i, [t(i) for t in targets] if i < 30 else []) for i in range(60)])
     events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
     confirmed = [e for e in events if e["type"] == "track_confirmed"]
     lost = [e for e in events if e["type"] == "track_lost"]
@@ -169,17 +173,8 @@ def test_resent_frames_get_no_track_ids_and_do_not_rewind_the_tracker(tmp_path):
 
 def test_a_full_disk_keeps_events_flowing_and_counts_what_was_not_logged(small_disk):
     cfg, stage = make_stage(small_disk, events_hwm=1000)
-    ctx, sub = subscriber(cfg)
-    try:
-        fill_disk(small_disk)
-        for i in range(30):
-            stage.process(frame(i, [small_target(i)]))
-        stage.end_stream("cam0")
-        messages = received(sub)
-    finally:
-        stage.close()
-        sub.close(0)
-        ctx.term()
+    fill_disk(small_disk)
+    messages = run_and_listen(cfg, stage, [frame(i, [small_target(i)]) for i in range(30)])
     events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
     assert [e["type"] for e in events] == ["track_confirmed", "track_lost"]  # published all the same
     assert stage.status()["events_unlogged"] == 2
