@@ -149,17 +149,22 @@ class StageRunner:
                 self._await_release()
         finally:
             self._beat(force=True, state="exiting")
-            self.stage.close()
-            # queued output (the stream's last frames and its EOS) must still reach a downstream stage
-            # that is slow to start: linger as long as the drain may take, never forever; nothing can
-            # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
-            gone = self.orphaned or self.downstream_gone
-            linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
-            for sock in (self.inp, self.out, self.control):
-                if sock is not None:
-                    sock.close(linger=linger_ms if sock is self.out else 0)
-            close_context(self.ctx)
+            try:
+                self.stage.close()
+            finally:
+                self._close_sockets()
         return 0
+
+    def _close_sockets(self) -> None:
+        # queued output (the stream's last frames and its EOS) must still reach a downstream stage
+        # that is slow to start: linger as long as the drain may take, never forever; nothing can
+        # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
+        gone = self.orphaned or self.downstream_gone
+        linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
+        for sock in (self.inp, self.out, self.control):
+            if sock is not None:
+                sock.close(linger=linger_ms if sock is self.out else 0)
+        close_context(self.ctx)
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet

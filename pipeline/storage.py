@@ -21,22 +21,18 @@ def is_storage_full(error: BaseException) -> bool:
 
 def append_line(fd: int, line: str) -> bool:
     """Append one line with one write() on an O_APPEND descriptor (whole lines beside other writers).
-    False when the disk is full; a line cut short is ended with a newline where possible, so the
-    lines after it stay readable."""
+    False when the disk is full. A line an earlier full disk cut short is ended first (with a newline
+    before this one), so a cut line never swallows the next."""
     data = (line + "\n").encode()
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
     try:
-        written = os.write(fd, data)
+        return os.write(fd, data) == len(data)
     except OSError as error:
         if is_storage_full(error):
             return False
         raise
-    if written < len(data):
-        try:
-            os.write(fd, b"\n")
-        except OSError:
-            pass
-        return False
-    return True
 
 
 def replace_file(path: Path, text: str) -> bool:
@@ -57,15 +53,21 @@ def replace_file(path: Path, text: str) -> bool:
 def open_line_log(path: Path):
     """Open a line log for appending, line-buffered (whole lines survive a crash), first cutting a
     partial last line (a write cut short by a crash or a full disk), so appended lines never follow one."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            end = f.seek(0, os.SEEK_END)
-            f.seek(end - 1)
-            if f.read(1) != b"\n":
-                keep = _end_of_last_whole_line(f, end)
-                f.truncate(keep)
-                log.warning("%s: cut a partial last line (%d bytes)", path, end - keep)
+    trim_partial_line(path)
     return open(path, "a", buffering=1)
+
+
+def trim_partial_line(path: Path) -> None:
+    """Cut a line log back to its last whole line (truncating needs no free space)."""
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(end - 1)
+        if f.read(1) != b"\n":
+            keep = _end_of_last_whole_line(f, end)
+            f.truncate(keep)
+            log.warning("%s: cut a partial last line (%d bytes)", path, end - keep)
 
 
 def _end_of_last_whole_line(f, end: int) -> int:

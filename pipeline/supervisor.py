@@ -22,7 +22,7 @@ import zmq
 
 from pipeline.config import STAGE_ORDER, ConfigError, PipelineConfig
 from pipeline.stage import curve_keys
-from pipeline.storage import append_line, replace_file
+from pipeline.storage import append_line, is_storage_full, replace_file
 from pipeline.transport import close_context, open_socket
 
 log = logging.getLogger("pipeline.supervisor")
@@ -278,7 +278,9 @@ class Supervisor:
         snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive(), exit_code=sp.exit_code)
                     for sp in self.stages}
         self.metrics.update(snapshot, self._queue_depths(snapshot))
-        if not replace_file(self.cfg.resolve(self.cfg.output_dir) / "status.json", json.dumps(snapshot, indent=1)):
+        if replace_file(self.cfg.resolve(self.cfg.output_dir) / "status.json", json.dumps(snapshot, indent=1)):
+            self._disk_space_back()
+        else:
             self._disk_full("status.json is not updated")
         self._publish(b"status", snapshot)
         self._stream_events(snapshot)
@@ -310,17 +312,27 @@ class Supervisor:
 
     def _append_event(self, event: dict) -> bool:
         path = self.cfg.resolve(self.cfg.output_dir) / "events.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: see append_line
+        except OSError as error:
+            if is_storage_full(error):
+                return False
+            raise
         try:
             return append_line(fd, json.dumps(event, separators=(",", ":")))
         finally:
             os.close(fd)
 
     def _disk_full(self, what: str) -> None:
-        """A full disk must not stop a live run: say so once per kind of loss, go on."""
+        """A full disk must not stop a live run: say so once per kind of loss (until space returns), go on."""
         if what not in self.disk_full_reported:
             self.disk_full_reported.add(what)
             log.error("disk full under %s: %s until space returns", self.cfg.output_dir, what)
+
+    def _disk_space_back(self) -> None:
+        if self.disk_full_reported:
+            log.warning("disk space is back under %s", self.cfg.output_dir)
+            self.disk_full_reported.clear()
 
     def _queue_depths(self, snapshot: dict) -> dict[str, int]:
         """Frames between a stage and its upstream: what upstream sent minus what this one took."""

@@ -37,7 +37,7 @@ import numpy as np
 from pipeline.config import PipelineConfig, RecordConfig
 from pipeline.messages import FrameMessage
 from pipeline.stage import Stage, StageFatalError
-from pipeline.storage import is_storage_full, open_line_log
+from pipeline.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
 FORMATS = {"mp4": "mp4", "mkv": "matroska", "ts": "mpegts"}
@@ -110,6 +110,21 @@ class SegmentWriter:
             self.container.mux(self.stream.encode(None))
             self.container.close()
             self.container = None
+
+    def abandon(self) -> None:
+        """Drop the open segment after a failed write, ignoring further errors: what reached the disk
+        stays playable (fragmented MP4: up to its last whole fragment); a segment with no byte is removed."""
+        if self.container is None:
+            return
+        for finish in (lambda: self.container.mux(self.stream.encode(None)), self.container.close):
+            try:
+                finish()
+            except (OSError, av.FFmpegError):
+                pass
+        self.container = None
+        path = self.segments[-1]
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
 
 
 class RollGate:
@@ -193,7 +208,7 @@ class StreamRecorder:
 
     def __init__(self, folder: Path, settings: RecordConfig):
         folder.mkdir(parents=True, exist_ok=True)
-        self.settings = settings
+        self.folder, self.settings = folder, settings
         self.writers: dict[str, SegmentWriter] = {}
         if settings.video:
             self.writers["annotated" if settings.annotated else "raw"] = SegmentWriter(folder, settings, "segment")
@@ -246,20 +261,18 @@ class StreamRecorder:
             self.mot.close()
 
     def abandon(self) -> None:
-        """Close everything after a failed write, ignoring further write errors: what reached the disk
-        stays (fragmented MP4s play up to their last whole fragment, logs are trimmed on reopening)."""
+        """Close everything after a failed write, ignoring further write errors; the logs are cut back
+        to their last whole line, so every file stays readable to its end."""
         for writer in self.writers.values():
-            try:
-                writer.close()
-            except (OSError, av.FFmpegError):
-                pass
-            writer.container = None
+            writer.abandon()
         for log_file in (self.jsonl, self.mot):
             try:
                 if log_file is not None:
                     log_file.close()
             except OSError:
                 pass
+        for name in ("tracks.jsonl", "tracks_mot.txt"):
+            trim_partial_line(self.folder / name)
 
 
 class RecordStage(Stage):
@@ -309,14 +322,14 @@ class RecordStage(Stage):
         self._retain()
         return []
 
-    def _disk_full(self, stream_id: str, error: OSError) -> None:
+    def _disk_full(self, stream_id: str, error: OSError, frame_lost: bool = True) -> None:
         recorder = self.recorders.pop(stream_id, None)
         if recorder is not None:
             recorder.abandon()
         if not self.cfg.live:
             raise StageFatalError(f"disk full under {self.root} ({error.strerror}): the replay's recording "
                                   f"would be incomplete; free space and run it again")
-        self.counters["frames_unrecorded"] += 1
+        self.counters["frames_unrecorded"] += int(frame_lost)
         if self.disk_full_since is None:
             self.disk_full_since = time.monotonic()
             log.error("disk full under %s (%s): recording paused, the pipeline goes on; retrying every %.0f s",
@@ -343,8 +356,8 @@ class RecordStage(Stage):
             except (OSError, av.FFmpegError) as error:
                 if not is_storage_full(error):
                     raise
-                recorder.abandon()
-                self._disk_full(stream_id, error)
+                self.recorders[stream_id] = recorder  # _disk_full abandons it
+                self._disk_full(stream_id, error, frame_lost=False)
             for writer in recorder.writers.values():
                 log.info("stream %s: %d frames in %d segment(s) under %s", stream_id, writer.frames_written,
                          len(writer.segments), writer.folder)
@@ -352,8 +365,15 @@ class RecordStage(Stage):
         return []
 
     def close(self) -> None:
+        """End every open stream; a full disk (replay) is raised once all of them are closed."""
+        fatal = None
         for stream_id in list(self.recorders):
-            self.end_stream(stream_id)
+            try:
+                self.end_stream(stream_id)
+            except StageFatalError as error:
+                fatal = fatal or error
+        if fatal is not None:
+            raise fatal
 
 
 def frame_record(msg: FrameMessage) -> dict:

@@ -35,7 +35,7 @@ from pipeline.config import PipelineConfig, TrackConfig
 from pipeline.dataset import CLASSES
 from pipeline.messages import FrameMessage
 from pipeline.stage import Stage, curve_keys
-from pipeline.storage import append_line
+from pipeline.storage import append_line, is_storage_full
 from pipeline.transport import close_context, open_socket
 from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
@@ -103,20 +103,34 @@ class EventSink:
     def __init__(self, cfg: PipelineConfig, hwm: int):
         self.ctx = zmq.Context()
         self.pub = open_socket(self.ctx, cfg.endpoint("events"), hwm=hwm, curve=curve_keys(cfg))
-        path = cfg.resolve(cfg.output_dir) / "events.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND and one write() per event: whole lines, even beside the supervisor's stream events
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path = cfg.resolve(cfg.output_dir) / "events.jsonl"
+        self.fd: int | None = None
+        self._open()  # the file exists from the start (a full disk may delay it to a later event)
         self.sent = 0  # a PUB socket drops silently for a subscriber over its HWM; events.jsonl keeps all
         self.unlogged = 0  # events a full disk kept out of events.jsonl (they are still published)
 
     def event(self, payload: dict) -> None:
         line = json.dumps(payload, separators=(",", ":"))
-        if not append_line(self.fd, line):
+        if not self._log(line):
             if not self.unlogged:
                 log.error("disk full: events are published but not written to events.jsonl until space returns")
             self.unlogged += 1
         self._send([b"event", line.encode()])
+
+    def _open(self) -> bool:
+        """O_APPEND and one write() per event: whole lines, even beside the supervisor's stream events."""
+        try:
+            if self.fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: see append_line
+            return True
+        except OSError as error:
+            if is_storage_full(error):
+                return False
+            raise
+
+    def _log(self, line: str) -> bool:
+        return self._open() and append_line(self.fd, line)
 
     def frame(self, msg: FrameMessage) -> None:
         self._send([f"frame/{msg.stream_id}".encode(), *msg.encode()])
@@ -131,7 +145,8 @@ class EventSink:
     def close(self) -> None:
         self.pub.close(linger=0)
         close_context(self.ctx)
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 class TrackStage(Stage):

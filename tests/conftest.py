@@ -102,14 +102,16 @@ def rtsp_server():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 4 MiB filesystem (tmpfs) to fill up; needs the right to mount (root, as in CI)."""
+    """A real 4 MiB filesystem (tmpfs) to fill up; mounting needs root (CI here) or password-less sudo."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    as_root = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    mounted = subprocess.run([*as_root, "mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"the full-disk tests mount a 4 MiB tmpfs, which failed here: {mounted.stderr.strip()}")
     yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    subprocess.run([*as_root, "umount", "-l", str(disk)], check=False)
 
 
 def fill_disk(disk: Path, leave_bytes: int = 0) -> Path:

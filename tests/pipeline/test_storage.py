@@ -28,3 +28,19 @@ def test_full_disk_keeps_the_old_status_file_and_reports_instead_of_raising(smal
         os.close(fd)
     assert (small_disk / "events.jsonl").read_text().splitlines()[-1] == '{"type": "track_lost"}'
     assert replace_file(status, '{"new": 2}') and status.read_text() == '{"new": 2}'
+
+
+def test_a_line_cut_by_a_full_disk_never_swallows_the_next(small_disk):
+    path = small_disk / "events.jsonl"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    try:
+        assert append_line(fd, '{"n": 1}')
+        filler = fill_disk(small_disk, 4096)
+        assert not append_line(fd, '{"n": 2, "thumbnail": "' + "x" * 40_000 + '"}')  # a few pages fit, not all
+        assert path.stat().st_size > 10, "the disk took none of the long line: nothing was cut"
+        filler.unlink()
+        assert append_line(fd, '{"n": 3}')
+    finally:
+        os.close(fd)
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"n": 1}' and lines[-1] == '{"n": 3}' and len(lines) == 3  # the cut line stands alone

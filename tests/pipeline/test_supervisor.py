@@ -309,7 +309,7 @@ def test_restarted_capture_resumes_its_numbering(live, beat, now, expected):
 
 def test_replay_onto_a_full_disk_stops_with_one_line_not_a_hang(tmp_path, small_disk, synthetic_clip, random_weights):
     """A replay's recording must be complete: a full disk ends the run (exit != 0) with one line."""
-    fill_disk(small_disk, 12_000)  # room for run_config.yaml and status.json, not for the video
+    fill_disk(small_disk, 20_000)  # room for run_config.yaml and status.json (~2 kB each), not for the video
     proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(synthetic_clip.video)}], random_weights,
                           output_dir=str(small_disk / "out"))
     code, err = finish(proc, timeout=120)

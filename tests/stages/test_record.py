@@ -219,6 +219,8 @@ def test_live_recorder_survives_a_full_disk_and_resumes_when_space_returns(small
         stage.process(noise_frame(index, rng))
         index += 1
     assert stage.disk_full_since is not None and stage.counters["frames_unrecorded"] == 6
+    folder = small_disk / "out" / "cam0"
+    assert len(list(read_frame_records(folder / "tracks.jsonl"))) >= 1  # readable to its end while paused
     filler.unlink()                         # space is back
     stage.next_disk_try = 0.0               # (instead of waiting DISK_RETRY_S)
     for _ in range(10):
@@ -227,7 +229,6 @@ def test_live_recorder_survives_a_full_disk_and_resumes_when_space_returns(small
     stage.end_stream("cam0")
     assert stage.disk_full_since is None
     assert stage.counters["frames_recorded"] + stage.counters["frames_unrecorded"] == index
-    folder = small_disk / "out" / "cam0"
     segments = sorted(folder.glob("segment_*.mp4"))
     assert len(segments) >= 2 and decodable_frames(segments[-1]) == 10  # a new segment after the pause
     assert sum(decodable_frames(p) for p in segments) >= stage.counters["frames_recorded"] - 2
