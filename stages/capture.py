@@ -21,6 +21,7 @@ from pipeline.stage import Stage
 
 log = logging.getLogger("stages.capture")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+SKIP_BEAT_FRAMES = 50  # a capture resuming mid-file yields (beats) this often while it skips frames
 
 # RTSP over TCP: UDP loses packets (smeared frames) on busy links; set before any capture opens.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
@@ -63,6 +64,24 @@ class ImageFolderReader:
 
     def release(self) -> None:
         pass
+
+
+class Timeline:
+    """Source timestamps that keep rising across reopens. Every new reader (a reconnected camera, the
+    next pass of a looped file) starts its clock near 0 again; its frames continue one frame period
+    after the last one sent, so recordings and their pre-roll never see time run backwards."""
+
+    def __init__(self):
+        self.offset, self.last, self.rebase = 0.0, None, False
+
+    def reopened(self) -> None:
+        self.rebase = self.last is not None
+
+    def __call__(self, reader_ts: float, period: float) -> float:
+        if self.rebase:
+            self.offset, self.rebase = self.last + period - reader_ts, False
+        self.last = reader_ts + self.offset
+        return self.last
 
 
 class VideoReader:
@@ -115,6 +134,7 @@ class CaptureStage(Stage):
         self.stream_state = "starting"
         self.reader = None
         self.next_frame = start_frame
+        self.timeline = Timeline()
 
     def status(self) -> dict:
         return {"stream": self.stream_state, "next_frame": self.next_frame}
@@ -146,15 +166,20 @@ class CaptureStage(Stage):
                 continue
             self.stream_state, failures = "up", 0
             self.counters["frames_total"] = getattr(self.reader, "frame_count", 0)
+            self.timeline.reopened()
             log.info("%s: opened %s", self.src.id, self.src.uri)
-            start_wall, first_ts = time.time(), None
+            start_wall, first_ts, frames_this_pass = time.time(), None, 0
             while True:
-                image, source_ts = self.reader.read()
+                image, reader_ts = self.reader.read()
                 if image is None:
                     break
+                frames_this_pass += 1
                 if frame_index < self.start_frame and self.kind in ("file", "folder"):
                     frame_index += 1
+                    if frame_index % SKIP_BEAT_FRAMES == 0:
+                        yield None  # skipping to the resume frame can take long: keep beating
                     continue
+                source_ts = self.timeline(reader_ts, 1.0 / self.reader.fps)
                 if self._pacing():
                     first_ts = source_ts if first_ts is None else first_ts
                     yield from self._sleep(start_wall + (source_ts - first_ts) - time.time())
@@ -167,6 +192,8 @@ class CaptureStage(Stage):
                 backoff = self.src.reconnect_initial_s
             self.reader.release()
             if self.kind in ("file", "folder"):
+                if not frames_this_pass:
+                    raise SourceError(f"no readable frame in {self.location}")
                 if self.src.loop and self.cfg.live:
                     continue
                 self.stream_state = "ended"

@@ -64,7 +64,7 @@ class SegmentWriter:
         # a restarted recorder (or a second run into the same folder) continues the numbering:
         # segments already on disk are never reopened for writing, which would truncate them
         self.segment_index, self.segment_start, self.last_pts = self._next_free_index(), 0.0, -1
-        self.frames_written = 0
+        self.frames_written, self.last_source_ts = 0, float("-inf")
         self.segments: list[Path] = []
         self.frames_per_segment: list[int] = []
 
@@ -78,8 +78,11 @@ class SegmentWriter:
         return self.segments[-1] if self.container is not None else None
 
     def write(self, frame: av.VideoFrame, source_ts: float) -> None:
-        if self.container is None or source_ts - self.segment_start >= self.settings.segment_seconds - TIME_EPS:
+        went_back = source_ts < self.last_source_ts - TIME_EPS  # the source's clock restarted: a new segment
+        full = source_ts - self.segment_start >= self.settings.segment_seconds - TIME_EPS
+        if self.container is None or went_back or full:
             self._open_segment(frame, source_ts)
+        self.last_source_ts = source_ts
         pts = max(int(round((source_ts - self.segment_start) * 1000)), self.last_pts + 1)
         frame.pts, frame.time_base, self.last_pts = pts, TIME_BASE, pts
         self.container.mux(self.stream.encode(frame))
@@ -136,6 +139,7 @@ class RollGate:
         self.pre_roll_s, self.post_roll_s = pre_roll_s, post_roll_s
         self.ring: deque[tuple[float, object]] = deque()
         self.last_trigger: float | None = None
+        self.latest: float | None = None
 
     @property
     def active(self) -> bool:
@@ -143,22 +147,34 @@ class RollGate:
 
     def push(self, source_ts: float, item, triggered: bool) -> tuple[list, bool]:
         """-> (items to write now, in order; whether a clip just ended before this frame)."""
+        cut = self._clock_went_back(source_ts)
         if triggered:
             starting = self.last_trigger is None
             self.last_trigger = source_ts
             if starting:
                 pre = [it for ts, it in self.ring if ts >= source_ts - self.pre_roll_s - TIME_EPS]
                 self.ring.clear()
-                return pre + [item], False
-            return [item], False
+                return pre + [item], cut
+            return [item], cut
         if self.active and source_ts <= self.last_trigger + self.post_roll_s + TIME_EPS:
             return [item], False
-        ended = self.active
+        ended = self.active or cut
         self.last_trigger = None
         self.ring.append((source_ts, item))
         while self.ring and self.ring[0][0] < source_ts - self.pre_roll_s - TIME_EPS:
             self.ring.popleft()  # too old for any later trigger's pre-roll
         return [], ended
+
+    def _clock_went_back(self, source_ts: float) -> bool:
+        """A source clock that restarted (a new capture process) would keep the ring from ever being
+        trimmed and a clip from ever ending: start afresh; True if that cut a clip short."""
+        went_back = self.latest is not None and source_ts < self.latest - TIME_EPS
+        self.latest = source_ts
+        if not went_back:
+            return False
+        self.ring.clear()
+        clip_cut, self.last_trigger = self.last_trigger is not None, None
+        return clip_cut
 
 
 class Retention:

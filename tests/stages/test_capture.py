@@ -115,3 +115,29 @@ def test_rtsp_server_hung_is_reported_within_the_read_timeout(rtsp_server, tmp_p
     assert stage.stream_state == "down"
     assert time.time() - frozen_at < 2 + 6  # read timeout plus decoder slack, not FFmpeg's default 90 s
     stage.close()
+
+
+def test_a_looped_folder_keeps_its_timestamps_rising_across_passes(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), i * 50, np.uint8))
+    stage = capture_for(tmp_path, tmp_path, fps=10, loop=True)  # live + loop: pass after pass
+    msgs = take(stage.frames(), 7, timeout=5)
+    assert [m.frame_index for m in msgs] == list(range(7))
+    assert [round(m.source_ts, 3) for m in msgs] == [round(0.1 * i, 3) for i in range(7)]
+
+
+def test_a_folder_without_a_readable_frame_is_a_source_error(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    stage = capture_for(tmp_path, tmp_path, fps=10, loop=True)
+    with pytest.raises(SourceError, match="no readable frame"):
+        take(stage.frames(), 1, timeout=5)
+
+
+def test_a_capture_resuming_far_into_a_file_keeps_beating_while_it_skips(tmp_path):
+    for i in range(120):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), i, np.uint8))
+    stage = capture_for(tmp_path, tmp_path, start_frame=110, fps=1000)
+    stage.cfg.mode = "replay"
+    yielded = list(stage.frames())
+    assert [m.frame_index for m in yielded if m is not None] == list(range(110, 120))
+    assert yielded[:2] == [None, None]  # idle yields (heartbeats) while frames 0-109 are skipped

@@ -244,3 +244,27 @@ def test_replay_recorder_stops_the_run_on_a_full_disk(small_disk):
             stage.process(noise_frame(index, rng))
     stage.close()
 
+
+
+def test_a_restarted_source_clock_starts_a_new_segment_and_never_stalls_the_pre_roll(tmp_path):
+    """A new capture process starts its clock near 0 again while frame numbers go on: the recorder cuts
+    a segment there (no frames squeezed into 1 ms steps), and event mode's ring and clip start afresh."""
+    def restarted(i):  # frames 0-59 at t = i/30, then the clock restarts: frame 60 is at t = 0 again
+        msg = gray_frame(i, alert=50 <= i < 65)
+        msg.source_ts = (i if i < 60 else i - 60) / 30
+        return msg
+
+    run_stage(make_cfg(tmp_path, segment_seconds=60.0), [restarted(i) for i in range(90)])
+    segments = sorted((tmp_path / "out" / "cam0").glob("segment_*.mp4"))
+    assert [len(decode_levels(p)) for p in segments] == [60, 30]
+    with av.open(str(segments[1])) as container:
+        assert abs(float(container.streams.video[0].duration * container.streams.video[0].time_base) - 1.0) < 0.1
+
+    stage = RecordStage(make_cfg(tmp_path / "event", mode="event", pre_roll_s=0.5, post_roll_s=0.3))
+    for i in range(200):
+        stage.process(restarted(i) if i < 90 else gray_frame(i - 60))  # then time runs on from 1.0 s
+    gate = stage.recorders["cam0"].gate
+    assert len(gate.ring) <= 16  # 0.5 s of frames at 30 fps: trimmed again after the restart
+    stage.end_stream("cam0")
+    clips = sorted((tmp_path / "event" / "out" / "cam0").glob("segment_*.mp4"))
+    assert len(clips) == 2  # the clip open at the restart was cut there; the alert after it is its own clip
