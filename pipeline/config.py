@@ -358,6 +358,9 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
         raise ConfigError("config key 'sources' must list at least one source")
     for i, src in enumerate(cfg.sources):
         _positive(src.fps, f"sources[{i}].fps")
+        if src.uri.startswith("webcam:") and not src.uri[len("webcam:"):].isdigit():
+            raise ConfigError(f"config key 'sources[{i}].uri': a webcam is webcam:<index> (e.g. webcam:0), "
+                              f"got {src.uri!r}")
     ids = [s.id for s in cfg.sources]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"config key 'sources': stream ids must be unique, got {ids}")

@@ -40,6 +40,8 @@ class Endpoint:
             raise EndpointError(f"endpoint {spec!r}: action must be bind or connect")
         if not address.startswith(("ipc://", "tcp://", "inproc://")):
             raise EndpointError(f"endpoint {spec!r}: address must start with ipc://, tcp:// or inproc://")
+        if address.startswith("tcp://") and not address.rpartition(":")[2].isdigit():
+            raise EndpointError(f"endpoint {spec!r}: a tcp address needs a port, e.g. tcp://127.0.0.1:5551")
         return cls(pattern, action, address)
 
     def __str__(self) -> str:

@@ -168,7 +168,7 @@ class CaptureStage(Stage):
             self.counters["frames_total"] = getattr(self.reader, "frame_count", 0)
             self.timeline.reopened()
             log.info("%s: opened %s", self.src.id, self.src.uri)
-            start_wall, first_ts, frames_this_pass = time.time(), None, 0
+            start_clock, first_ts, frames_this_pass = time.monotonic(), None, 0  # monotonic: NTP steps
             while True:
                 image, reader_ts = self.reader.read()
                 if image is None:
@@ -182,7 +182,7 @@ class CaptureStage(Stage):
                 source_ts = self.timeline(reader_ts, 1.0 / self.reader.fps)
                 if self._pacing():
                     first_ts = source_ts if first_ts is None else first_ts
-                    yield from self._sleep(start_wall + (source_ts - first_ts) - time.time())
+                    yield from self._sleep(start_clock + (source_ts - first_ts) - time.monotonic())
                 # next_frame moves on only once the frame was taken and sent: a capture killed while its
                 # send waits resumes at this frame (the recorder drops it if it did arrive)
                 self.next_frame = frame_index
@@ -213,9 +213,9 @@ class CaptureStage(Stage):
 
     def _sleep(self, seconds: float) -> Iterator[None]:
         """Sleep in slices, yielding so the runner keeps beating and can stop."""
-        end = time.time() + max(0.0, seconds)
-        while time.time() < end:
-            time.sleep(min(0.1, end - time.time()))
+        end = time.monotonic() + max(0.0, seconds)
+        while time.monotonic() < end:
+            time.sleep(max(0.0, min(0.1, end - time.monotonic())))
             yield None
 
     def close(self) -> None:

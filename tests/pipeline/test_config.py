@@ -55,6 +55,7 @@ UNREACHABLE_PORT = free_port()
     (GOOD + "stages: {preprocess: {input_size: [512]}}\n", "'stages.preprocess.input_size' must be [height, width]"),
     (GOOD + "stages: {preprocess: {input_size: [500, 640]}}\n", "positive multiples of 32, got [500, 640]"),
     (GOOD + "sources: [{id: a, uri: clip.mp4, fps: 0}]\n", "'sources[0].fps' must be > 0"),
+    (GOOD + "sources: [{id: a, uri: 'webcam:/dev/video0'}]\n", "a webcam is webcam:<index>"),
     (GOOD + "endpoints: {detect_in: 'pull+bind:udp://x'}\n", "'endpoints.detect_in'"),
     (GOOD + "endpoints: {detect_in: 'push+bind:ipc:///tmp/x'}\n", "pattern must be pull"),
     (GOOD + f"endpoints: {{detect_in: 'pull+connect:tcp://127.0.0.1:{UNREACHABLE_PORT}'}}\n", "is unreachable"),

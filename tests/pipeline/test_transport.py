@@ -14,7 +14,7 @@ def test_endpoint_round_trips(spec):
 
 @pytest.mark.parametrize("spec, why", [
     ("push:ipc:///tmp/x", "is not"), ("req+bind:ipc:///tmp/x", "pattern"), ("push+listen:ipc:///x", "action"),
-    ("push+bind:udp://1.2.3.4:5", "address"),
+    ("push+bind:udp://1.2.3.4:5", "address"), ("push+bind:tcp://127.0.0.1", "needs a port"),
 ])
 def test_bad_endpoints_are_refused(spec, why):
     with pytest.raises(EndpointError, match=why):
