@@ -164,7 +164,8 @@ class CaptureStage(Stage):
                 yield from self._sleep(backoff)
                 backoff = min(backoff * 2, self.src.reconnect_max_s)
                 continue
-            self.stream_state, failures = "up", 0
+            self.stream_state = "up"  # failures count on until a frame arrives: a camera that accepts
+                                      # the connection but sends nothing still hits max_reconnects
             self.counters["frames_total"] = getattr(self.reader, "frame_count", 0)
             self.timeline.reopened()
             log.info("%s: opened %s", self.src.id, self.src.uri)
@@ -189,7 +190,7 @@ class CaptureStage(Stage):
                 yield FrameMessage(self.src.id, frame_index, source_ts, time.time(), {"image": image})
                 frame_index += 1
                 self.next_frame = frame_index
-                backoff = self.src.reconnect_initial_s
+                backoff, failures = self.src.reconnect_initial_s, 0
             self.reader.release()
             if self.kind in ("file", "folder"):
                 if not frames_this_pass:
@@ -199,6 +200,10 @@ class CaptureStage(Stage):
                 self.stream_state = "ended"
                 return
             failures += 1
+            if 0 <= self.src.max_reconnects < failures:
+                self._mark_down("read failed or timed out")
+                log.error("%s: giving up after %d attempts", self.src.id, failures)
+                return
             self.counters["reconnects"] += 1
             self._mark_down(f"read failed or timed out; reconnect in {backoff:.1f}s")
             yield from self._sleep(backoff)

@@ -117,6 +117,22 @@ def test_rtsp_server_hung_is_reported_within_the_read_timeout(rtsp_server, tmp_p
     stage.close()
 
 
+@pytest.mark.rtsp
+def test_a_camera_that_stops_sending_counts_against_max_reconnects(rtsp_server, tmp_path):
+    """The connection opened fine, then no frame came: that is a failed attempt too (max_reconnects 0:
+    give up at once instead of reconnecting forever)."""
+    stage = capture_for(rtsp_server.url, tmp_path, read_timeout_s=2, open_timeout_s=2, max_reconnects=0)
+    frames = stage.frames()
+    assert len(take(frames, 3, timeout=20)) == 3
+    rtsp_server.signal(signal.SIGSTOP)
+    frozen_at = time.time()
+    while next(frames, "end") != "end":  # buffered frames, then the read times out: the generator ends
+        assert time.time() - frozen_at < 20, "the capture went on reconnecting"
+    assert stage.stream_state == "down" and stage.counters["reconnects"] == 0
+    assert time.time() - frozen_at < 2 + 6
+    stage.close()
+
+
 def test_a_looped_folder_keeps_its_timestamps_rising_across_passes(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), i * 50, np.uint8))
