@@ -353,7 +353,8 @@ def _validate(cfg: PipelineConfig, check_files: bool, check_network: bool) -> No
     if view.enabled and not is_loopback(view.host) and not view.token:
         raise ConfigError(f"config key 'stages.view.token' is required to serve the view on {view.host}")
     if bool(view.tls_cert) != bool(view.tls_key):
-        raise ConfigError("config keys 'stages.view.tls_cert' and 'stages.view.tls_key' go together: give both or neither")
+        raise ConfigError("config keys 'stages.view.tls_cert' and 'stages.view.tls_key' go together: "
+                          "give both or neither")
     if not cfg.sources:
         raise ConfigError("config key 'sources' must list at least one source")
     for i, src in enumerate(cfg.sources):

@@ -105,8 +105,7 @@ class StageRunner:
         if stage.output_key:
             self.out = open_socket(self.ctx, connect_side(cfg.endpoint(stage.output_key)), hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
-        self.ended: set[str] = set()
-        self.frame_counts: dict[str, int] = {}   # of the ended streams, as their EOS carries it
+        self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False
         self.awaiting_release = self.released = False
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
@@ -117,6 +116,10 @@ class StageRunner:
         self.eos_resend_due = self.downstream_gone = False
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
+
+    @property
+    def ended(self) -> set[str]:
+        return set(self.frame_counts)
 
     def _on_term(self, signum, frame):
         self.stopping = True
@@ -279,7 +282,6 @@ class StageRunner:
         if stream_id in self.ended:
             return
         self._emit(self.stage.end_stream(stream_id, frame_count))
-        self.ended.add(stream_id)
         self.frame_counts[stream_id] = frame_count
         if self.out is not None:
             self._send(FrameMessage.end_of_stream(stream_id, frame_count))

@@ -26,9 +26,9 @@ from pipeline.storage import append_line, is_storage_full, replace_file
 from pipeline.transport import close_context, open_socket
 
 log = logging.getLogger("pipeline.supervisor")
-EXIT_BAD_INPUT = 3
-STARTUP_GRACE_S = 60.0
-DOWNSTREAM = dict(zip(STAGE_ORDER, STAGE_ORDER[1:]))  # whose exit releases a flushed stage  # model loading may take a while before the first heartbeat
+EXIT_BAD_INPUT = 3  # a stage's exit code for bad input or a fatal error (StageFatalError): no restart
+STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
+DOWNSTREAM = dict(zip(STAGE_ORDER, STAGE_ORDER[1:]))  # whose exit releases a flushed stage
 
 
 @dataclass

@@ -324,7 +324,8 @@ class CropSampler:
     def _pick_object(self, rng: np.random.Generator) -> np.ndarray:
         if self.object_cdf is None:
             return self.objects[rng.integers(len(self.objects))]
-        return self.objects[min(int(np.searchsorted(self.object_cdf, rng.random(), side="right")), len(self.objects) - 1)]
+        pick = int(np.searchsorted(self.object_cdf, rng.random(), side="right"))
+        return self.objects[min(pick, len(self.objects) - 1)]
 
     def _locate(self, frame: int) -> tuple[int, int]:
         group = int(np.searchsorted(self.frame_offsets, frame, side="right") - 1)

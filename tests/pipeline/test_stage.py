@@ -48,7 +48,7 @@ def test_sigusr2_sends_the_end_of_finished_streams_again(runner_and_downstream):
     """The supervisor's answer to a downstream stage restarted after this one had finished: the
     restarted stage may have lost the EOS with its predecessor's queue, so it is sent once more."""
     runner, downstream = runner_and_downstream
-    runner.ended, runner.frame_counts = {"a"}, {"a": 30}  # stream a finished (its EOS went out), b runs
+    runner.frame_counts = {"a": 30}  # stream a finished (its EOS went out), b runs
     assert not runner._resend_eos()  # nothing asked: nothing sent
     os.kill(os.getpid(), signal.SIGUSR2)
     assert runner._resend_eos()
