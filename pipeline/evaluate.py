@@ -380,6 +380,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=int, help="at most N scored frames per clip (quick runs)")
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
     parser.add_argument("--cache-dir", type=Path, help="on-disk frame cache (lossless PNG)")
+    parser.add_argument("--visible-boxes", choices=("dataset", "tight"), default="dataset",
+                        help="score against the dataset's visible-camera boxes as labeled (loose) or tightened "
+                             "to the object (pipeline.tighten, what --visible-boxes tight trains on)")
     parser.add_argument("--metrics", choices=METRIC_LIBRARIES, default="faster", help="COCO metrics library")
     parser.add_argument("--through-pipeline", action="store_true",
                         help="replay the clips through the ZeroMQ pipeline and score what it emitted")
@@ -442,6 +445,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not scored:
         raise EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
     ground_truth = dataset.to_coco(scored, args.stride, frame_counts=frame_counts, max_frames=args.max_frames)
+    if args.visible_boxes == "tight":
+        report["visible_boxes_tightened"] = tighten_ground_truth(ground_truth, scored, args.stride,
+                                                                       args.cache_dir)
     predictions = to_coco_results(detections, ground_truth, categories)
     started = time.perf_counter()
     metrics = coco_metrics(ground_truth, predictions, args.metrics)
@@ -453,6 +459,30 @@ def evaluate(args: argparse.Namespace) -> dict:
                    "labels_beyond_video": ground_truth["info"]["labels_beyond_video"]})
     _write_outputs(args.out, report, predictions, ground_truth, metrics)
     return report
+
+
+def tighten_ground_truth(ground_truth: dict, clips, stride: int, cache_dir=None) -> dict:
+    """Tighten the visible clips' boxes in ``ground_truth`` in place (pipeline.tighten); {"changed", "boxes"}."""
+    from pipeline.tighten import tighten_box
+
+    by_frame: dict[tuple[str, int], list[dict]] = {}
+    images = {image["id"]: image for image in ground_truth["images"]}
+    for annotation in ground_truth["annotations"]:
+        image = images[annotation["image_id"]]
+        if image["modality"] == "V":
+            by_frame.setdefault((image["clip"], image["frame_index"]), []).append(annotation)
+    changed = 0
+    for clip in clips:
+        wanted = {index for name, index in by_frame if name == clip.name}
+        if not wanted:
+            continue
+        last = max(wanted) // stride + 1   # the ground truth's images are every stride-th frame
+        for frame_index, frame in dataset.iter_frames(clip, stride, cache_dir=cache_dir, max_frames=last):
+            for annotation in by_frame.get((clip.name, frame_index), ()):
+                box, was_changed = tighten_box(frame, tuple(annotation["bbox"]))
+                annotation["bbox"], annotation["area"] = list(box), box[2] * box[3]
+                changed += was_changed
+    return {"changed": changed, "boxes": sum(len(group) for group in by_frame.values())}
 
 
 def usable_clips(clips, skipped: list[dict]) -> list:

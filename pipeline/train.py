@@ -636,6 +636,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "last epochs): tighter boxes, which tiny targets need for IoU 0.5")
     p.add_argument("--small-object-power", type=float, default=0.0, help="positive crops favour objects "
                    "under 16 px: pick weight (16/side)**P for larger ones (0: uniform)")
+    p.add_argument("--visible-boxes", choices=("dataset", "tight"), default="dataset",
+                   help="tight: shrink the visible camera's loose label boxes to the object (pipeline.tighten), "
+                        "the convention of the thermal and synthetic boxes")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--val-per-clip", type=int, default=10, help="val frames per clip (evenly spaced)")
@@ -688,9 +691,29 @@ def _device(name: str) -> torch.device:
 def load_clips(args, split: str, workers: int) -> tuple[list[ClipFrames], list[str]]:
     if args.bundle:
         cache = Path(args.cache) / split if args.cache else None
-        return load_bundle(Path(args.bundle), split, cache, workers, args.max_clips)
-    root = Path(args.data) if args.data else None
-    return load_dataset(root, split, args.stride, workers, args.max_clips, args.max_frames, args.splits)
+        clips, class_names = load_bundle(Path(args.bundle), split, cache, workers, args.max_clips)
+    else:
+        root = Path(args.data) if args.data else None
+        clips, class_names = load_dataset(root, split, args.stride, workers, args.max_clips, args.max_frames,
+                                          args.splits)
+    if args.visible_boxes == "tight":
+        tighten_visible_boxes(clips, split)
+    return clips, class_names
+
+
+def tighten_visible_boxes(clips: list[ClipFrames], split: str) -> None:
+    """Replace the visible camera's loose label boxes by the object they contain (pipeline.tighten)."""
+    from pipeline.tighten import tighten_xyxy
+
+    changed = total = 0
+    for clip in clips:
+        if clip.modality != "V":
+            continue
+        for index, boxes in enumerate(clip.boxes):
+            if len(boxes):
+                clip.boxes[index], count = tighten_xyxy(clip.frames[index], boxes)
+                changed, total = changed + count, total + len(boxes)
+    log.info("%s: %d of %d visible-camera boxes tightened", split, changed, total)
 
 
 @contextlib.contextmanager
@@ -790,7 +813,8 @@ class Trainer:
 
     def recipe(self) -> dict:
         """Options that change what a step computes: a resumed run must use the same."""
-        return {"l1_loss": bool(self.args.l1_loss), "small_object_power": float(self.args.small_object_power)}
+        return {"l1_loss": bool(self.args.l1_loss), "small_object_power": float(self.args.small_object_power),
+                "visible_boxes": self.args.visible_boxes}
 
     def load_state(self, path: Path) -> None:
         try:
@@ -799,7 +823,7 @@ class Trainer:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != "pipeline.train/1" or state.get("model_name") != self.args.model:
             raise TrainError(f"{path}: not a training state of model {self.args.model!r}")
-        started = state.get("recipe", self.recipe())  # states from before the recipe was stored: not checked
+        started = {"visible_boxes": "dataset", **state.get("recipe", self.recipe())}  # older states: not checked
         if started != self.recipe():
             raise TrainError(f"--resume: {path} was trained with {started}, this command asks for {self.recipe()}; "
                              "resume with the same options")

@@ -14,6 +14,33 @@ def synthetic_dataset_root(tmp_path_factory):
     return root
 
 
+def loosen_visible_labels(root) -> None:
+    """Redraw the visible clips' label boxes the way the real visible labels are drawn: the object centred
+    in a box of at least 24 x 20 px (six more than the object)."""
+    from pathlib import Path
+
+    for path in (Path(root) / "labels_V").glob("*_LABELS.csv"):
+        header, *rows = path.read_text().splitlines()
+        loose = []
+        for row in rows:
+            frame, label, *xywh = row.split(",")
+            x, y, w, h = map(float, xywh)
+            width, height = max(w + 6, 24), max(h + 6, 20)
+            loose.append(f"{frame},{label},{x + w / 2 - width / 2:.2f},{y + h / 2 - height / 2:.2f},{width:.2f},{height:.2f}")
+        path.write_text("\n".join([header, *loose]) + "\n")
+
+
+@pytest.fixture(scope="session")
+def loose_visible_dataset_root(synthetic_dataset_root, tmp_path_factory):
+    """synthetic_dataset_root with loose visible-camera boxes (loosen_visible_labels); thermal ones as they were."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("loose_visible") / "data"
+    shutil.copytree(synthetic_dataset_root, root)
+    loosen_visible_labels(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def synthetic_clip(tmp_path_factory):
     """One 320x256 visible clip of 30 frames: ClipPaths(video, coco, mot_gt)."""

@@ -26,6 +26,12 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+def iou_xywh(a, b) -> float:
+    inter = (max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+             * max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])))
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
 def perfect(ground_truth):
     return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 1.0}
             for a in ground_truth["annotations"]]
@@ -220,3 +226,29 @@ def test_clip_recall_scores_a_rendered_clip(tmp_path, tiny_checkpoint):
     report = evaluate.clip_recall(blind, paths.video, paths.coco, every=1)
     assert report["boxes"] == drones > 0 and report["recall"] == {"0.5": 0.0, "0.3": 0.0}
     assert evaluate.clip_recall(blind, paths.video, paths.coco, every=2)["boxes"] < drones
+
+
+def test_visible_boxes_tight_scores_against_the_objects_behind_loose_visible_labels(
+        synthetic_dataset_root, loose_visible_dataset_root, tiny_checkpoint, tmp_path):
+    def ground_truth_of(root, boxes):
+        out = tmp_path / f"{root.name}-{boxes}"
+        assert evaluate.main(["--data", str(root), "--split", "all", "--weights", str(tiny_checkpoint), "--stride",
+                              "10", "--visible-boxes", boxes, "--out", str(out)]) == 0
+        report = json.loads((out / "report.json").read_text())
+        truth = json.loads((out / "ground_truth.json").read_text())
+        modality = {image["id"]: image["modality"] for image in truth["images"]}
+        return report, [(modality[a["image_id"]], a["bbox"]) for a in truth["annotations"]]
+
+    _, truth = ground_truth_of(synthetic_dataset_root, "dataset")
+    _, loose = ground_truth_of(loose_visible_dataset_root, "dataset")
+    report, tight = ground_truth_of(loose_visible_dataset_root, "tight")
+    visible = [i for i, (modality, _) in enumerate(truth) if modality == "V"]
+    assert report["visible_boxes_tightened"] == {"changed": report["visible_boxes_tightened"]["changed"],
+                                                 "boxes": len(visible)}
+    assert report["visible_boxes_tightened"]["changed"] >= 0.8 * len(visible)
+
+    def mean_iou(boxes):
+        return np.mean([iou_xywh(boxes[i][1], truth[i][1]) for i in visible])
+
+    assert mean_iou(loose) < 0.35 and mean_iou(tight) > 0.6
+    assert [b for m, b in tight if m == "IR"] == [b for m, b in truth if m == "IR"]

@@ -211,3 +211,34 @@ def test_training_states_load_with_weights_only_old_numpy_form_included(tmp_path
     torch.save({"step": 3, "payload": pickle.PickleError}, hostile)  # an arbitrary class: refused
     with pytest.raises(pickle.UnpicklingError):
         _load_training_state(hostile, torch.device("cpu"))
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of N x 4 xyxy arrays."""
+    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
+    area = lambda boxes: (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_visible_boxes_tight_recovers_the_objects_behind_loose_visible_labels(
+        synthetic_dataset_root, loose_visible_dataset_root, tmp_path):
+    manifest = tmp_path / "splits.json"
+    names = sorted(clip.name for clip in dataset.find_clips(synthetic_dataset_root))
+    manifest.write_text(json.dumps({"splits": {"train": names, "val": names, "test": names}}))
+
+    def load(root, boxes):
+        args = train.parse_args(["--data", str(root), "--splits", str(manifest), "--stride", "5", "--epochs", "1",
+                                 "--visible-boxes", boxes, "--out", str(tmp_path / "unused")])
+        return {clip.name: clip for clip in train.load_clips(args, "train", workers=1)[0]}
+
+    truth, loose, tight = (load(synthetic_dataset_root, "dataset"), load(loose_visible_dataset_root, "dataset"),
+                           load(loose_visible_dataset_root, "tight"))
+    for name, clip in truth.items():
+        true_boxes, loose_boxes, tight_boxes = (np.concatenate(c[name].boxes) for c in (truth, loose, tight))
+        if clip.modality == "IR":                    # thermal labels are tight already: never touched
+            np.testing.assert_array_equal(tight_boxes, loose_boxes)
+            continue
+        np.testing.assert_array_equal(tight_boxes[:, 0], true_boxes[:, 0])
+        assert _box_iou(loose_boxes[:, 1:], true_boxes[:, 1:]).mean() < 0.35
+        assert _box_iou(tight_boxes[:, 1:], true_boxes[:, 1:]).mean() > 0.6, name
