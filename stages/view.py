@@ -60,9 +60,6 @@ EVENT_HWM = 1000  # events and status have their own subscription, so a flood of
 MAX_JSON_BYTES = 1 << 20
 MAX_THUMB_BYTES = 512 << 10
 COOKIE = "view_token"
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
 # ---------------------------------------------------------------- frames
 @dataclass
 class LatestFrame:
@@ -381,7 +378,8 @@ class ViewHandler(BaseHTTPRequestHandler):
         token = view.settings.token
         if not token:
             host = _host_name(self.headers.get("Host") or "")
-            if host in LOOPBACK_NAMES or host.strip("[]") == view.settings.host:
+            # a loopback name or address, or the configured host: never a name an attacker's DNS points here
+            if is_loopback(host.strip("[]")) or host.strip("[]") == view.settings.host:
                 return True
             self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
             return False

@@ -429,8 +429,10 @@ def test_unusable_tls_files_are_a_one_line_error_never_a_prompt(run_dir, tls_fil
 
 def test_loopback_view_without_token_rejects_foreign_host_names(view_factory):
     port, _, _, _ = view_factory()
-    assert request(port, "/api/state", host=f"localhost:{port}")[0] == 200
-    assert request(port, "/api/state", host=f"evil.example:{port}")[0] == 403  # DNS rebinding
+    for loopback in ("localhost", "127.0.0.1", "127.0.0.2", "[::1]"):
+        assert request(port, "/api/state", host=f"{loopback}:{port}")[0] == 200, loopback
+    for foreign in ("evil.example", "localhost.evil.example", "10.0.0.1"):   # DNS rebinding
+        assert request(port, "/api/state", host=f"{foreign}:{port}")[0] == 403, foreign
 
 
 # ---------------------------------------------------------------- slow clients
