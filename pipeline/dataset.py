@@ -249,12 +249,13 @@ def clip_images(clip: Clip, frame_count: int, stride: int = 1) -> list[int]:
 
 
 def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int] | None = None,
-            max_frames: int | None = None) -> dict:
+            max_frames: int | None = None, labels_of=None) -> dict:
     """COCO ground truth for every ``stride``-th frame of the clips.
 
     ``frame_counts`` (clip name -> decoded frames) overrides the container's frame count, e.g. for a
     truncated video; label rows beyond the last frame are counted in ``info.labels_beyond_video`` and
     warned about once per clip, never shifted. Images carry ``clip``, ``frame_index``, ``modality``.
+    ``labels_of(clip)`` replaces ``read_labels`` (e.g. pipeline.tighten.LabelTightener).
     """
     images, annotations = [], []
     beyond: dict[str, int] = {}
@@ -262,7 +263,7 @@ def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int]
         frames, width, height = video_info(clip)
         if frame_counts is not None and clip.name in frame_counts:
             frames = frame_counts[clip.name]
-        labels = read_labels(clip)
+        labels = (labels_of or read_labels)(clip)
         extra = sorted(f for f in labels if f >= frames or f < 0)
         if extra:
             beyond[clip.name] = sum(len(labels[f]) for f in extra)

@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline import dataset
 from pipeline.dataset import CLASSES, DEFAULT_ROOT, DatasetError
+from pipeline.tighten import LabelTightener
 
 log = logging.getLogger(__name__)
 
@@ -349,15 +350,16 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
             integrity[key] += value
     integrity["seconds"] = time.perf_counter() - started
     integrity["frames"] = len(detections)
-    integrity["tracking"] = tracking_metrics(clips, output_dir)
+    tight = args.visible_boxes == "tight"    # tracks are scored on every frame
+    integrity["tracking"] = tracking_metrics(clips, output_dir, LabelTightener(1) if tight else dataset.read_labels)
     return detections, integrity
 
 
-def tracking_metrics(clips, output_dir: Path) -> dict:
+def tracking_metrics(clips, output_dir: Path, labels_of=dataset.read_labels) -> dict:
     """MOTA / IDF1 / HOTA of the pipeline's tracks against the labels, each clip a sequence."""
     from pipeline.track_metrics import evaluate_mot_sequences, gt_rows_from_labels, rows_from_tracks_jsonl
 
-    sequences = {clip.name: (gt_rows_from_labels(dataset.read_labels(clip)),
+    sequences = {clip.name: (gt_rows_from_labels(labels_of(clip)),
                              rows_from_tracks_jsonl(output_dir / clip.name / "tracks.jsonl"))
                  for clip in clips if (output_dir / clip.name / "tracks.jsonl").is_file()}
     return evaluate_mot_sequences(sequences) if sequences else {}
@@ -444,10 +446,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     scored = [clip for clip in clips if clip.name not in {s["clip"] for s in skipped}]
     if not scored:
         raise EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
-    ground_truth = dataset.to_coco(scored, args.stride, frame_counts=frame_counts, max_frames=args.max_frames)
-    if args.visible_boxes == "tight":
-        report["visible_boxes_tightened"] = tighten_ground_truth(ground_truth, scored, args.stride,
-                                                                       args.cache_dir)
+    tightener = LabelTightener(args.stride, args.cache_dir) if args.visible_boxes == "tight" else None
+    ground_truth = dataset.to_coco(scored, args.stride, frame_counts=frame_counts, max_frames=args.max_frames,
+                                   labels_of=tightener)
+    if tightener is not None:
+        report["visible_boxes_tightened"] = {"changed": tightener.changed, "boxes": tightener.boxes}
     predictions = to_coco_results(detections, ground_truth, categories)
     started = time.perf_counter()
     metrics = coco_metrics(ground_truth, predictions, args.metrics)
@@ -459,30 +462,6 @@ def evaluate(args: argparse.Namespace) -> dict:
                    "labels_beyond_video": ground_truth["info"]["labels_beyond_video"]})
     _write_outputs(args.out, report, predictions, ground_truth, metrics)
     return report
-
-
-def tighten_ground_truth(ground_truth: dict, clips, stride: int, cache_dir=None) -> dict:
-    """Tighten the visible clips' boxes in ``ground_truth`` in place (pipeline.tighten); {"changed", "boxes"}."""
-    from pipeline.tighten import tighten_box
-
-    by_frame: dict[tuple[str, int], list[dict]] = {}
-    images = {image["id"]: image for image in ground_truth["images"]}
-    for annotation in ground_truth["annotations"]:
-        image = images[annotation["image_id"]]
-        if image["modality"] == "V":
-            by_frame.setdefault((image["clip"], image["frame_index"]), []).append(annotation)
-    changed = 0
-    for clip in clips:
-        wanted = {index for name, index in by_frame if name == clip.name}
-        if not wanted:
-            continue
-        last = max(wanted) // stride + 1   # the ground truth's images are every stride-th frame
-        for frame_index, frame in dataset.iter_frames(clip, stride, cache_dir=cache_dir, max_frames=last):
-            for annotation in by_frame.get((clip.name, frame_index), ()):
-                box, was_changed = tighten_box(frame, tuple(annotation["bbox"]))
-                annotation["bbox"], annotation["area"] = list(box), box[2] * box[3]
-                changed += was_changed
-    return {"changed": changed, "boxes": sum(len(group) for group in by_frame.values())}
 
 
 def usable_clips(clips, skipped: list[dict]) -> list:

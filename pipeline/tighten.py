@@ -15,6 +15,9 @@ the border on opposite sides (the box is already tight), or a result that keeps 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -91,3 +94,36 @@ def tighten_xyxy(frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, int]
         row[1:5] = x, y, x + w, y + h
         changed += was_changed
     return out, changed
+
+
+@dataclass
+class LabelTightener:
+    """``dataset.read_labels`` with the visible clips' boxes tightened, reading the frames it needs.
+
+    Only frames that are every ``stride``-th (what the caller scores) are read and tightened; thermal
+    clips are returned as labeled. ``changed`` / ``boxes`` count what it did over all calls.
+    """
+    stride: int = 1
+    cache_dir: Path | str | None = None     # dataset.iter_frames' frame cache
+    changed: int = 0
+    boxes: int = 0
+
+    def __call__(self, clip) -> dict[int, list[tuple]]:
+        from pipeline import dataset
+
+        labels = dataset.read_labels(clip)
+        if clip.modality != "V" or not labels:
+            return labels
+        wanted = [index for index in labels if index >= 0 and index % self.stride == 0]
+        last = max(wanted, default=-1) // self.stride + 1
+        tightened = dict(labels)
+        for index, frame in dataset.iter_frames(clip, self.stride, cache_dir=self.cache_dir, max_frames=last):
+            if index in labels:
+                tightened[index] = [self._tighten_row(frame, row) for row in labels[index]]
+        return tightened
+
+    def _tighten_row(self, frame: np.ndarray, row: tuple) -> tuple:
+        class_id, *box = row
+        tight, changed = tighten_box(frame, tuple(box))
+        self.changed, self.boxes = self.changed + changed, self.boxes + 1
+        return (class_id, *tight)

@@ -4,7 +4,7 @@
     python scripts/write_model_card.py models/weights/default.pt --report out/eval/default-test/report.json \
         --training docs/runs/gpu-h200-2026-11-26/nano-sigres-s1/log.json runs/cpu-ft-nano-sigres/log.json \
         --eval-command "python -m pipeline eval --split test --stride 10 --backend onnx --out out/eval/default-test" \
-        [--note "free text"]
+        [--tight-report out/eval/default-test-tight/report.json] [--note "free text"]
 
 The card holds: model name, input size, classes, data and split, each training stage (hardware, wall
 time, steps, images seen, schedule), and the test-split metrics (overall, per class, per modality,
@@ -26,27 +26,35 @@ def _pct(value) -> str:
 
 
 def training_rows(logs: list[Path]) -> list[str]:
-    rows = ["| stage | hardware | budget | steps | images seen | batch × crop | lr | synthetic clips | best val mAP50:95 |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stage | hardware | budget | steps | images seen | batch × crop | lr | synthetic clips | visible boxes "
+            "| best val mAP50:95 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for path in logs:
         log = json.loads(path.read_text())
         cfg = log["config"]
         start = f"from {Path(cfg['init']).parent.name}" if cfg.get("init") else "from scratch"
         rows.append(f"| {path.parent.name} ({start}) | {log['hardware']} | {log['train_loop_s'] / 60:.1f} min loop | "
                     f"{log['steps']} | {log['images_seen']:,} | {cfg['batch']} × {cfg['crop']} px | {cfg['lr']:g} | "
-                    f"{cfg.get('synthetic', 0)} | {log['best_val_map50_95']:.4f} |")
+                    f"{cfg.get('synthetic', 0)} | {cfg.get('visible_boxes', 'dataset')} | {log['best_val_map50_95']:.4f} |")
     return rows
 
 
-def metric_rows(report: dict) -> list[str]:
-    rows = ["| metric | value (%) |", "|---|---|"]
+def _group_value(report: dict, group: str, name: str):
+    value = (report.get(group) or {}).get(name)
+    return value.get("map50_95") if isinstance(value, dict) else value
+
+
+def metric_rows(reports: list[tuple[str, dict]]) -> list[str]:
+    """One column per (title, eval report), e.g. the dataset's labels and visible boxes tightened."""
+    rows = ["| metric (%) | " + " | ".join(title for title, _ in reports) + " |", "|---" * (len(reports) + 1) + "|"]
     for key, label in (("map50_95", "mAP50:95"), ("map50", "mAP50"), ("ap_small", "AP small"),
                        ("ap_medium", "AP medium"), ("ap_large", "AP large"), ("ap_tiny", "AP tiny (longest side < 16 px)")):
-        rows.append(f"| {label} | {_pct(report.get(key))} |")
-    for name, value in (report.get("per_class") or {}).items():
-        rows.append(f"| AP50:95 {name} | {_pct(value if not isinstance(value, dict) else value.get('map50_95'))} |")
-    for name, value in (report.get("per_modality") or {}).items():
-        rows.append(f"| AP50:95 modality {name} | {_pct(value if not isinstance(value, dict) else value.get('map50_95'))} |")
+        rows.append(f"| {label} | " + " | ".join(_pct(report.get(key)) for _, report in reports) + " |")
+    first = reports[0][1]
+    for group, prefix in (("per_class", "AP50:95"), ("per_modality", "AP50:95 modality")):
+        for name in first.get(group) or {}:
+            rows.append(f"| {prefix} {name} | "
+                        + " | ".join(_pct(_group_value(report, group, name)) for _, report in reports) + " |")
     return rows
 
 
@@ -61,6 +69,8 @@ def main() -> int:
     parser.add_argument("weights", type=Path)
     parser.add_argument("--report", type=Path, required=True, help="report.json of `python -m pipeline eval`")
     parser.add_argument("--training", type=Path, nargs="+", required=True, help="log.json of each training stage")
+    parser.add_argument("--tight-report", type=Path,
+                        help="report.json of the same evaluation with --visible-boxes tight (a second column)")
     parser.add_argument("--eval-command", required=True)
     parser.add_argument("--note", default="")
     args = parser.parse_args()
@@ -69,6 +79,9 @@ def main() -> int:
 
     _, meta = models.load_checkpoint(args.weights)
     report = json.loads(args.report.read_text())
+    reports = [("dataset's labels", report)]
+    if args.tight_report:
+        reports.append(("visible boxes tightened", json.loads(args.tight_report.read_text())))
     lines = [
         f"# Model card: `{args.weights.name}`",
         "",
@@ -84,11 +97,12 @@ def main() -> int:
         "Recipe: `docs/training.md`; GPU procedure and logs: `docs/runs/`.",
         "",
         f"## Test split ({report.get('images', report.get('num_images', '?'))} images)",
-        *metric_rows(report),
+        *metric_rows(reports),
         "",
         f"Latency per image (ms, this evaluation's machine and backend): {latency_line(report)}.",
         "",
-        f"Reproduce: `{args.eval_command}`",
+        f"Reproduce: `{args.eval_command}`" + (" (add `--visible-boxes tight` for the second column)"
+                                                 if args.tight_report else ""),
     ]
     if args.note:
         lines += ["", args.note]

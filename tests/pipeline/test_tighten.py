@@ -81,3 +81,24 @@ def test_xyxy_rows_keep_their_class_and_count_changes():
     np.testing.assert_array_equal(out[0], [1, 70, 50, 78, 56])
     np.testing.assert_array_equal(out[1], rows[1])
     assert rows[0, 1] == 60                                          # the input is not modified
+
+
+def test_label_tightener_reads_only_the_scored_frames_of_visible_clips(synthetic_dataset_root,
+                                                                       loose_visible_dataset_root):
+    from pipeline import dataset
+    from pipeline.tighten import LabelTightener
+
+    tightener = LabelTightener(stride=5)
+    truth = {clip.name: dataset.read_labels(clip) for clip in dataset.find_clips(synthetic_dataset_root)}
+    ious = []
+    for clip in dataset.find_clips(loose_visible_dataset_root):
+        loose, tight = dataset.read_labels(clip), tightener(clip)
+        assert tight.keys() == loose.keys()
+        for index, rows in loose.items():
+            if clip.modality == "IR" or index % 5:       # thermal, or a frame nobody scores: as labeled
+                assert tight[index] == rows
+                continue
+            assert [r[0] for r in tight[index]] == [r[0] for r in rows]
+            ious += [iou(t[1:], true[1:]) for t, true in zip(tight[index], truth[clip.name][index])]
+    assert np.mean(ious) > 0.6
+    assert tightener.boxes == len(ious) and tightener.changed >= 0.8 * len(ious)
