@@ -26,12 +26,12 @@ export PYTHONUNBUFFERED=1
 
 if [ "$MODE" = smoke ]; then
   TOTAL_S=${TOTAL_S:-150}; DEVICE=${DEVICE:-cpu}; SYNTH=2; SYNTH_FRAMES=30
-  COMMON="--batch 4 --crop 128 --max-clips 4 --val-per-clip 3 --threads 1 --probe-steps 3 --evals 2 --warmup-steps 5"
+  COMMON="--batch 4 --crop 128 --max-clips 4 --val-per-clip 3 --threads 1 --probe-steps 3 --evals 2 --warmup-steps 5 --visible-boxes tight"
   RUNS="nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-base-s0:yolox-nano:0:syn"
   PREP_WORKERS=2
 else
   TOTAL_S=${TOTAL_S:-470}; DEVICE=${DEVICE:-cuda}; SYNTH=${SYNTH:-120}; SYNTH_FRAMES=150
-  COMMON="--batch 64 --crop 320 --val-per-clip 20 --threads 2 --probe-steps 20 --evals 6 --warmup-steps 100 --gpu-reserve-gb 30"
+  COMMON="--batch 64 --crop 320 --val-per-clip 20 --threads 2 --probe-steps 20 --evals 6 --warmup-steps 100 --gpu-reserve-gb 30 --visible-boxes ${VISIBLE_BOXES:-tight}"
   RUNS=${RUNS:-"nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-sigres-s1:yolox-nano-gssam-sigres-p1:1:syn nano-base-s0:yolox-nano:0:syn nano-base-s1:yolox-nano:1:syn nano-sigres-s0-real:yolox-nano-gssam-sigres-p1:0:real s-sigres-s0:yolox-s-gssam-sigres-p1:0:syn"}
   PREP_WORKERS=$(nproc)
 fi
