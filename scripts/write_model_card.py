@@ -32,8 +32,8 @@ def training_rows(logs: list[Path]) -> list[str]:
     for path in logs:
         log = json.loads(path.read_text())
         cfg = log["config"]
-        start = f"from {Path(cfg['init']).parent.name}" if cfg.get("init") else "from scratch"
-        rows.append(f"| {path.parent.name} ({start}) | {log['hardware']} | {log['train_loop_s'] / 60:.1f} min loop | "
+        start = f"from `{cfg['init']}`" if cfg.get("init") else "from scratch"
+        rows.append(f"| {path.parent.parent.name}/{path.parent.name} ({start}) | {log['hardware']} | {log['train_loop_s'] / 60:.1f} min loop | "
                     f"{log['steps']} | {log['images_seen']:,} | {cfg['batch']} × {cfg['crop']} px | {cfg['lr']:g} | "
                     f"{cfg.get('synthetic', 0)} | {cfg.get('visible_boxes', 'dataset')} | {log['best_val_map50_95']:.4f} |")
     return rows

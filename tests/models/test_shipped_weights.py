@@ -27,9 +27,6 @@ def test_default_is_the_nano_sigres_p1():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="goal not met yet: the shipped default finds 39.0 % (a 20-30 px drone boxed "
-                   "~1.5x too large, as the real visible labels box it; drones < 12 px 16 %); see models/weights/default.md. "
-                   "Strict: passing flags the goal as met.")
 def test_default_model_finds_the_drones_of_the_demo_clip(tmp_path):
     """The issue's bar: >= 90 % of the drones of `make demo`'s clip at IoU 0.5 (every 3rd frame)."""
     paths = make_clip(tmp_path, seed=7, frames=300, size=(640, 512))  # exactly what `make demo` replays
