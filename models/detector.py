@@ -27,7 +27,7 @@ class Detector:
 
     def __init__(self, weights=None, backend: str = "torch", device: str = "cpu", fp16: bool = False,
                  conf_threshold: float = 0.25, nms_threshold: float = 0.45, onnx_threads: int = 2,
-                 cache_dir=None, input_size: tuple[int, int] | None = None):
+                 cache_dir=None, input_size: tuple[int, int] | None = None, class_agnostic_nms: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.device = torch.device(device)
@@ -40,6 +40,7 @@ class Detector:
         self.fp16 = fp16
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
+        self.class_agnostic_nms = class_agnostic_nms
         model, meta = load_checkpoint(self.weights, device="cpu")
         self.meta = meta
         self.model_name = meta["name"]
@@ -82,10 +83,10 @@ class Detector:
         return self._model(images).float().cpu().numpy()
 
     def postprocess(self, raw: np.ndarray, ratios, image_shapes) -> list[np.ndarray]:
-        """yolox class-aware NMS, boxes rescaled to and clipped into each original image."""
+        """yolox NMS (class-aware unless class_agnostic_nms), boxes rescaled to and clipped into each image."""
         predictions = torch.from_numpy(np.array(raw, dtype=np.float32))
         kept = postprocess(predictions, len(self.class_names), self.conf_threshold,
-                           self.nms_threshold, class_agnostic=False)
+                           self.nms_threshold, class_agnostic=self.class_agnostic_nms)
         return [self._to_image(k, r, s) for k, r, s in zip(kept, ratios, image_shapes)]
 
     @staticmethod

@@ -75,6 +75,9 @@ class DetectConfig:
     batch_size: int = 4
     conf_threshold: float = 0.25
     nms_threshold: float = 0.45
+    # one box per object for the operator and the tracker: a drone that also scores as a bird at the same
+    # place is kept once, as its best class (offline mAP keeps COCO's class-aware NMS)
+    class_agnostic_nms: bool = True
 
 
 @dataclass

@@ -48,6 +48,7 @@ class FrameAnnotator:
 
     def __init__(self, settings: AnnotateConfig, class_names: list[str], shape: tuple[int, ...]):
         self.settings, self.class_names = settings, list(class_names)
+        self.insets_on_left = False     # the inset column starts at the right edge
         self.scale = ui_scale(shape)
         self.thickness = max(1, round(1.5 * self.scale))
         self.text_scale = 0.4 * self.scale
@@ -110,28 +111,58 @@ class FrameAnnotator:
         tile = max(16, round(s.inset_context_px * s.inset_scale * self.scale))
         height, width = source.shape[:2]
         margin = max(2, round(4 * self.scale))
-        slots = min(s.max_insets, max(0, (height - margin) // (tile + margin)))
-        for slot, track_id in enumerate(sorted(facts.alert_track_ids)[:slots]):
+        left = self._inset_column(facts.detections[:, :4], width, tile, margin)
+        if left < 0:
+            return
+        on_right = left > width / 2
+        first_top = margin if on_right or not (s.hud and facts.hud) else margin + self._hud_height()  # under the HUD
+        slots = min(s.max_insets, max(0, (height - first_top) // (tile + margin)))
+        tracks = sorted(facts.alert_track_ids)[:slots]
+        for slot, track_id in enumerate(tracks):
             hits = np.flatnonzero(facts.track_ids == track_id)
             if not len(hits):
                 continue
             x1, y1, x2, y2 = facts.detections[hits[0], :4]
             side = int(max(s.inset_context_px, 2 * max(x2 - x1, y2 - y1)))
             crop = crop_square(source, (x1 + x2) / 2, (y1 + y2) / 2, side)
-            left, top = width - tile - margin, margin + slot * (tile + margin)
-            if left < 0:
-                return
+            top = first_top + slot * (tile + margin)
             scene[top:top + tile, left:left + tile] = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_NEAREST)
             color = self.palette.by_idx(int(facts.display_class_ids[hits[0]])).as_bgr()
             cv2.rectangle(scene, (left, top), (left + tile - 1, top + tile - 1), color, self.thickness)
-            cv2.line(scene, (left, top + tile // 2), (int(x2) + 2, int((y1 + y2) / 2)), color, 1, cv2.LINE_AA)
+            # the leader line leaves the tile on the side facing the picture
+            start = (left, top + tile // 2) if on_right else (left + tile - 1, top + tile // 2)
+            end = (int(x2) + 2, int((y1 + y2) / 2)) if on_right else (int(x1) - 2, int((y1 + y2) / 2))
+            cv2.line(scene, start, end, color, 1, cv2.LINE_AA)
             zoom = tile / side
             self._text(scene, f"#{track_id} x{zoom:.0f}", (left + margin, top + tile - margin), color)
 
-    def _draw_hud(self, scene: np.ndarray, text: str) -> None:
+    def _inset_column(self, boxes: np.ndarray, width: int, tile: int, margin: int) -> int:
+        """Left x of the inset column, at the right edge or the left one: it moves only when it would hide
+        more detections than the other side (an inset must not cover the very drone it magnifies, and
+        must not flicker from side to side). -1: no room."""
+        def hidden(left: int) -> int:
+            return int(((boxes[:, 2] > left) & (boxes[:, 0] < left + tile)).sum())
+
+        right = width - tile - margin
+        if right < margin:
+            return -1
+        here, there = (margin, right) if self.insets_on_left else (right, margin)
+        if hidden(there) < hidden(here):
+            self.insets_on_left = not self.insets_on_left
+        return margin if self.insets_on_left else right
+
+    def _hud_box(self, text: str) -> tuple[int, int, int, int]:
+        """(pad, text width, text height, box height) of the HUD line."""
         pad = max(2, round(3 * self.scale))
         (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, self.text_scale, self.text_thickness)
-        cv2.rectangle(scene, (0, 0), (w + 2 * pad, h + base + 2 * pad), (0, 0, 0), -1)
+        return pad, w, h, h + base + 2 * pad
+
+    def _hud_height(self) -> int:
+        return self._hud_box("Hg")[3]
+
+    def _draw_hud(self, scene: np.ndarray, text: str) -> None:
+        pad, w, h, box_height = self._hud_box(text)
+        cv2.rectangle(scene, (0, 0), (w + 2 * pad, box_height), (0, 0, 0), -1)
         self._text(scene, text, (pad, pad + h), (255, 255, 255))
 
     def _text(self, scene: np.ndarray, text: str, origin: tuple[int, int], color) -> None:

@@ -64,6 +64,7 @@ class DetectStage(Stage):
         with weights_problems_as_config_errors():
             self.detector = Detector(weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
                                      conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
+                                     class_agnostic_nms=det.class_agnostic_nms,
                                      input_size=cfg.stages.preprocess.input_size)  # None: the checkpoint's
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)

@@ -68,6 +68,18 @@ def test_postprocess_rescales_to_the_original_image(thresholded):
     assert len(results[1]) == 2
 
 
+def test_class_agnostic_nms_keeps_one_box_per_object(weights):
+    anchors = sum((INPUT_SIZE[0] // s) * (INPUT_SIZE[1] // s) for s in (8, 16, 32))
+    raw = np.zeros((1, anchors, 5 + len(CLASSES)), dtype=np.float32)
+    raw[0, 0] = [40, 20, 20, 10, 0.9, 0.1, 0.8, 0.0]  # a bird at 0.72
+    raw[0, 1] = [41, 20, 20, 10, 0.5, 0.9, 0.0, 0.0]  # the same place as a drone at 0.45: suppressed
+    raw[0, 2] = [10, 40, 8, 8, 0.9, 0.9, 0.0, 0.0]    # elsewhere: kept
+    agnostic = Detector(weights, conf_threshold=0.3, nms_threshold=0.45, class_agnostic_nms=True)
+    (result,) = agnostic.postprocess(raw, [1.0], [(64, 96, 3)])
+    result = result[np.argsort(-result[:, 4])]
+    np.testing.assert_allclose(result[:, 4:], [[0.81, 0], [0.72, 1]], rtol=1e-5)
+
+
 def test_boxes_are_clipped_to_the_image(thresholded):
     anchors = sum((INPUT_SIZE[0] // s) * (INPUT_SIZE[1] // s) for s in (8, 16, 32))
     raw = np.zeros((1, anchors, 5 + len(CLASSES)), dtype=np.float32)

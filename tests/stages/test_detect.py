@@ -19,7 +19,8 @@ def test_batched_stage_output_equals_detector_on_each_frame(tmp_path, random_wei
     pre, det = PreprocessStage(cfg), DetectStage(cfg)
     msgs = [pre.process(FrameMessage("a", i, i / 30, 0.0, {"image": im}))[0] for i, im in enumerate(images)]
     out = det.process_batch(msgs)
-    reference = Detector(random_weights, backend="torch", conf_threshold=1e-6)
+    reference = Detector(random_weights, backend="torch", conf_threshold=1e-6,
+                         class_agnostic_nms=cfg.stages.detect.class_agnostic_nms)
     for msg, image in zip(out, images):
         assert "input" not in msg.buffers  # the letterboxed copy does not travel further
         expected = reference([image])[0]

@@ -159,6 +159,29 @@ def test_annotation_draws_boxes_hud_and_a_magnified_inset(tmp_path, size):
         stage.close()
 
 
+def test_insets_move_to_the_left_edge_rather_than_cover_a_drone_on_the_right(tmp_path):
+    _, stage = make_stage(tmp_path)
+    tile, margin = 32 * 4, 4
+    try:
+        for i in range(12):   # a drone flying inside the right edge's inset column
+            msg = frame(i, [small_target(i, x0=560, y0=200, vx=1.0)])
+            out = stage.process(msg)[0]
+        annotated, raw = out.buffers["annotated"], msg.image
+        x1, y1, x2, y2 = out.detections[0, :4].astype(int)
+        assert (annotated[y1:y2, x1:x2] == raw[y1:y2, x1:x2]).all()            # the drone itself is not covered
+        hud_bottom = int(np.flatnonzero((annotated[:, 2] == 0).all(axis=1))[-1]) + 1
+        left_inset = annotated[hud_bottom + 4:hud_bottom + tile - 4, margin + 4:margin + tile - 4]
+        assert (left_inset.max(axis=2) < 40).sum() >= 0.5 * (8 * tile / 32) ** 2  # the magnified drone
+        assert hud_bottom > 8 and (annotated[:hud_bottom, margin:margin + tile] == 0).mean() > 0.5  # HUD on top
+        for i in range(12, 34):   # it flies left, out of the column: the insets stay where they are
+            out = stage.process(frame(i, [small_target(i, x0=571 + 4 * 11, y0=200, vx=-4.0)]))[0]
+        assert out.detections[0, 2] < 640 - tile - margin and out.track_ids[0] >= 1
+        left_inset = out.buffers["annotated"][hud_bottom + 4:hud_bottom + tile - 4, margin + 4:margin + tile - 4]
+        assert (left_inset.max(axis=2) < 40).any()
+    finally:
+        stage.close()
+
+
 def test_resent_frames_get_no_track_ids_and_do_not_rewind_the_tracker(tmp_path):
     _, stage = make_stage(tmp_path)
     try:
