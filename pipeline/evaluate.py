@@ -282,7 +282,8 @@ def _pipeline_config(clips, args, output_dir: Path) -> dict:
             "mode": "replay", "output_dir": str(output_dir),
             "stages": {"detect": {"weights": str(args.weights) if args.weights else "default",
                                   "backend": args.backend, "device": args.device, "batch_size": 1,
-                                  "conf_threshold": args.conf, "nms_threshold": args.nms},
+                                  "conf_threshold": args.conf, "nms_threshold": args.nms,
+                                  "class_agnostic_nms": False},   # COCO scoring: what direct evaluation runs
                        "track": {"annotate": False}, "record": {"annotated": False}}}
 
 
@@ -351,7 +352,8 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
     integrity["seconds"] = time.perf_counter() - started
     integrity["frames"] = len(detections)
     tight = args.visible_boxes == "tight"    # tracks are scored on every frame
-    integrity["tracking"] = tracking_metrics(clips, output_dir, LabelTightener(1) if tight else dataset.read_labels)
+    integrity["tracking"] = tracking_metrics(clips, output_dir,
+                                             LabelTightener(1, args.cache_dir) if tight else dataset.read_labels)
     return detections, integrity
 
 
@@ -446,7 +448,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     scored = [clip for clip in clips if clip.name not in {s["clip"] for s in skipped}]
     if not scored:
         raise EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
-    tightener = LabelTightener(args.stride, args.cache_dir) if args.visible_boxes == "tight" else None
+    tightener = (LabelTightener(args.stride, args.cache_dir, args.max_frames) if args.visible_boxes == "tight"
+                 else None)
     ground_truth = dataset.to_coco(scored, args.stride, frame_counts=frame_counts, max_frames=args.max_frames,
                                    labels_of=tightener)
     if tightener is not None:

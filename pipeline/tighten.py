@@ -6,8 +6,8 @@ synthetic clips' boxes are tight. Trained on both, a model learns two convention
 blob and boxes every small visible object at ~24 px, so a 5 px drone gets IoU 0.05 against a tight box.
 
 ``tighten_box`` finds the object inside one box by its contrast with the box's own border (where a loose
-box shows background): background colour = per-channel median of a band along the box edge, noise =
-per-channel MAD; object pixels differ from the background by more than OBJECT_SIGMAS noise and
+box shows background): background = per channel a plane fitted to a band along the box edge, noise = the
+band's MAD around it; object pixels differ from the background by more than OBJECT_SIGMAS noise and
 OBJECT_MIN_LEVELS grey levels in some channel. The new box is the bounding box of the object pixels,
 matching the synthetic renderer's convention (pixels showing at least 30 % of the object's contrast). A box is left as labeled
 when it cannot be read reliably: no object pixels, a busy border (branches, roofs), object pixels touching
@@ -105,6 +105,7 @@ class LabelTightener:
     """
     stride: int = 1
     cache_dir: Path | str | None = None     # dataset.iter_frames' frame cache
+    max_frames: int | None = None           # only the first N scored frames (to_coco's max_frames)
     changed: int = 0
     boxes: int = 0
 
@@ -116,6 +117,8 @@ class LabelTightener:
             return labels
         wanted = [index for index in labels if index >= 0 and index % self.stride == 0]
         last = max(wanted, default=-1) // self.stride + 1
+        if self.max_frames is not None:
+            last = min(last, self.max_frames)
         tightened = dict(labels)
         for index, frame in dataset.iter_frames(clip, self.stride, cache_dir=self.cache_dir, max_frames=last):
             if index in labels:

@@ -81,6 +81,8 @@ def real_check(root: Path, grid: Path, samples: int) -> None:
     kept, changed, tiles = [], 0, []
     for clip in rng.choice(clips, min(samples, len(clips)), replace=False):
         labels = dataset.read_labels(clip)
+        if not labels:
+            continue
         frame_index = int(rng.choice(sorted(labels)))
         frame = next((f for i, f in dataset.iter_frames(clip) if i == frame_index), None)
         if frame is None:

@@ -114,7 +114,7 @@ class FrameAnnotator:
         left = self._inset_column(facts.detections[:, :4], width, tile, margin)
         if left < 0:
             return
-        on_right = left > width / 2
+        on_right = not self.insets_on_left
         first_top = margin if on_right or not (s.hud and facts.hud) else margin + self._hud_height()  # under the HUD
         slots = min(s.max_insets, max(0, (height - first_top) // (tile + margin)))
         tracks = sorted(facts.alert_track_ids)[:slots]

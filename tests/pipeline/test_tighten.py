@@ -51,7 +51,7 @@ def test_a_dark_blob_in_a_loose_box_gets_its_exact_extent():
     assert changed and box == (70.0, 50.0, 8.0, 6.0)
 
 
-@pytest.mark.parametrize("case", ["flat", "busy", "already tight", "faint"])
+@pytest.mark.parametrize("case", ["flat", "busy", "already tight", "spans the box", "faint"])
 def test_boxes_that_cannot_be_read_reliably_stay_as_labeled(case):
     rng = np.random.default_rng(2)
     box = (60.0, 42.0, 28.0, 22.0)
@@ -59,8 +59,13 @@ def test_boxes_that_cannot_be_read_reliably_stay_as_labeled(case):
         frame = np.full((120, 160, 3), 180, np.uint8)
     elif case == "busy":                   # branches / roofs everywhere: the border is no background
         frame = rng.integers(0, 255, (120, 160, 3)).astype(np.uint8)
-    elif case == "already tight":          # the object fills the box
-        frame, box = sky_with_blob(rng), (70.0, 50.0, 8.0, 6.0)
+    elif case == "already tight":          # the object fills the box, touching its opposite sides
+        frame = sky_with_blob(rng)
+        frame[46:60, 66:82] = 30
+        box = (66.0, 46.0, 16.0, 14.0)
+    elif case == "spans the box":          # a wire or a wing reaching both sides: the label may be right
+        frame = sky_with_blob(rng, contrast=0)
+        frame[52:54, 60:88] = 30
     else:                                  # below the contrast a compressed video can be trusted with
         frame = sky_with_blob(rng, contrast=8)
     assert tighten_box(frame, box) == (box, False)
