@@ -26,13 +26,16 @@ def main() -> int:
     p.add_argument("--backend", default="onnx", choices=("torch", "onnx"))
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--class-aware-nms", action="store_true",
+                   help="COCO-style NMS per class (default: the pipeline's class-agnostic NMS, what `make demo` draws)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args()
-    detector = models.Detector(args.weights, backend=args.backend, conf_threshold=args.conf)
+    detector = models.Detector(args.weights, backend=args.backend, conf_threshold=args.conf,
+                               class_agnostic_nms=not args.class_aware_nms)
     with tempfile.TemporaryDirectory() as folder:
         paths = make_clip(Path(folder), seed=args.seed, frames=300, size=(640, 512))
         report = clip_recall(detector, paths.video, paths.coco)
-    report.update(weights=args.weights, conf=args.conf, seed=args.seed)
+    report.update(weights=args.weights, conf=args.conf, seed=args.seed, class_agnostic_nms=not args.class_aware_nms)
     print(f"{Path(args.weights).name}: {report['boxes']} drone boxes, recall "
           + ", ".join(f"IoU {t}: {r:.1%}" for t, r in report["recall"].items()))
     for row in report["by_size"]:
