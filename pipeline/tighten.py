@@ -73,7 +73,7 @@ def tighten_box(frame: np.ndarray, box: tuple[float, float, float, float]
     if int(is_object.sum()) < MIN_OBJECT_PIXELS or is_object[border].mean() > BORDER_HIT_SHARE:
         return box, False
     # isolated speckles (compression blocks, noise) are not the object: keep components of 2+ pixels
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(is_object.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(is_object.astype(np.uint8), connectivity=8)
     keep = np.isin(labels, 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= MIN_OBJECT_PIXELS))
     ys, xs = np.nonzero(keep)
     if not len(xs):
