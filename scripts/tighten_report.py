@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import supervision as sv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -26,18 +27,8 @@ from pipeline.tighten import tighten_box  # noqa: E402
 SIZE_BINS = ((0, 12), (12, 24), (24, 1000))
 
 
-def iou(a, b) -> float:
-    inter = (max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-             * max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])))
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def loosen(box, rng: np.random.Generator):
-    x, y, w, h = box
-    width = max(w + rng.uniform(2, 8), rng.uniform(18, 26))
-    height = max(h + rng.uniform(2, 8), rng.uniform(15, 22))
-    cx, cy = x + w / 2 + rng.uniform(-2, 2), y + h / 2 + rng.uniform(-2, 2)
-    return cx - width / 2, cy - height / 2, width, height
+def iou_xywh(a, b) -> float:
+    return float(sv.box_iou_batch(sv.xywh_to_xyxy(np.array([a])), sv.xywh_to_xyxy(np.array([b])))[0, 0])
 
 
 def synthetic_check(clips: int) -> None:
@@ -49,9 +40,9 @@ def synthetic_check(clips: int) -> None:
                 continue
             for b in boxes:
                 truth = (b.x, b.y, b.w, b.h)
-                loose = loosen(truth, rng)
+                loose = synthetic.loose_visible_box(truth, rng)
                 tight, changed = tighten_box(image, loose)
-                rows.append((max(b.w, b.h), iou(loose, truth), iou(tight, truth), changed))
+                rows.append((max(b.w, b.h), iou_xywh(loose, truth), iou_xywh(tight, truth), changed))
     table = np.array(rows)
     print(f"synthetic visible clips ({clips}, every 10th of 40 frames): IoU with the true box")
     for low, high in SIZE_BINS:

@@ -15,18 +15,22 @@ def synthetic_dataset_root(tmp_path_factory):
 
 
 def loosen_visible_labels(root) -> None:
-    """Redraw the visible clips' label boxes the way the real visible labels are drawn: the object centred
-    in a box of at least 24 x 20 px (six more than the object)."""
+    """Redraw the visible clips' label boxes the way the real visible labels are drawn
+    (pipeline.synthetic.loose_visible_box, seeded)."""
     from pathlib import Path
 
-    for path in (Path(root) / "labels_V").glob("*_LABELS.csv"):
+    import numpy as np
+
+    from pipeline.synthetic import loose_visible_box
+
+    rng = np.random.default_rng(0)
+    for path in sorted((Path(root) / "labels_V").glob("*_LABELS.csv")):
         header, *rows = path.read_text().splitlines()
         loose = []
         for row in rows:
             frame, label, *xywh = row.split(",")
-            x, y, w, h = map(float, xywh)
-            width, height = max(w + 6, 24), max(h + 6, 20)
-            loose.append(f"{frame},{label},{x + w / 2 - width / 2:.2f},{y + h / 2 - height / 2:.2f},{width:.2f},{height:.2f}")
+            x, y, w, h = loose_visible_box(tuple(map(float, xywh)), rng)
+            loose.append(f"{frame},{label},{x:.2f},{y:.2f},{w:.2f},{h:.2f}")
         path.write_text("\n".join([header, *loose]) + "\n")
 
 

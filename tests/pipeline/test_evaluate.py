@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import supervision as sv
 
 from pipeline import dataset, evaluate, synthetic
 from pipeline.dataset import CLASSES
@@ -27,9 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def iou_xywh(a, b) -> float:
-    inter = (max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-             * max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])))
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    return float(sv.box_iou_batch(sv.xywh_to_xyxy(np.array([a])), sv.xywh_to_xyxy(np.array([b])))[0, 0])
 
 
 def perfect(ground_truth):

@@ -1,24 +1,14 @@
 import numpy as np
 import pytest
+import supervision as sv
 
 from pipeline import synthetic
 from pipeline.tighten import tighten_box, tighten_xyxy
 
 
-def iou(a, b):
-    (ax, ay, aw, ah), (bx, by, bw, bh) = a, b
-    inter_w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    inter_h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = inter_w * inter_h
-    return inter / (aw * ah + bw * bh - inter)
-
-
-def loosen(box, rng):
-    """The visible camera's convention: a ~20-26 px box around whatever is inside, roughly centred."""
-    x, y, w, h = box
-    width, height = max(w + rng.uniform(4, 10), rng.uniform(20, 26)), max(h + rng.uniform(4, 10), rng.uniform(18, 24))
-    cx, cy = x + w / 2 + rng.uniform(-2, 2), y + h / 2 + rng.uniform(-2, 2)
-    return cx - width / 2, cy - height / 2, width, height
+def iou(a, b) -> float:
+    """IoU of two (x, y, w, h) boxes."""
+    return float(sv.box_iou_batch(sv.xywh_to_xyxy(np.array([a])), sv.xywh_to_xyxy(np.array([b])))[0, 0])
 
 
 def test_loose_boxes_around_rendered_drones_shrink_to_the_renderer_box():
@@ -28,7 +18,7 @@ def test_loose_boxes_around_rendered_drones_shrink_to_the_renderer_box():
         for image, boxes in synthetic.render_clip(seed, frames=1, modality="V", background="sky"):
             for box in boxes:
                 truth = (box.x, box.y, box.w, box.h)
-                loose = loosen(truth, rng)
+                loose = synthetic.loose_visible_box(truth, rng)
                 loose_iou.append(iou(loose, truth))
                 tight_iou.append(iou(tighten_box(image, loose)[0], truth))
     assert len(tight_iou) >= 8

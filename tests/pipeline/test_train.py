@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import supervision as sv
 import torch
 
 from pipeline import dataset, synthetic, train
@@ -215,10 +216,7 @@ def test_training_states_load_with_weights_only_old_numpy_form_included(tmp_path
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise IoU of N x 4 xyxy arrays."""
-    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
-    area = lambda boxes: (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    return sv.box_iou_batch(a.astype(float), b.astype(float)).diagonal()
 
 
 def test_visible_boxes_tight_recovers_the_objects_behind_loose_visible_labels(
