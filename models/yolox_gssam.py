@@ -46,6 +46,7 @@ from torch import nn
 from yolox.config import YoloxConfig
 
 from .gssam import VARIANTS, Gssam, context_convs_for_pool, pool_for_feature_side
+from .simota import BatchedSimOTAHead
 
 SIZES = ("nano", "tiny", "s", "m", "l", "x")
 POSITIONS = (1, 2)
@@ -149,6 +150,8 @@ def build_model(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     config = _yolox_config(spec.size, num_classes)
     model = config.get_model()
+    # the same head module, with its training loss on the batched SimOTA assignment (models/simota.py)
+    model.head.__class__ = BatchedSimOTAHead
     if spec.variant is not None:
         insert_gssam(model.backbone.backbone, config.width, spec.variant, spec.position)
         _init_like_yolox(model)

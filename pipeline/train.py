@@ -639,6 +639,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--visible-boxes", choices=("dataset", "tight"), default="dataset",
                    help="tight: shrink the visible camera's loose label boxes to the object (pipeline.tighten), "
                         "the convention of the thermal and synthetic boxes")
+    p.add_argument("--assignment", choices=("batched", "yolox"), default="batched",
+                   help="SimOTA label assignment: batched (models/simota.py) or yolox's per-image loop")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--val-per-clip", type=int, default=10, help="val frames per clip (evenly spaced)")
@@ -750,6 +752,9 @@ class Trainer:
         if args.init:
             self._load_init(args.init)
         self.model.head.use_l1 = args.l1_loss
+        if args.assignment == "yolox":      # the same module with yolox's own loss (a fallback, and for comparison)
+            from yolox.models.yolo_head import YoloxHead
+            self.model.head.__class__ = YoloxHead
         self.model.train()
         self.optimizer = make_optimizer(self.model, args.optimizer, args.lr, args.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp == "fp16")
@@ -794,6 +799,14 @@ class Trainer:
         per_eval = math.ceil(self.total_steps / self.args.evals)
         self.steps_per_epoch = self.args.epoch_steps or min(one_pass, per_eval)
         self._finish_plan()
+
+    def replan_minutes(self, rate: float, budget_left: float, eval_seconds: float) -> None:
+        """Fit the remaining steps to the remaining time at the rate of the last epoch: runs started
+        side by side slow each other down once all are running, so the first probe overestimates."""
+        steps = rate * budget_left
+        evals = max(1, math.ceil(steps / self.steps_per_epoch))
+        steps = rate * max(0.0, budget_left - evals * eval_seconds) * 0.97
+        self.total_steps = self.step + max(1, int(steps))
 
     def _finish_plan(self) -> None:
         self.warmup = max(1, min(self.args.warmup_steps, self.total_steps // 5))
@@ -954,6 +967,7 @@ def _loop(trainer: Trainer, args, stop: StopFlag, step_callback) -> str:
     progress = tqdm(total=trainer.total_steps or None, initial=trainer.step, desc=args.model, unit="step",
                     disable=args.no_progress or None, dynamic_ncols=True)
     stopped_early = False
+    epoch_started, epoch_first_step = time.monotonic(), trainer.step
     while trainer.total_steps == 0 or trainer.step < trainer.total_steps:
         if trainer.step == 2:
             probe_start = time.monotonic()       # steps 0-1 pay for cudnn autotuning and allocator growth
@@ -979,7 +993,12 @@ def _loop(trainer: Trainer, args, stop: StopFlag, step_callback) -> str:
             eval_started = time.monotonic()
             _end_epoch(trainer, args)
             eval_seconds = time.monotonic() - eval_started
+            if budget is not None and not last:
+                rate = (trainer.step - epoch_first_step) / max(eval_started - epoch_started, 1e-6)
+                trainer.replan_minutes(rate, budget - (eval_started - loop_start) - eval_seconds, eval_seconds)
+                progress.total = trainer.total_steps
             trainer.elapsed = time.monotonic() - loop_start
+            epoch_started, epoch_first_step = time.monotonic(), trainer.step
         if last:
             stopped_early = trainer.step < trainer.total_steps
             break

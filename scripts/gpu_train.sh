@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The one prepared GPU command (docs/training.md): bash scripts/gpu_train.sh OUT_DIR [full|smoke]
 #
-# full  (GPU machine): install carried wheels (.whl/) if needed, decode the bundle (.bundle/) and render the
-#       synthetic clips once into a shared cache (16 processes), then train these runs IN PARALLEL, one
-#       process each, identical schedule, each with a time budget that ends the whole script within
-#       TOTAL_S seconds (default 470):
-#         nano-sigres-s0 / -s1   yolox-nano-gssam-sigres-p1, seeds 0, 1   (+ synthetic clips)
-#         nano-base-s0 / -s1     yolox-nano, seeds 0, 1                   (+ synthetic clips)
-#         nano-sigres-s0-real    yolox-nano-gssam-sigres-p1, seed 0, real data only (synthetic ablation)
-#         s-sigres-s0            yolox-s-gssam-sigres-p1, seed 0          (+ synthetic clips)
+# full  (GPU machine): install carried wheels (.whl/) if needed; time a training step with yolox's per-image
+#       SimOTA loop vs the batched assignment (scripts/bench_assignment.py; if the batched one fails there,
+#       the runs fall back to yolox's); decode the bundle (.bundle/) and render the synthetic clips once into
+#       a shared cache (16 processes); then train these runs IN PARALLEL, one process each, each with a
+#       time budget that ends the whole script within TOTAL_S seconds (default 540):
+#         nano-sigres-s0 / -s1   yolox-nano-gssam-sigres-p1 from scratch, seeds 0, 1 (+ synthetic clips)
+#         nano-base-s0 / -s1     yolox-nano from scratch, seeds 0, 1, identical schedule
+#         nano-sigres-ft         the shipped default fine-tuned with its own recipe (lr 4e-4, L1 loss,
+#                                small-object power 1): the candidate for the next default
+#         s-sigres-s0            yolox-s-gssam-sigres-p1 from scratch, seed 0 (the GPU model)
+#       A run spec is NAME:MODEL:SEED:DATA, DATA = syn (+ synthetic clips), real (real data only) or
+#       ft (syn, fine-tuning models/weights/default.pt).
 # smoke (here, CPU): the same path on a few clips, two nano runs, a 0.5-minute budget.
 #
 # OUT_DIR receives at most 8 files: results.tar.partNN (15 MiB pieces of one tar holding, per run,
-# <run>/best.pt (EMA, fp16), curve.png, log.json, train.log) and summary.txt. Rejoin:
+# <run>/best.pt (EMA, fp16), curve.png, log.json, train.log), summary.txt and bench_assignment.txt. Rejoin:
 #   cat OUT/results.tar.part* | tar -x -C models/runs
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_train.sh OUT_DIR [full|smoke]}
@@ -27,12 +31,14 @@ export PYTHONUNBUFFERED=1
 if [ "$MODE" = smoke ]; then
   TOTAL_S=${TOTAL_S:-150}; DEVICE=${DEVICE:-cpu}; SYNTH=2; SYNTH_FRAMES=30
   COMMON="--batch 4 --crop 128 --max-clips 4 --val-per-clip 3 --threads 1 --probe-steps 3 --evals 2 --warmup-steps 5 --visible-boxes tight"
-  RUNS="nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-base-s0:yolox-nano:0:syn"
+  RUNS="nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-sigres-ft:yolox-nano-gssam-sigres-p1:0:ft"
+  BENCH="--batch 2 --crop 64 --steps 1 --threads 1"
   PREP_WORKERS=2
 else
-  TOTAL_S=${TOTAL_S:-470}; DEVICE=${DEVICE:-cuda}; SYNTH=${SYNTH:-120}; SYNTH_FRAMES=150
+  TOTAL_S=${TOTAL_S:-540}; DEVICE=${DEVICE:-cuda}; SYNTH=${SYNTH:-120}; SYNTH_FRAMES=150
   COMMON="--batch 64 --crop 320 --val-per-clip 20 --threads 2 --probe-steps 20 --evals 6 --warmup-steps 100 --gpu-reserve-gb 30 --visible-boxes ${VISIBLE_BOXES:-tight}"
-  RUNS=${RUNS:-"nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-sigres-s1:yolox-nano-gssam-sigres-p1:1:syn nano-base-s0:yolox-nano:0:syn nano-base-s1:yolox-nano:1:syn nano-sigres-s0-real:yolox-nano-gssam-sigres-p1:0:real s-sigres-s0:yolox-s-gssam-sigres-p1:0:syn"}
+  RUNS=${RUNS:-"nano-sigres-s0:yolox-nano-gssam-sigres-p1:0:syn nano-sigres-s1:yolox-nano-gssam-sigres-p1:1:syn nano-base-s0:yolox-nano:0:syn nano-base-s1:yolox-nano:1:syn nano-sigres-ft:yolox-nano-gssam-sigres-p1:0:ft s-sigres-s0:yolox-s-gssam-sigres-p1:0:syn"}
+  BENCH="--device cuda --batch 64 --crop 320 --amp --steps 5"
   PREP_WORKERS=$(nproc)
 fi
 
@@ -50,7 +56,12 @@ gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, GPU {gpu}, {os.cpu_count()} CPUs", flush=True)
 EOF
 
-# 2. decode + render once into the shared cache (RAM-backed /dev/shm when it has room)
+# 2. the step time of both label assignments, side by side; the runs use yolox's if the batched one fails
+ASSIGNMENT=batched
+$PY -W ignore scripts/bench_assignment.py $BENCH 2>&1 | tee "$OUT/bench_assignment.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { ASSIGNMENT=yolox; echo "batched assignment failed: the runs use yolox's loop"; }
+
+# 3. decode + render once into the shared cache (RAM-backed /dev/shm when it has room)
 CACHE=${CACHE:-}
 if [ -z "$CACHE" ]; then
   CACHE=$WORK/cache
@@ -68,14 +79,16 @@ END_BY=$((START + TOTAL_S - 45))
 MINUTES=$(awk -v t="$TOTAL_S" -v e="$((NOW - START))" 'BEGIN { m = (t - e - 45) / 60; if (m < 0.3) m = 0.3; printf "%.2f", m }')
 echo "cache ready at +$((NOW - START))s in $CACHE; training budget $MINUTES min per run"
 
-# 3. all runs in parallel; each writes $WORK/runs/<run>/
+# 4. all runs in parallel; each writes $WORK/runs/<run>/
 PIDS=()
 for SPEC in $RUNS; do
   IFS=: read -r NAME MODEL SEED DATA <<<"$SPEC"
   SYN_ARGS="--synthetic $SYNTH --synthetic-frames $SYNTH_FRAMES"; [ "$DATA" = real ] && SYN_ARGS=""
+  [ "$DATA" = ft ] && SYN_ARGS="$SYN_ARGS --init models/weights/default.pt --lr 4e-4 --l1-loss --small-object-power 1"
   RUN_DIR=$WORK/runs/$NAME; rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
   $PY -m pipeline.train --model "$MODEL" --seed "$SEED" --device "$DEVICE" --bundle "$BUNDLE" --cache "$CACHE" \
-    --minutes "$MINUTES" --end-by "$END_BY" --out "$RUN_DIR" --workers 2 --no-progress $SMOKE_LIMIT $COMMON $SYN_ARGS \
+    --minutes "$MINUTES" --end-by "$END_BY" --out "$RUN_DIR" --workers 2 --no-progress --assignment "$ASSIGNMENT" \
+    $SMOKE_LIMIT $COMMON $SYN_ARGS \
     >"$RUN_DIR/train.log" 2>&1 &
   PIDS+=($!)
 done
@@ -83,7 +96,7 @@ FAILED=0
 for PID in "${PIDS[@]}"; do wait "$PID" || FAILED=$((FAILED + 1)); done
 echo "training finished at +$(($(date +%s) - START))s, $FAILED run(s) failed"
 
-# 4. pack: one tar in <= 15 MiB pieces + a summary
+# 5. pack: one tar in <= 15 MiB pieces + a summary
 SUMMARY="$OUT/summary.txt"
 $PY - "$WORK/runs" "$(($(date +%s) - START))" >"$SUMMARY" <<'EOF'
 import json, sys

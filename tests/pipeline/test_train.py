@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -110,6 +111,28 @@ def _argv(root: Path, manifest: Path, out: Path) -> list[str]:
             "--stride", "2", "--epochs", "2", "--epoch-steps", "2", "--batch", "2", "--crop", "64",
             "--input-size", "128x160", "--val-per-clip", "2", "--warmup-steps", "2", "--workers", "1",
             "--threads", "1", "--no-progress", "--l1-loss", "--small-object-power", "1", "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_batched_and_yolox_assignment_train_the_same_steps(tiny_data, tmp_path):
+    root, manifest = tiny_data
+    torch.set_num_threads(1)
+    histories = []
+    for assignment in ("batched", "yolox"):
+        out = tmp_path / assignment
+        assert train.main(_argv(root, manifest, out) + ["--assignment", assignment]) == 0
+        histories.append(torch.load(out / "last.pt", weights_only=False)["history"]["loss"])
+    assert len(histories[0]) == 4
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+
+
+def test_replan_fits_the_remaining_steps_and_evaluations_into_the_time_left():
+    trainer = SimpleNamespace(step=100, steps_per_epoch=50, total_steps=1000)
+    train.Trainer.replan_minutes(trainer, rate=2.0, budget_left=100.0, eval_seconds=5.0)
+    # 200 steps would need 4 evaluations (20 s): 80 s of steps at 2/s, 3 % margin
+    assert trainer.total_steps == 100 + int(2.0 * 80 * 0.97)
+    train.Trainer.replan_minutes(trainer, rate=2.0, budget_left=1.0, eval_seconds=5.0)
+    assert trainer.total_steps == 101          # out of time: one more step, then the last evaluation
 
 
 @pytest.mark.slow
