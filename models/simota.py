@@ -4,8 +4,8 @@ yolox's ``YoloxHead.get_losses`` assigns labels image by image: a Python loop of
 kernels per image, several host synchronisations, and a ``torch.cuda.empty_cache()`` per image. On a
 GPU that loop, not the network, sets the step rate (2.4-3.4 steps/s per process at batch 64 on an
 H200, docs/training.md). ``BatchedSimOTAHead`` computes the same assignment on padded B x G x A
-tensors (G = most labels in one image, A = anchors) in one pass with a single synchronisation, and the
-same losses from it. The rules are yolox's, unchanged:
+tensors (G = most labels in one image, A = anchors) in one pass, and the same losses from it, with two
+host synchronisations per step (the foreground count and the label count). The rules are yolox's, unchanged:
 
 * candidates: anchors whose centre lies within 1.5 strides of a label's centre (per label), and the
   union of those per image;
@@ -13,8 +13,13 @@ same losses from it. The rules are yolox's, unchanged:
 * each label takes its dynamic_k = max(1, int(sum of its 10 best IoUs)) cheapest candidates;
 * an anchor taken by several labels keeps only the cheapest.
 
-Only ties in cost can make the result differ from yolox's loop (which anchor of two equal costs is
-taken); tests/models/test_simota.py checks assignment, losses and gradients against yolox.
+In float32 only ties in cost can make the result differ from yolox's loop (which anchor of two equal
+costs is taken); tests/models/test_simota.py checks assignment, losses and gradients against yolox.
+Under fp16 autocast the predicted boxes are compared with the labels in float32 here, where yolox
+computes their corners in float16 (IoU off by up to ~0.05 for 6-px boxes at 300 px): a deliberate
+difference, since those IoUs rank the anchors of tiny targets and set their class targets. A NaN
+prediction makes the loss NaN (the training loop skips such a step) instead of failing CUDA's
+range check in F.binary_cross_entropy.
 """
 from __future__ import annotations
 
@@ -74,9 +79,7 @@ def simota_assign(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tenso
     with torch.autocast(box_preds.device.type, enabled=False):
         scores = (cls_logits.float().sigmoid() * obj_logits.float().sigmoid()).sqrt()
         one_hot = F.one_hot(classes.long(), num_classes).float()
-        shape = (batch, num_labels, num_anchors, num_classes)
-        cls_cost = F.binary_cross_entropy(scores[:, None].expand(shape), one_hot[:, :, None].expand(shape),
-                                          reduction="none").sum(-1)
+        cls_cost = _binary_cross_entropy(scores[:, None], one_hot[:, :, None]).sum(-1)
     cost = cls_cost + 3.0 * -torch.log(ious + 1e-8) + OUTSIDE_CENTER_COST * (~in_centers)
     cost = cost.masked_fill(~(candidate & valid[..., None]), float("inf"))
 
@@ -90,11 +93,18 @@ def simota_assign(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tenso
 
     # an anchor taken by several labels keeps the cheapest label
     takers = matching.sum(dim=1)                                                  # B x A
-    cheapest_label = F.one_hot(cost.argmin(dim=1), num_labels).permute(0, 2, 1).bool()
-    matching = torch.where((takers > 1)[:, None], cheapest_label, matching)
+    label_index = torch.where(takers > 1, cost.argmin(dim=1), matching.to(torch.uint8).argmax(dim=1))
     foreground = takers > 0
-    return Assignment(foreground=foreground, label_index=matching.to(torch.uint8).argmax(dim=1),
-                      iou=(matching * ious).sum(dim=1))
+    iou = ious.gather(1, label_index[:, None]).squeeze(1).masked_fill(~foreground, 0.0)
+    return Assignment(foreground=foreground, label_index=label_index, iou=iou)
+
+
+def _binary_cross_entropy(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.binary_cross_entropy(reduction="none") term for term (logs clamped at -100), broadcasting, and
+    letting a NaN through where CUDA's kernel would abort the process."""
+    log_p = torch.log(probabilities).clamp(min=-100)
+    log_not_p = torch.log1p(-probabilities).clamp(min=-100)
+    return (targets - 1) * log_not_p - targets * log_p
 
 
 class BatchedSimOTAHead(YoloxHead):
@@ -110,22 +120,23 @@ class BatchedSimOTAHead(YoloxHead):
         strides = torch.cat(expanded_strides, 1)[0]
         found = simota_assign(boxes, classes, valid, box_preds, obj_logits, cls_logits, x_shifts, y_shifts, strides)
 
-        foreground = found.foreground.reshape(-1)
-        num_fg = max(float(found.foreground.sum()), 1.0)          # the step's one host synchronisation
-        matched_boxes = boxes.gather(1, found.label_index[..., None].expand(-1, -1, 4))[found.foreground]
-        matched_classes = classes.gather(1, found.label_index)[found.foreground]
-        cls_targets = F.one_hot(matched_classes.long(), self.num_classes) * found.iou[found.foreground][:, None]
+        fg = found.foreground.reshape(-1).nonzero().squeeze(1)    # host sync 1: the foreground count
+        num_fg = max(len(fg), 1)
+        row_in_batch = found.label_index + torch.arange(batch, device=labels.device)[:, None] * labels.shape[1]
+        matched = row_in_batch.reshape(-1)[fg]
+        matched_boxes, matched_classes = boxes.reshape(-1, 4)[matched], classes.reshape(-1)[matched]
+        cls_targets = F.one_hot(matched_classes.long(), self.num_classes) * found.iou.reshape(-1)[fg][:, None]
 
-        loss_iou = self.iou_loss(box_preds.reshape(-1, 4)[foreground], matched_boxes).sum() / num_fg
-        loss_obj = self.bcewithlog_loss(obj_logits.reshape(-1, 1), foreground[:, None].to(dtype)).sum() / num_fg
-        loss_cls = self.bcewithlog_loss(cls_logits.reshape(-1, self.num_classes)[foreground],
-                                        cls_targets).sum() / num_fg
+        loss_iou = self.iou_loss(box_preds.reshape(-1, 4)[fg], matched_boxes).sum() / num_fg
+        loss_obj = self.bcewithlog_loss(obj_logits.reshape(-1, 1),
+                                        found.foreground.reshape(-1, 1).to(dtype)).sum() / num_fg
+        loss_cls = self.bcewithlog_loss(cls_logits.reshape(-1, self.num_classes)[fg], cls_targets).sum() / num_fg
         loss_l1 = 0.0
         if self.use_l1:
-            grid_strides = strides.expand(batch, num_anchors)[found.foreground]
-            l1_targets = self.get_l1_target(outputs.new_zeros((len(matched_boxes), 4)), matched_boxes, grid_strides,
-                                            x_shifts=x_shifts.expand(batch, num_anchors)[found.foreground],
-                                            y_shifts=y_shifts.expand(batch, num_anchors)[found.foreground])
-            loss_l1 = self.l1_loss(torch.cat(origin_preds, 1).reshape(-1, 4)[foreground], l1_targets).sum() / num_fg
+            anchor = fg % num_anchors
+            l1_targets = self.get_l1_target(outputs.new_zeros((len(fg), 4)), matched_boxes, strides[anchor],
+                                            x_shifts=x_shifts[anchor], y_shifts=y_shifts[anchor])
+            loss_l1 = self.l1_loss(torch.cat(origin_preds, 1).reshape(-1, 4)[fg], l1_targets).sum() / num_fg
         loss = REG_WEIGHT * loss_iou + loss_obj + loss_cls + loss_l1
-        return loss, REG_WEIGHT * loss_iou, loss_obj, loss_cls, loss_l1, num_fg / max(float(label_counts.sum()), 1.0)
+        num_labels = max(float(label_counts.sum()), 1.0)           # host sync 2
+        return loss, REG_WEIGHT * loss_iou, loss_obj, loss_cls, loss_l1, num_fg / num_labels
