@@ -132,7 +132,7 @@ def test_a_batch_without_labels_only_pushes_objectness_down():
     args[4] = torch.zeros(7, 1, 5)
     loss, iou_loss, obj_loss, cls_loss, l1_loss, fg_per_label = BatchedSimOTAHead.get_losses(head, *args, **kwargs)
     assert iou_loss.detach().item() == 0 and cls_loss.detach().item() == 0 and fg_per_label == pytest.approx(1.0)
-    assert float(obj_loss) > 0 and torch.isfinite(loss)
+    assert obj_loss.detach().item() > 0 and torch.isfinite(loss)
     loss.backward()
 
 
