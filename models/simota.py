@@ -71,17 +71,17 @@ def simota_assign(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tenso
                   y_shifts: torch.Tensor, strides: torch.Tensor) -> Assignment:
     """SimOTA for a batch. boxes B x G x 4 [cx, cy, w, h], classes/valid B x G, predictions B x A x .,
     anchor grid x_shifts / y_shifts / strides of length A."""
-    batch, num_labels, num_anchors = boxes.shape[0], boxes.shape[1], box_preds.shape[1]
-    num_classes = cls_logits.shape[-1]
+    num_anchors, num_classes = box_preds.shape[1], cls_logits.shape[-1]
     in_centers = _in_centers(boxes, x_shifts, y_shifts, strides) & valid[..., None]
     candidate = in_centers.any(dim=1, keepdim=True)                              # B x 1 x A
+    allowed = candidate & valid[..., None]                                       # B x G x A
     ious = pairwise_iou_cxcywh(boxes, box_preds.float())
     with torch.autocast(box_preds.device.type, enabled=False):
         scores = (cls_logits.float().sigmoid() * obj_logits.float().sigmoid()).sqrt()
         one_hot = F.one_hot(classes.long(), num_classes).float()
         cls_cost = _binary_cross_entropy(scores[:, None], one_hot[:, :, None]).sum(-1)
     cost = cls_cost + 3.0 * -torch.log(ious + 1e-8) + OUTSIDE_CENTER_COST * (~in_centers)
-    cost = cost.masked_fill(~(candidate & valid[..., None]), float("inf"))
+    cost = cost.masked_fill(~allowed, float("inf"))
 
     top = min(CANDIDATES_FOR_K, num_anchors)
     best_ious = ious.masked_fill(~candidate, 0.0).topk(top, dim=-1).values
@@ -89,7 +89,7 @@ def simota_assign(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tenso
     cheapest = cost.topk(top, dim=-1, largest=False).indices                     # B x G x top
     taken = torch.arange(top, device=cost.device) < dynamic_k[..., None]
     matching = torch.zeros_like(cost, dtype=torch.bool).scatter_(-1, cheapest, taken)
-    matching &= candidate & valid[..., None]
+    matching &= allowed
 
     # an anchor taken by several labels keeps the cheapest label
     takers = matching.sum(dim=1)                                                  # B x A
