@@ -5,8 +5,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.config import ConfigError, load_config
-from pipeline.transport import EndpointError
+from pipeline.runtime.config import ConfigError, load_config
+from pipeline.runtime.transport import EndpointError
 
 STAGE_NAMES = ("capture", "preprocess", "detect", "track", "record", "view")
 
@@ -30,7 +30,7 @@ def cmd_run(argv: list[str]) -> int:
             check_weights(cfg)  # a wrong weights file stops here, before any stage starts
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    from pipeline.supervisor import Supervisor
+    from pipeline.runtime.supervisor import Supervisor
 
     try:
         supervisor = Supervisor(cfg, progress=not args.no_progress)
@@ -53,7 +53,7 @@ def cmd_stage(argv: list[str]) -> int:
         cfg = load_config(args.config, check_network=False)
     except ConfigError as exc:
         return _fail(str(exc), 2)
-    from pipeline.stage import StageFatalError, run_stage
+    from pipeline.runtime.stage import StageFatalError, run_stage
     from stages import build_stage
     from stages.capture import SourceError
 
@@ -70,7 +70,7 @@ def cmd_stage(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": cmd_run, "stage": cmd_stage, "eval": _lazy("pipeline.evaluate"), "train": _lazy("pipeline.train")}
+    commands = {"run": cmd_run, "stage": cmd_stage, "eval": _lazy("pipeline.offline.eval"), "train": _lazy("pipeline.offline.train")}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m pipeline {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import dataset, evaluate, synthetic  # noqa: E402
-from pipeline.dataset import CLASSES, DatasetError  # noqa: E402
+from pipeline.offline import eval as evaluate
+from pipeline.offline.data import dataset, synthetic  # noqa: E402
+from pipeline.offline.data.dataset import CLASSES, DatasetError  # noqa: E402
 
 
 def time_decode(clips, stride: int, max_frames: int | None) -> tuple[int, float]:

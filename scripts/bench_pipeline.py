@@ -28,13 +28,13 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import config_from_dict  # noqa: E402
-from pipeline.messages import FrameMessage  # noqa: E402
-from pipeline.transport import open_socket  # noqa: E402
+from pipeline.runtime.config import config_from_dict  # noqa: E402
+from pipeline.runtime.messages import FrameMessage  # noqa: E402
+from pipeline.runtime.transport import open_socket  # noqa: E402
 
 
 def make_clip(folder: Path, frames: int) -> Path:
-    from pipeline.synthetic import make_clip as synth
+    from pipeline.offline.data.synthetic import make_clip as synth
 
     return synth(folder, seed=3, frames=frames, size=(640, 512)).video
 

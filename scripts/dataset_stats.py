@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import dataset  # noqa: E402
-from pipeline.dataset import CLASSES, DatasetError  # noqa: E402
+from pipeline.offline.data import dataset  # noqa: E402
+from pipeline.offline.data.dataset import CLASSES, DatasetError  # noqa: E402
 
 
 def collect(clips: list[dataset.Clip], split_of: dict[str, str]) -> tuple[dict, dict]:

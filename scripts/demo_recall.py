@@ -3,7 +3,7 @@
     python scripts/demo_recall.py [--weights W] [--conf 0.25] [--backend onnx] [--json out.json]
 
 Renders the demo clip (seed 7, 300 frames, 640x512, exactly what `make demo` replays) into a
-temporary folder and scores every 3rd frame (pipeline.evaluate.clip_recall).
+temporary folder and scores every 3rd frame (pipeline.offline.eval.clip_recall).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from pipeline.evaluate import clip_recall  # noqa: E402
-from pipeline.synthetic import make_clip  # noqa: E402
+from pipeline.offline.eval import clip_recall  # noqa: E402
+from pipeline.offline.data.synthetic import make_clip  # noqa: E402
 
 
 def main() -> int:

@@ -69,7 +69,7 @@ if [ -z "$CACHE" ]; then
   [ "${SHM_FREE_GB:-0}" -gt 40 ] && CACHE=/dev/shm/gpu_train_cache
 fi
 SMOKE_LIMIT=""; [ "$MODE" = smoke ] && SMOKE_LIMIT="--max-clips 4"
-$PY -m pipeline.train --prepare-only --model yolox-nano --bundle "$BUNDLE" --cache "$CACHE" --out "$WORK/prepare" \
+$PY -m pipeline.offline.train --prepare-only --model yolox-nano --bundle "$BUNDLE" --cache "$CACHE" --out "$WORK/prepare" \
   --epochs 1 --synthetic "$SYNTH" --synthetic-frames "$SYNTH_FRAMES" --workers "$PREP_WORKERS" $SMOKE_LIMIT \
   || { echo "error: preparing the frame cache failed"; exit 1; }
 NOW=$(date +%s)
@@ -86,7 +86,7 @@ for SPEC in $RUNS; do
   SYN_ARGS="--synthetic $SYNTH --synthetic-frames $SYNTH_FRAMES"; [ "$DATA" = real ] && SYN_ARGS=""
   [ "$DATA" = ft ] && SYN_ARGS="$SYN_ARGS --init models/weights/default.pt --lr 4e-4 --l1-loss --small-object-power 1"
   RUN_DIR=$WORK/runs/$NAME; rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
-  $PY -m pipeline.train --model "$MODEL" --seed "$SEED" --device "$DEVICE" --bundle "$BUNDLE" --cache "$CACHE" \
+  $PY -m pipeline.offline.train --model "$MODEL" --seed "$SEED" --device "$DEVICE" --bundle "$BUNDLE" --cache "$CACHE" \
     --minutes "$MINUTES" --end-by "$END_BY" --out "$RUN_DIR" --workers 2 --no-progress --assignment "$ASSIGNMENT" \
     $SMOKE_LIMIT $COMMON $SYN_ARGS \
     >"$RUN_DIR/train.log" 2>&1 &

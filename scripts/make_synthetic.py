@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import synthetic  # noqa: E402
+from pipeline.offline.data import synthetic  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline import dataset  # noqa: E402
+from pipeline.offline.data import dataset  # noqa: E402
 
 FORMAT = "train-bundle/1"
 

@@ -1,8 +1,8 @@
-"""How well pipeline.tighten recovers objects from loose visible-camera boxes.
+"""How well pipeline.offline.data.tighten recovers objects from loose visible-camera boxes.
 
     python scripts/tighten_report.py [--clips 20] [--grid out/tighten_grid.png] [--data ../shared/data/...]
 
-1. Synthetic check (no data needed): drones and birds rendered by pipeline.synthetic on visible-camera
+1. Synthetic check (no data needed): drones and birds rendered by pipeline.offline.data.synthetic on visible-camera
    backgrounds, their true boxes loosened the way the real visible labels are drawn (the object roughly
    centred in a box of at least ~20-26 x 18-24 px), then tightened. Prints the IoU with the true box
    before and after, by object size.
@@ -21,8 +21,8 @@ import supervision as sv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import dataset, synthetic  # noqa: E402
-from pipeline.tighten import tighten_box  # noqa: E402
+from pipeline.offline.data import dataset, synthetic  # noqa: E402
+from pipeline.offline.data.tighten import tighten_box  # noqa: E402
 
 SIZE_BINS = ((0, 12), (12, 24), (24, 1000))
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import supervision as sv
 
-from pipeline.config import AnnotateConfig
+from pipeline.runtime.config import AnnotateConfig
 
 REFERENCE_HEIGHT = 512  # AnnotateConfig pixel sizes are for a frame this high
 CLASS_COLORS = ("#FF4040", "#4CFB12", "#00C4FF", "#FFB633", "#CD3AFF", "#FFFFFF")  # drone, bird, airplane, heli

@@ -15,9 +15,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pipeline.config import PipelineConfig, SourceConfig
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage
+from pipeline.runtime.config import PipelineConfig, SourceConfig
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage
 
 log = logging.getLogger("stages.capture")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}

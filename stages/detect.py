@@ -6,9 +6,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.config import ConfigError, PipelineConfig
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage
+from pipeline.runtime.config import ConfigError, PipelineConfig
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage
 
 log = logging.getLogger("stages.detect")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.config import PipelineConfig
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage
+from pipeline.runtime.config import PipelineConfig
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage
 from stages.detect import model_input_size
 
 PAD_VALUE = 114

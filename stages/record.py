@@ -34,10 +34,10 @@ from typing import Iterator
 import av
 import numpy as np
 
-from pipeline.config import PipelineConfig, RecordConfig
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage, StageFatalError
-from pipeline.storage import is_storage_full, open_line_log, trim_partial_line
+from pipeline.runtime.config import PipelineConfig, RecordConfig
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage, StageFatalError
+from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
 FORMATS = {"mp4": "mp4", "mkv": "matroska", "ts": "mpegts"}

@@ -31,12 +31,12 @@ import supervision as sv
 import zmq
 from trackers import ByteTrackTracker
 
-from pipeline.config import PipelineConfig, TrackConfig
-from pipeline.dataset import CLASSES
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage, curve_keys
-from pipeline.storage import append_line, is_storage_full
-from pipeline.transport import close_context, open_socket
+from pipeline.runtime.config import PipelineConfig, TrackConfig
+from pipeline.offline.data.dataset import CLASSES
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage, curve_keys
+from pipeline.runtime.storage import append_line, is_storage_full
+from pipeline.runtime.transport import close_context, open_socket
 from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
 log = logging.getLogger("stages.track")

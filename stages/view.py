@@ -43,10 +43,10 @@ import cv2
 import numpy as np
 import zmq
 
-from pipeline.config import PipelineConfig, connect_side, is_loopback
-from pipeline.messages import FrameMessage, MessageError
-from pipeline.stage import curve_keys
-from pipeline.transport import close_context, open_socket
+from pipeline.runtime.config import PipelineConfig, connect_side, is_loopback
+from pipeline.runtime.messages import FrameMessage, MessageError
+from pipeline.runtime.stage import curve_keys
+from pipeline.runtime.transport import close_context, open_socket
 
 log = logging.getLogger("stages.view")
 STATIC_DIR = Path(__file__).resolve().parent / "view_static"

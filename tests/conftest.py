@@ -1,4 +1,4 @@
-"""Shared fixtures. synthetic_* fixtures come from pipeline.synthetic (owned with the dataset code)."""
+"""Shared fixtures. synthetic_* fixtures come from pipeline.offline.data.synthetic (owned with the dataset code)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def synthetic_dataset_root(tmp_path_factory):
     """A tiny dataset in the real layout: V_DRONE_900, V_BIRD_901 (640x512), IR_DRONE_902 (320x256), 30 frames."""
-    from pipeline import synthetic
+    from pipeline.offline.data import synthetic
 
     root = tmp_path_factory.mktemp("synthetic_dataset")
     synthetic.make_dataset(root, frames=30)
@@ -16,12 +16,12 @@ def synthetic_dataset_root(tmp_path_factory):
 
 def loosen_visible_labels(root) -> None:
     """Redraw the visible clips' label boxes the way the real visible labels are drawn
-    (pipeline.synthetic.loose_visible_box, seeded)."""
+    (pipeline.offline.data.synthetic.loose_visible_box, seeded)."""
     from pathlib import Path
 
     import numpy as np
 
-    from pipeline.synthetic import loose_visible_box
+    from pipeline.offline.data.synthetic import loose_visible_box
 
     rng = np.random.default_rng(0)
     for path in sorted((Path(root) / "labels_V").glob("*_LABELS.csv")):
@@ -48,7 +48,7 @@ def loose_visible_dataset_root(synthetic_dataset_root, tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_clip(tmp_path_factory):
     """One 320x256 visible clip of 30 frames: ClipPaths(video, coco, mot_gt)."""
-    from pipeline import synthetic
+    from pipeline.offline.data import synthetic
 
     return synthetic.make_clip(tmp_path_factory.mktemp("synthetic_clip"), seed=7, frames=30, size=(320, 256))
 

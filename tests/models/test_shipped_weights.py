@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 import models
-from pipeline.config import DetectConfig
-from pipeline.dataset import CLASSES
-from pipeline.evaluate import clip_recall
-from pipeline.synthetic import make_clip
+from pipeline.runtime.config import DetectConfig
+from pipeline.offline.data.dataset import CLASSES
+from pipeline.offline.eval import clip_recall
+from pipeline.offline.data.synthetic import make_clip
 
 WEIGHTS = sorted((Path(models.__file__).parent / "weights").glob("*.pt"))
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import config_from_dict
+from pipeline.runtime.config import config_from_dict
 from stages.capture import CaptureStage, SourceError
 from tests.conftest import REPO_ROOT
 

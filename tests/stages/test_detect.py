@@ -1,8 +1,8 @@
 """The detect stage gives exactly what models.Detector gives on the same frames, batched or not."""
 import numpy as np
 
-from pipeline.config import config_from_dict
-from pipeline.messages import FrameMessage
+from pipeline.runtime.config import config_from_dict
+from pipeline.runtime.messages import FrameMessage
 from stages.detect import DetectStage
 from stages.preprocess import PreprocessStage
 

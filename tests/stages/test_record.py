@@ -14,10 +14,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.config import REPO_ROOT, config_from_dict
-from pipeline.messages import FrameMessage
-from pipeline.stage import StageFatalError
-from pipeline.track_metrics import evaluate_mot, read_mot
+from pipeline.runtime.config import REPO_ROOT, config_from_dict
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import StageFatalError
+from pipeline.offline.eval.track_metrics import evaluate_mot, read_mot
 from stages.record import RecordStage, Retention, read_frame_records
 from stages.track import TrackStage
 from tests.conftest import fill_disk
@@ -97,7 +97,7 @@ def test_sigkill_mid_segment_leaves_a_segment_that_plays_up_to_the_kill(tmp_path
         import sys, time
         from pathlib import Path
         import numpy as np
-        from pipeline.config import RecordConfig
+        from pipeline.runtime.config import RecordConfig
         from stages.record import SegmentWriter, video_frame
         writer = SegmentWriter(Path({str(folder)!r}), RecordConfig(segment_seconds=1.0))
         Path({str(folder)!r}).mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def test_retention_deletes_by_age_and_total_size_but_never_an_open_segment(tmp_p
 def test_tracks_jsonl_and_mot_txt_score_perfectly_against_their_ground_truth(tmp_path, synthetic_clip):
     """Ground-truth boxes as detections -> real track stage -> real record stage -> tracks_mot.txt,
     scored by the metrics library against the clip's MOTChallenge gt: identity = perfect score."""
-    from pipeline.synthetic import render_clip
+    from pipeline.offline.data.synthetic import render_clip
 
     cfg = config_from_dict({"sources": [{"id": "cam0", "uri": "unused.mp4"}], "output_dir": str(tmp_path / "out"),
                             "transport": {"ipc_dir": str(tmp_path / "ipc")},

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.config import config_from_dict, connect_side
-from pipeline.dataset import CLASSES
-from pipeline.messages import FrameMessage
-from pipeline.transport import open_socket
+from pipeline.runtime.config import config_from_dict, connect_side
+from pipeline.offline.data.dataset import CLASSES
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.transport import open_socket
 from stages.annotate import REFERENCE_HEIGHT, ui_scale
 from stages.track import TrackStage
 from tests.conftest import fill_disk

@@ -28,9 +28,9 @@ import pytest
 import yaml
 import zmq
 
-from pipeline.config import REPO_ROOT, load_config
-from pipeline.messages import FrameMessage
-from pipeline.transport import open_socket
+from pipeline.runtime.config import REPO_ROOT, load_config
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.transport import open_socket
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 STREAMS = ("cam0", "cam1")

@@ -20,12 +20,12 @@ from pathlib import Path
 import yaml
 import zmq
 
-from pipeline.config import STAGE_ORDER, ConfigError, PipelineConfig
-from pipeline.stage import curve_keys
-from pipeline.storage import append_line, is_storage_full, replace_file
-from pipeline.transport import close_context, open_socket
+from pipeline.runtime.config import STAGE_ORDER, ConfigError, PipelineConfig
+from pipeline.runtime.stage import curve_keys
+from pipeline.runtime.storage import append_line, is_storage_full, replace_file
+from pipeline.runtime.transport import close_context, open_socket
 
-log = logging.getLogger("pipeline.supervisor")
+log = logging.getLogger("pipeline.runtime.supervisor")
 EXIT_BAD_INPUT = 3  # a stage's exit code for bad input or a fatal error (StageFatalError): no restart
 STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
 DOWNSTREAM = dict(zip(STAGE_ORDER, STAGE_ORDER[1:]))  # whose exit releases a flushed stage

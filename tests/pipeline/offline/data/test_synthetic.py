@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipeline import dataset, synthetic
-from pipeline.dataset import CLASSES
+from pipeline.offline.data import dataset, synthetic
+from pipeline.offline.data.dataset import CLASSES
 
 
 def _render(seed, **kwargs):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from pipeline import synthetic
-from pipeline.tighten import tighten_box, tighten_xyxy
+from pipeline.offline.data import synthetic
+from pipeline.offline.data.tighten import tighten_box, tighten_xyxy
 
 
 def iou(a, b) -> float:
@@ -80,8 +80,8 @@ def test_xyxy_rows_keep_their_class_and_count_changes():
 
 def test_label_tightener_reads_only_the_scored_frames_of_visible_clips(synthetic_dataset_root,
                                                                        loose_visible_dataset_root):
-    from pipeline import dataset
-    from pipeline.tighten import LabelTightener
+    from pipeline.offline.data import dataset
+    from pipeline.offline.data.tighten import LabelTightener
 
     tightener = LabelTightener(stride=5)
     truth = {clip.name: dataset.read_labels(clip) for clip in dataset.find_clips(synthetic_dataset_root)}

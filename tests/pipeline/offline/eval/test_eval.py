@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from pipeline import dataset, evaluate, synthetic
-from pipeline.dataset import CLASSES
+from pipeline.offline import eval as evaluate
+from pipeline.offline.data import dataset, synthetic
+from pipeline.offline.data.dataset import CLASSES
 
 METRIC_KEYS = ("map50_95", "map50", "map75", "ap_small", "ap_medium", "ap_large", "ap_tiny", "ar100")
 

@@ -3,7 +3,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from pipeline.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket
+from pipeline.runtime.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket
 from tests.conftest import free_port
 
 

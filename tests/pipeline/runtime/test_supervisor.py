@@ -98,7 +98,7 @@ def test_killed_stage_is_restarted_and_run_completes(tmp_path, synthetic_clip, r
 def test_frozen_sink_is_killed_restarted_and_the_run_ends(tmp_path, random_weights):
     """record is frozen (SIGSTOP) before the frames come, killed as hung and restarted; what track
     had queued for it reaches the new process and the run ends instead of hanging."""
-    from pipeline import synthetic
+    from pipeline.offline.data import synthetic
 
     clip = synthetic.make_clip(tmp_path / "clip", seed=3, frames=3, size=(160, 128))
     proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(clip.video)}], random_weights,
@@ -116,8 +116,8 @@ def test_a_restarted_stage_has_its_upstream_send_the_end_of_stream_again(tmp_pat
     """The end-of-stream messages in a killed stage's queue die with it: once the restarted stage
     beats, its upstream is told (SIGUSR2) to send them again; an upstream already gone fails the run
     with a reason instead of leaving it to hang."""
-    from pipeline.config import load_config
-    from pipeline.supervisor import StageProcess, Supervisor
+    from pipeline.runtime.config import load_config
+    from pipeline.runtime.supervisor import StageProcess, Supervisor
 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"sources": [{"id": "a", "uri": str(synthetic_clip.video)}],
@@ -302,7 +302,7 @@ def test_stage_given_truncated_weights_exits_2_with_one_line(tmp_path, synthetic
     (True, {"sent": 7, "t": 100.0}, 100.0, 8),                                        # a beat from before next_frame
 ])
 def test_restarted_capture_resumes_its_numbering(live, beat, now, expected):
-    from pipeline.supervisor import resume_frame
+    from pipeline.runtime.supervisor import resume_frame
 
     assert resume_frame(beat, live, now) == expected
 

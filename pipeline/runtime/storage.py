@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("pipeline.storage")
+log = logging.getLogger("pipeline.runtime.storage")
 STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -1,4 +1,4 @@
-"""Training: ``python -m pipeline train`` (also ``python -m pipeline.train``).
+"""Training: ``python -m pipeline train`` (also ``python -m pipeline.offline.train``).
 
 A lean loop around the yolox model's own train-mode loss (SimOTA), on CPU or CUDA; yolox's Trainer is
 not used because it assumes CUDA. Frames are decoded once into memory (uint8, on the GPU when it fits),
@@ -8,7 +8,7 @@ Data sources: the real dataset (``--data``, split manifest configs/splits.json),
 by ``scripts/make_train_bundle.py`` (``--bundle``), plus optional synthetic clips (``--synthetic N``).
 Budget: ``--epochs`` or ``--minutes`` (the cosine schedule then spans the number of steps that the
 measured step rate fits into the budget). Every epoch: validation mAP50:95 on the val split with the EMA
-weights (pipeline.evaluate.coco_metrics), ``last.pt`` (exact-resume state) and ``best.pt`` (model
+weights (pipeline.offline.eval.coco_metrics), ``last.pt`` (exact-resume state) and ``best.pt`` (model
 checkpoint, models.save_checkpoint) in ``--out``; also ``log.json`` and ``curve.png``. See docs/training.md.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("pipeline.train")
+log = logging.getLogger("pipeline.offline.train")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PAD_VALUE = 114.0                   # yolox letterbox padding
 MAX_BOXES = 64                      # labels per crop kept (the densest real frames hold < 10)
 
@@ -150,7 +150,7 @@ def load_bundle(bundle: Path, split: str, cache_dir: Path | None, workers: int,
 
 
 def _decode_dataset_clip(task) -> ClipFrames:
-    from pipeline import dataset
+    from pipeline.offline.data import dataset
 
     clip, stride, max_frames = task
     labels = dataset.read_labels(clip)
@@ -167,7 +167,7 @@ def _decode_dataset_clip(task) -> ClipFrames:
 
 def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_clips: int | None = None,
                  max_frames: int | None = None, manifest: Path | None = None) -> tuple[list[ClipFrames], list[str]]:
-    from pipeline import dataset
+    from pipeline.offline.data import dataset
 
     try:
         clips = dataset.load_split(split, root, manifest=manifest)[:max_clips]
@@ -190,7 +190,7 @@ def _read_synthetic_cache(meta_path: Path, seed: int) -> ClipFrames:
 def _render_synthetic(task) -> ClipFrames | None:
     """Pool worker: render one synthetic clip; with a cache dir, store it there and return None
     (the parent memory-maps the file instead of receiving the frames through a pipe)."""
-    from pipeline import synthetic
+    from pipeline.offline.data import synthetic
 
     seed, frames, stride, cache_dir = task
     modality = _synthetic_modality(seed)
@@ -215,11 +215,11 @@ def _render_synthetic(task) -> ClipFrames | None:
 
 def load_synthetic(count: int, frames: int, stride: int, workers: int, first_seed: int,
                    cache_dir: Path | None = None) -> list[ClipFrames]:
-    """``count`` clips from pipeline.synthetic (seeds first_seed.., disjoint from the demo's low seeds)."""
+    """``count`` clips from pipeline.offline.data.synthetic (seeds first_seed.., disjoint from the demo's low seeds)."""
     try:
-        import pipeline.synthetic  # noqa: F401
+        import pipeline.offline.data.synthetic  # noqa: F401
     except ImportError as error:
-        raise TrainError(f"--synthetic needs pipeline.synthetic: {error}") from None
+        raise TrainError(f"--synthetic needs pipeline.offline.data.synthetic: {error}") from None
     seeds = range(first_seed, first_seed + count)
     if cache_dir is None:
         return _pool_map(_render_synthetic, [(seed, frames, stride, None) for seed in seeds], workers)
@@ -434,8 +434,8 @@ def letterbox_batch(frames: torch.Tensor, input_size: tuple[int, int]) -> tuple[
 
 
 def coco_map(gt: dict, detections: list[dict]) -> dict:
-    """mAP50:95 / mAP50 overall and per modality through the evaluation code (pipeline.evaluate)."""
-    from pipeline.evaluate import coco_metrics
+    """mAP50:95 / mAP50 overall and per modality through the evaluation code (pipeline.offline.eval)."""
+    from pipeline.offline.eval import coco_metrics
 
     if not detections or not gt["annotations"]:
         return {"map50_95": 0.0, "map50": 0.0, "per_modality": {}}
@@ -606,7 +606,7 @@ class StopFlag:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline train", description="Train a YOLOX(-GSSAM) model.")
     p.add_argument("--model", default="yolox-nano-gssam-sigres-p1", help="model name (models.model_names())")
-    p.add_argument("--data", default=None, help="dataset root (default: pipeline.dataset.DEFAULT_ROOT)")
+    p.add_argument("--data", default=None, help="dataset root (default: pipeline.offline.data.dataset.DEFAULT_ROOT)")
     p.add_argument("--bundle", default=None, help="read a compact bundle (scripts/make_train_bundle.py) instead")
     p.add_argument("--splits", default=None, help="split manifest (default configs/splits.json)")
     p.add_argument("--cache", default=None, help="with --bundle: decode once into DIR/<clip>.npy, shared by runs")
@@ -637,11 +637,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--small-object-power", type=float, default=0.0, help="positive crops favour objects "
                    "under 16 px: pick weight (16/side)**P for larger ones (0: uniform)")
     p.add_argument("--visible-boxes", choices=("dataset", "tight"), default="dataset",
-                   help="tight: shrink the visible camera's loose label boxes to the object (pipeline.tighten), "
+                   help="tight: shrink the visible camera's loose label boxes to the object (pipeline.offline.data.tighten), "
                         "the convention of the thermal and synthetic boxes")
     p.add_argument("--assignment", choices=("batched", "yolox"), default="batched",
                    help="SimOTA label assignment: batched (models/simota.py) or yolox's per-image loop")
-    p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.synthetic) into train")
+    p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--val-per-clip", type=int, default=10, help="val frames per clip (evenly spaced)")
     p.add_argument("--max-clips", type=int, default=None, help="use only the first N clips per split (smoke)")
@@ -704,8 +704,8 @@ def load_clips(args, split: str, workers: int) -> tuple[list[ClipFrames], list[s
 
 
 def tighten_visible_boxes(clips: list[ClipFrames], split: str) -> None:
-    """Replace the visible camera's loose label boxes by the object they contain (pipeline.tighten)."""
-    from pipeline.tighten import tighten_xyxy
+    """Replace the visible camera's loose label boxes by the object they contain (pipeline.offline.data.tighten)."""
+    from pipeline.offline.data.tighten import tighten_xyxy
 
     changed = total = 0
     for clip in clips:
@@ -815,7 +815,7 @@ class Trainer:
 
     # -- state
     def state(self) -> dict:
-        return {"format": "pipeline.train/1", "model_name": self.args.model, "step": self.step,
+        return {"format": "pipeline.offline.train/1", "model_name": self.args.model, "step": self.step,
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch, "warmup": self.warmup,
                 "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
                 "ema_meta": [self.ema.decay, self.ema.tau, self.ema.updates],
@@ -834,7 +834,7 @@ class Trainer:
             state = _load_training_state(path, self.device)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
-        if state.get("format") != "pipeline.train/1" or state.get("model_name") != self.args.model:
+        if state.get("format") != "pipeline.offline.train/1" or state.get("model_name") != self.args.model:
             raise TrainError(f"{path}: not a training state of model {self.args.model!r}")
         started = {"visible_boxes": "dataset", **state.get("recipe", self.recipe())}  # older states: not checked
         if started != self.recipe():
@@ -877,7 +877,7 @@ def _save_best(trainer: Trainer, metrics: dict, epoch: int) -> None:
     half = copy.deepcopy(trainer.ema.module).half()     # fp16 weights: half the file; loads into float models
     models.save_checkpoint(trainer.out / "best.pt", half, name=trainer.args.model,
                            input_size=trainer.args.input_size, class_names=trainer.class_names,
-                           epoch=epoch, step=trainer.step, metrics=metrics, trained_with="pipeline.train")
+                           epoch=epoch, step=trainer.step, metrics=metrics, trained_with="pipeline.offline.train")
 
 
 def write_curve(history: dict, path: Path, title: str) -> None:

@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from pipeline.dataset import CLASSES, category_id, coco_categories
+from pipeline.offline.data.dataset import CLASSES, category_id, coco_categories
 
 SUPERSAMPLE = 4          # silhouettes are drawn 4x larger and area-downsampled: anti-aliased sub-pixel shapes
 ALPHA_IN_BOX = 0.3       # rendered coverage that counts as part of the object for its box
@@ -210,7 +210,7 @@ def loose_visible_box(box: tuple[float, float, float, float], rng: np.random.Gen
                       ) -> tuple[float, float, float, float]:
     """(x, y, w, h) as the real visible-camera labels draw an object's tight ``box``: roughly centred
     (±2 px) in a box a few px larger than the object and at least ~18-26 x 15-22 px (dataset README:
-    visible drone boxes p10 23 x 19 px). What pipeline.tighten is measured and tested against."""
+    visible drone boxes p10 23 x 19 px). What pipeline.offline.data.tighten is measured and tested against."""
     x, y, w, h = box
     width = max(w + rng.uniform(2, 8), rng.uniform(18, 26))
     height = max(h + rng.uniform(2, 8), rng.uniform(15, 22))

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import dataset
-from pipeline.dataset import CLASSES, DEFAULT_ROOT, DatasetError
-from pipeline.tighten import LabelTightener
+from pipeline.offline.data import dataset
+from pipeline.offline.data.dataset import CLASSES, DEFAULT_ROOT, DatasetError
+from pipeline.offline.data.tighten import LabelTightener
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,8 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
 
     import yaml
 
-    if importlib.util.find_spec("pipeline.supervisor") is None:
-        raise EvalError("--through-pipeline needs the ZeroMQ pipeline (pipeline.supervisor), absent in this checkout")
+    if importlib.util.find_spec("pipeline.runtime.supervisor") is None:
+        raise EvalError("--through-pipeline needs the ZeroMQ pipeline (pipeline.runtime.supervisor), absent in this checkout")
     output_dir = out_dir / "pipeline"
     config_path = out_dir / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(_pipeline_config(clips, args, output_dir)))
@@ -359,7 +359,7 @@ def evaluate_through_pipeline(clips, args, out_dir: Path) -> tuple[Detections, d
 
 def tracking_metrics(clips, output_dir: Path, labels_of=dataset.read_labels) -> dict:
     """MOTA / IDF1 / HOTA of the pipeline's tracks against the labels, each clip a sequence."""
-    from pipeline.track_metrics import evaluate_mot_sequences, gt_rows_from_labels, rows_from_tracks_jsonl
+    from pipeline.offline.eval.track_metrics import evaluate_mot_sequences, gt_rows_from_labels, rows_from_tracks_jsonl
 
     sequences = {clip.name: (gt_rows_from_labels(labels_of(clip)),
                              rows_from_tracks_jsonl(output_dir / clip.name / "tracks.jsonl"))
@@ -386,7 +386,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, help="on-disk frame cache (lossless PNG)")
     parser.add_argument("--visible-boxes", choices=("dataset", "tight"), default="dataset",
                         help="score against the dataset's visible-camera boxes as labeled (loose) or tightened "
-                             "to the object (pipeline.tighten, what --visible-boxes tight trains on)")
+                             "to the object (pipeline.offline.data.tighten, what --visible-boxes tight trains on)")
     parser.add_argument("--metrics", choices=METRIC_LIBRARIES, default="faster", help="COCO metrics library")
     parser.add_argument("--through-pipeline", action="store_true",
                         help="replay the clips through the ZeroMQ pipeline and score what it emitted")

@@ -20,11 +20,11 @@ from typing import Iterator
 import numpy as np
 import zmq
 
-from pipeline.config import PipelineConfig, connect_side
-from pipeline.messages import FrameMessage, MessageError
-from pipeline.transport import CurveKeys, close_context, open_socket
+from pipeline.runtime.config import PipelineConfig, connect_side
+from pipeline.runtime.messages import FrameMessage, MessageError
+from pipeline.runtime.transport import CurveKeys, close_context, open_socket
 
-log = logging.getLogger("pipeline.stage")
+log = logging.getLogger("pipeline.runtime.stage")
 
 
 class StageFatalError(RuntimeError):

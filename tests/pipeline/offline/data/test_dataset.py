@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipeline import dataset
-from pipeline.dataset import CLASSES, DEFAULT_ROOT, SPLIT_MANIFEST
+from pipeline.offline.data import dataset
+from pipeline.offline.data.dataset import CLASSES, DEFAULT_ROOT, SPLIT_MANIFEST
 
 requires_real_data = pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason=f"real dataset absent at {DEFAULT_ROOT}")
 
@@ -145,8 +145,21 @@ def test_committed_manifest_is_disjoint():
 def test_committed_manifest_reproduces_from_real_data():
     committed = json.loads(SPLIT_MANIFEST.read_text())
     clips = dataset.find_clips(DEFAULT_ROOT)
-    assert dataset.make_split(clips, dataset.read_distance_bins(DEFAULT_ROOT), committed["seed"]) == committed
+    assert dataset.reproduce_split(clips, dataset.read_distance_bins(DEFAULT_ROOT), committed) == committed
     assert {c.name for c in clips} == set(sum(committed["splits"].values(), []))
+
+
+def test_extend_split_assigns_new_clips_and_moves_none(synthetic_dataset_root):
+    clips = dataset.find_clips(synthetic_dataset_root)
+    bins = {clip.name: "close" for clip in clips}
+    first = dataset.make_split(clips[:2], bins, seed=0)
+    extended = dataset.extend_split(first, clips, bins, added_on="2026-12-01")
+    for split, members in first["splits"].items():
+        assert set(members) <= set(extended["splits"][split])  # nothing moved
+    assert sorted(sum(extended["splits"].values(), [])) == sorted(c.name for c in clips)
+    assert extended["extensions"] == [{"added_on": "2026-12-01", "clips": sorted(c.name for c in clips[2:])}]
+    assert dataset.extend_split(extended, clips, bins, added_on="2027-01-01") == extended  # nothing new
+    assert dataset.reproduce_split(clips, bins, extended) == extended
 
 
 @requires_real_data
@@ -159,7 +172,7 @@ def test_real_clip_frames_and_labels_align():
 
 
 def test_cli_missing_path_exits_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.dataset", "--data", str(tmp_path / "nope")],
+    result = subprocess.run([sys.executable, "-m", "pipeline.offline.data.dataset", "--data", str(tmp_path / "nope")],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: dataset path not found: {tmp_path / 'nope'}"

@@ -1,6 +1,6 @@
-"""pipeline.train: crop geometry, schedule, argument errors, bundle round trip, exact resume after SIGTERM.
+"""pipeline.offline.train: crop geometry, schedule, argument errors, bundle round trip, exact resume after SIGTERM.
 
-Data comes from pipeline.synthetic written in the real dataset's layout (no ../shared data needed);
+Data comes from pipeline.offline.data.synthetic written in the real dataset's layout (no ../shared data needed);
 every training run here is a handful of steps on 64-px crops.
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 import supervision as sv
 import torch
 
-from pipeline import dataset, synthetic, train
+from pipeline.offline import train
+from pipeline.offline.data import dataset, synthetic
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,7 @@ def test_training_states_load_with_weights_only_old_numpy_form_included(tmp_path
     import pytest
     import torch
 
-    from pipeline.train import _load_training_state
+    from pipeline.offline.train import _load_training_state
 
     old = tmp_path / "old.pt"
     torch.save({"rng": {"numpy": np.random.get_state()}, "step": 3}, old)

@@ -1,7 +1,7 @@
 """pipeline/storage.py: run files on a real full filesystem (a 4 MiB tmpfs) and after cut writes."""
 import os
 
-from pipeline.storage import append_line, open_line_log, replace_file
+from pipeline.runtime.storage import append_line, open_line_log, replace_file
 from tests.conftest import fill_disk
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.messages import FrameMessage, MessageError
+from pipeline.runtime.messages import FrameMessage, MessageError
 
 
 def _frame(**kw):

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.transport import Endpoint, EndpointError
+from pipeline.runtime.transport import Endpoint, EndpointError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE_ORDER = ("capture", "preprocess", "detect", "track", "record")  # the frame path
 OPTIONAL_STAGES = ("view",)  # consumers beside the frame path, started when enabled
 

@@ -5,10 +5,10 @@ import signal
 import pytest
 import zmq
 
-from pipeline.config import config_from_dict
-from pipeline.messages import FrameMessage
-from pipeline.stage import Stage, StageRunner
-from pipeline.transport import open_socket
+from pipeline.runtime.config import config_from_dict
+from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.stage import Stage, StageRunner
+from pipeline.runtime.transport import open_socket
 
 
 class Passthrough(Stage):

@@ -4,7 +4,7 @@ Layout (see the dataset README): ``Video_V/V_<CLASS>_<NNN>.mp4`` + ``labels_V/V_
 and the same for ``IR``. Label rows are ``frame,label,x,y,width,height`` with ``frame`` counting from 0
 in decode order and (x, y) the top-left corner in pixels.
 
-Write the committed split manifest with ``python -m pipeline.dataset --write-split``.
+Write the committed split manifest with ``python -m pipeline.offline.data.dataset --write-split``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("drone", "bird", "airplane", "helicopter")
 MODALITIES = ("V", "IR")
 SPLITS = ("train", "val", "test")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "drone-detection-dataset"
 SPLIT_MANIFEST = REPO_ROOT / "configs" / "splits.json"
 DESCRIPTION_XLSX = "Video_dataset_description.xlsx"
@@ -255,7 +255,7 @@ def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int]
     ``frame_counts`` (clip name -> decoded frames) overrides the container's frame count, e.g. for a
     truncated video; label rows beyond the last frame are counted in ``info.labels_beyond_video`` and
     warned about once per clip, never shifted. Images carry ``clip``, ``frame_index``, ``modality``.
-    ``labels_of(clip)`` replaces ``read_labels`` (e.g. pipeline.tighten.LabelTightener).
+    ``labels_of(clip)`` replaces ``read_labels`` (e.g. pipeline.offline.data.tighten.LabelTightener).
     """
     images, annotations = [], []
     beyond: dict[str, int] = {}
@@ -313,6 +313,59 @@ def read_distance_bins(root: Path | str) -> dict[str, str]:
     return bins
 
 
+def _stratum(clip: Clip, distance_bins: dict[str, str]) -> str:
+    return f"{clip.modality}/{clip.label}/{distance_bins.get(clip.name, 'unknown')}"
+
+
+def _deal(clips: Sequence[Clip], distance_bins: dict[str, str], seed: int, position: int,
+          splits: dict[str, list[str]], counts: dict[str, dict[str, int]]) -> int:
+    """Deal clips stratum by stratum through the continuing 8/1/1 pattern from ``position``; returns the
+    position after the last clip."""
+    strata: dict[str, list[str]] = defaultdict(list)
+    for clip in clips:
+        strata[_stratum(clip, distance_bins)].append(clip.name)
+    for stratum in sorted(strata):
+        names = sorted(strata[stratum])
+        random.Random(f"{seed}:{stratum}").shuffle(names)
+        counts.setdefault(stratum, {name: 0 for name in SPLITS})
+        for name in names:
+            split = SPLIT_PATTERN[position % len(SPLIT_PATTERN)]
+            splits[split].append(name)
+            counts[stratum][split] += 1
+            position += 1
+    return position
+
+
+def extend_split(manifest: dict, clips: Sequence[Clip], distance_bins: dict[str, str], added_on: str) -> dict:
+    """Assign the clips the manifest does not hold yet, never moving an assigned one (the test split
+    stays the test split, so earlier numbers stay comparable). The new clips are stratified and dealt
+    like make_split's, the 8/1/1 pattern continuing where the manifest's clips left it; the manifest
+    records them under ``extensions`` so that the whole of it can be reproduced."""
+    assigned = {name for members in manifest["splits"].values() for name in members}
+    new = [clip for clip in clips if clip.name not in assigned]
+    if not new:
+        return manifest
+    splits = {name: list(members) for name, members in manifest["splits"].items()}
+    counts = {stratum: dict(c) for stratum, c in manifest["strata"].items()}
+    _deal(new, distance_bins, manifest["seed"], len(assigned), splits, counts)
+    extensions = list(manifest.get("extensions", [])) + [{"added_on": added_on,
+                                                          "clips": sorted(c.name for c in new)}]
+    return dict(manifest, splits={name: sorted(m) for name, m in splits.items()},
+                strata=dict(sorted(counts.items())), extensions=extensions)
+
+
+def reproduce_split(clips: Sequence[Clip], distance_bins: dict[str, str], committed: dict) -> dict:
+    """The manifest make_split and the committed manifest's extensions give for ``clips``."""
+    later = {name for ext in committed.get("extensions", []) for name in ext["clips"]}
+    manifest = make_split([c for c in clips if c.name not in later], distance_bins, committed["seed"])
+    for ext in committed.get("extensions", []):
+        wanted = set(ext["clips"])
+        assigned = {name for members in manifest["splits"].values() for name in members}
+        manifest = extend_split(manifest, [c for c in clips if c.name in wanted | assigned], distance_bins,
+                                ext["added_on"])
+    return manifest
+
+
 def make_split(clips: Sequence[Clip], distance_bins: dict[str, str], seed: int = SPLIT_SEED) -> dict:
     """80/10/10 split by clip, stratified by modality x class x distance bin.
 
@@ -320,21 +373,9 @@ def make_split(clips: Sequence[Clip], distance_bins: dict[str, str], seed: int =
     others) and dealt in turn through one continuing 8/1/1 pattern, which keeps every stratum
     proportional and the overall ratio exact even for strata smaller than ten clips.
     """
-    strata: dict[str, list[str]] = defaultdict(list)
-    for clip in clips:
-        strata[f"{clip.modality}/{clip.label}/{distance_bins.get(clip.name, 'unknown')}"].append(clip.name)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-    counts = {}
-    position = 0
-    for stratum in sorted(strata):
-        names = sorted(strata[stratum])
-        random.Random(f"{seed}:{stratum}").shuffle(names)
-        counts[stratum] = {name: 0 for name in SPLITS}
-        for name in names:
-            split = SPLIT_PATTERN[position % len(SPLIT_PATTERN)]
-            splits[split].append(name)
-            counts[stratum][split] += 1
-            position += 1
+    counts: dict[str, dict[str, int]] = {}
+    _deal(clips, distance_bins, seed, 0, splits, counts)
     return {"version": 1, "seed": seed, "ratios": {"train": 0.8, "val": 0.1, "test": 0.1},
             "unit": "clip",
             "stratify_by": ["modality", "class", "distance_bin"] if distance_bins else ["modality", "class"],
@@ -350,17 +391,30 @@ def write_split(root: Path | str = DEFAULT_ROOT, out: Path | str = SPLIT_MANIFES
     return manifest
 
 
+def extend_split_file(root: Path | str = DEFAULT_ROOT, path: Path | str = SPLIT_MANIFEST) -> dict:
+    """Add the clips found under root that the manifest at ``path`` lacks (see extend_split)."""
+    import datetime
+
+    manifest = _split_manifest(path)
+    manifest = extend_split(manifest, find_clips(root), read_distance_bins(root), datetime.date.today().isoformat())
+    Path(path).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.dataset", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.offline.data.dataset", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_ROOT), help="dataset root")
     parser.add_argument("--write-split", action="store_true", help="write the split manifest")
+    parser.add_argument("--extend-split", action="store_true",
+                        help="assign clips new under --data to splits, moving no assigned clip")
     parser.add_argument("--out", default=str(SPLIT_MANIFEST), help="manifest path for --write-split")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        if args.write_split:
-            manifest = write_split(args.data, args.out, args.seed)
+        if args.write_split or args.extend_split:
+            manifest = (extend_split_file(args.data, args.out) if args.extend_split
+                        else write_split(args.data, args.out, args.seed))
             print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items()))
         else:
             for split in SPLITS:

@@ -110,7 +110,7 @@ class LabelTightener:
     boxes: int = 0
 
     def __call__(self, clip) -> dict[int, list[tuple]]:
-        from pipeline import dataset
+        from pipeline.offline.data import dataset
 
         labels = dataset.read_labels(clip)
         if clip.modality != "V" or not labels:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.track_metrics import (TrackMetricsError, evaluate_mot, evaluate_mot_sequences, format_table,
+from pipeline.offline.eval.track_metrics import (TrackMetricsError, evaluate_mot, evaluate_mot_sequences, format_table,
                                     gt_rows_from_labels, read_mot, rows_from_tracks_jsonl)
 
 # two ground-truth tracks over three frames

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.runtime.config import ConfigError, load_config
 from tests.conftest import REPO_ROOT, free_port
 
 GOOD = """
