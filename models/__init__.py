@@ -2,15 +2,31 @@
 
 See models/README.md and the docstrings of models.yolox_gssam (names, train/eval outputs, GSSAM
 placement, n/r rule) and models.gssam (the module and ``sampled_contrast``).
-"""
-from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
-from .detector import DEFAULT_WEIGHTS, Detector
-from .gssam import Gssam, GssamConfigError, sampled_contrast
-from .onnx_export import export_onnx
-from .yolox_gssam import build_model, model_names, parse_model_name
 
-__all__ = [
-    "CheckpointError", "DEFAULT_WEIGHTS", "checkpoint_meta", "Detector", "Gssam", "GssamConfigError", "build_model",
-    "export_onnx", "load_checkpoint", "model_names", "parse_model_name", "sampled_contrast",
-    "save_checkpoint",
-]
+Names load on first use (PEP 562), so ``import models`` costs nothing: ``models.checkpoint_meta``,
+``models.letterbox`` and ``models.DEFAULT_WEIGHTS`` never import torch, the rest does.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
+
+_HOMES = {
+    "CheckpointError": "meta", "checkpoint_meta": "meta",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "Detector": "detector",
+    "Gssam": "gssam", "GssamConfigError": "gssam", "sampled_contrast": "gssam",
+    "export_onnx": "onnx_export",
+    "build_model": "yolox_gssam", "model_names": "yolox_gssam", "parse_model_name": "yolox_gssam",
+}
+__all__ = ["DEFAULT_WEIGHTS", *_HOMES]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -19,12 +19,8 @@ from torch import nn
 
 from .yolox_gssam import build_model, parse_model_name
 
-FORMAT = "models.checkpoint/1"
-RESERVED_META = ("name", "input_size", "class_names")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be saved or loaded; the message is one line naming file and problem."""
+from .letterbox import check_input_size
+from .meta import FORMAT, RESERVED_META, CheckpointError, check_meta
 
 
 def _plain(value) -> bool:
@@ -39,12 +35,9 @@ def _plain(value) -> bool:
 
 def _check_input_size(input_size, where: str) -> list[int]:
     try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{where}: input_size must be (h, w), got {input_size!r}") from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise CheckpointError(f"{where}: input_size must be positive multiples of 32, got {(h, w)}")
-    return [h, w]
+        return list(check_input_size(input_size, "input_size"))
+    except ValueError as error:
+        raise CheckpointError(f"{where}: {error}") from None
 
 
 def save_checkpoint(path, model: nn.Module, *, name: str, input_size, class_names, **extra) -> Path:
@@ -91,19 +84,11 @@ def _read(path: Path) -> dict:
 
 
 def _check_meta(path: Path, meta: dict) -> dict:
-    missing = [k for k in RESERVED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint meta lacks {', '.join(missing)}")
+    meta = check_meta(path, meta)
     try:
         parse_model_name(meta["name"])
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    names = meta["class_names"]
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, str) for c in names):
-        raise CheckpointError(f"{path}: class_names must be a non-empty list of strings")
-    meta = dict(meta)
-    meta["input_size"] = tuple(_check_input_size(meta["input_size"], str(path)))
-    meta["class_names"] = list(names)
     return meta
 
 
@@ -123,12 +108,6 @@ def _match_weights(path: Path, model: nn.Module, state: dict) -> None:
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict holds non-tensor values")
     model.load_state_dict(state)
-
-
-def checkpoint_meta(path) -> dict:
-    """The checkpoint's meta (name, input_size, class_names, extras) without building the model."""
-    path = Path(path)
-    return _check_meta(path, _read(path)["meta"])
 
 
 def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:

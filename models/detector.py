@@ -5,15 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from yolox.data.data_augment import preproc
 from yolox.utils import postprocess
 
+from . import DEFAULT_WEIGHTS
 from .checkpoint import load_checkpoint
+from .letterbox import check_input_size, letterbox, to_source_pixels
 from .onnx_export import decode, ensure_onnx, onnx_session
 from .yolox_gssam import fuse_for_inference
 
 BACKENDS = ("torch", "onnx")
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
 
 
 class Detector:
@@ -45,9 +45,7 @@ class Detector:
         self.meta = meta
         self.model_name = meta["name"]
         self.class_names = list(meta["class_names"])
-        self.input_size = tuple(input_size or meta["input_size"])  # any multiple of 32: fully convolutional
-        if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
-            raise ValueError(f"input_size must be (h, w), positive multiples of 32, got {self.input_size}")
+        self.input_size = check_input_size(input_size or meta["input_size"])  # fully convolutional
         self._head = model.head
         if backend == "onnx":
             self.onnx_path = ensure_onnx(self.weights, model, self.input_size, cache_dir)
@@ -67,8 +65,8 @@ class Detector:
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             shape = getattr(image_bgr, "shape", type(image_bgr).__name__)
             raise ValueError(f"expected an H x W x 3 BGR image, got {shape}")
-        chw, ratio = preproc(image_bgr, self.input_size)
-        return chw, float(ratio)
+        padded, ratio = letterbox(image_bgr, self.input_size)
+        return padded.transpose(2, 0, 1).astype(np.float32), ratio
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -94,10 +92,7 @@ class Detector:
         if kept is None:
             return np.zeros((0, 6), dtype=np.float32)
         kept = kept.numpy()
-        height, width = image_shape[:2]
-        boxes = kept[:, :4] / ratio
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        boxes = to_source_pixels(kept[:, :4], ratio, image_shape)
         scores = kept[:, 4] * kept[:, 5]
         return np.column_stack([boxes, scores, kept[:, 6]]).astype(np.float32)
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         from models import Detector
-        from models.detector import DEFAULT_WEIGHTS
+        from models import DEFAULT_WEIGHTS
 
         weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else tiny_checkpoint(Path(tmp)))
         detector = Detector(weights, backend=args.backend, conf_threshold=0.001, nms_threshold=0.65)

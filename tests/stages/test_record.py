@@ -18,7 +18,8 @@ from pipeline.runtime.config import REPO_ROOT, config_from_dict
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import StageFatalError
 from pipeline.offline.eval.track_metrics import evaluate_mot, read_mot
-from stages.record import RecordStage, Retention, read_frame_records
+from pipeline.runtime.records import read_frame_records
+from stages.record import RecordStage, Retention
 from stages.track import TrackStage
 from tests.conftest import fill_disk
 

@@ -256,7 +256,7 @@ def detections_from_jsonl(path: Path, stream_id: str | None = None) -> tuple[Det
     detections: Detections = {}
     order_errors = duplicates = 0
     last: dict[str, int] = {}
-    from stages.record import read_frame_records
+    from pipeline.runtime.records import read_frame_records
 
     try:
         for line_number, record in read_frame_records(path):
@@ -411,7 +411,7 @@ def _load_detector(args):
 
 def _class_names_of(args) -> list[str]:
     from models import CheckpointError, load_checkpoint
-    from models.detector import DEFAULT_WEIGHTS
+    from models import DEFAULT_WEIGHTS
 
     try:
         return list(load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["class_names"])

@@ -62,7 +62,7 @@ def rows_from_tracks_jsonl(path: str | Path, class_ids: Iterable[int] | None = N
     """MOT rows of the tracked boxes in a record stage tracks.jsonl; with class_ids, only tracks whose
     voted class is one of them."""
     keep = None if class_ids is None else {int(c) for c in class_ids}
-    from stages.record import read_frame_records
+    from pipeline.runtime.records import read_frame_records
 
     rows = []
     try:

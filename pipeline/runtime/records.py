@@ -1,0 +1,46 @@
+"""The record formats the track and record stages write and offline work reads back: one row per frame
+in ``tracks.jsonl``, MOTChallenge rows in ``tracks_mot.txt``. Offline scoring reads them with
+``read_frame_records``, so writer and reader share this one module (never a stage's)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.runtime.messages import FrameMessage
+
+
+def frame_record(msg: FrameMessage) -> dict:
+    dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
+    return {"stream_id": msg.stream_id, "frame_index": msg.frame_index, "source_ts": round(msg.source_ts, 4),
+            "capture_wall": msg.capture_wall, "recorded_wall": time.time(),  # capture-to-record latency
+            "detections": dets.tolist(),  # full precision: scored later
+            "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
+            "track_class_ids": msg.meta.get("track_class_ids", []),
+            "alert_track_ids": msg.meta.get("alert_track_ids", [])}
+
+
+def mot_lines(msg: FrameMessage) -> str:
+    """MOTChallenge rows of the frame's tracked boxes: frame(1-based),id,x,y,w,h,score,-1,-1,-1."""
+    if msg.detections is None or msg.track_ids is None:
+        return ""
+    rows = []
+    for (x1, y1, x2, y2, score, _), track_id in zip(msg.detections.tolist(), msg.track_ids.tolist()):
+        if track_id >= 0:
+            rows.append(f"{msg.frame_index + 1},{track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},"
+                        f"{score:.4f},-1,-1,-1\n")
+    return "".join(rows)
+
+
+def read_frame_records(path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a tracks.jsonl written by this stage; blank lines skipped. A line that is
+    not JSON raises ValueError naming the file and line (a crash leaves whole lines only)."""
+    with open(path) as f:
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield line_number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_number}: not a JSON record ({exc.msg})") from None
