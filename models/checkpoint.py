@@ -20,7 +20,7 @@ from torch import nn
 from .yolox_gssam import build_model, parse_model_name
 
 from .letterbox import check_input_size
-from .meta import FORMAT, RESERVED_META, CheckpointError, check_meta
+from .meta import FORMAT, RESERVED_META, CheckpointError, check_content, check_meta
 
 
 def _plain(value) -> bool:
@@ -76,11 +76,7 @@ def _read(path: Path) -> dict:
         first = first.split(". ")[0]  # torch appends paragraphs of advice after the first sentence
         raise CheckpointError(
             f"{path}: unreadable or truncated checkpoint ({type(error).__name__}: {first[:160]})") from None
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a models checkpoint (missing format {FORMAT!r})")
-    if not isinstance(content.get("state_dict"), dict) or not isinstance(content.get("meta"), dict):
-        raise CheckpointError(f"{path}: checkpoint lacks state_dict or meta")
-    return content
+    return check_content(path, content)
 
 
 def _check_meta(path: Path, meta: dict) -> dict:

@@ -8,12 +8,12 @@ import torch
 from yolox.utils import postprocess
 
 from . import DEFAULT_WEIGHTS
+from .backends import check_backend
 from .checkpoint import load_checkpoint
 from .letterbox import check_input_size, letterbox, to_source_pixels
 from .onnx_export import decode, ensure_onnx, onnx_session
 from .yolox_gssam import fuse_for_inference
 
-BACKENDS = ("torch", "onnx")
 
 
 class Detector:
@@ -28,13 +28,8 @@ class Detector:
     def __init__(self, weights=None, backend: str = "torch", device: str = "cpu", fp16: bool = False,
                  conf_threshold: float = 0.25, nms_threshold: float = 0.45, onnx_threads: int = 2,
                  cache_dir=None, input_size: tuple[int, int] | None = None, class_agnostic_nms: bool = False):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        check_backend(backend, device, fp16)
         self.device = torch.device(device)
-        if fp16 and self.device.type != "cuda":
-            raise ValueError(f"fp16 needs a CUDA device, got device={device!r}")
-        if backend == "onnx" and self.device.type != "cpu":
-            raise ValueError(f"the onnx backend runs on CPU only, got device={device!r}")
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         self.backend = backend
         self.fp16 = fp16

@@ -56,6 +56,11 @@ def read_content(path: Path) -> dict:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(error).__name__})") from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
         raise CheckpointError(f"{path}: not a plain-tensor checkpoint ({str(error)[:160]})") from None
+    return check_content(path, content)
+
+
+def check_content(path: Path, content) -> dict:
+    """The top level of a checkpoint: our format, a state_dict and a meta."""
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a models checkpoint (missing format {FORMAT!r})")
     if not isinstance(content.get("state_dict"), dict) or not isinstance(content.get("meta"), dict):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-from pipeline.runtime.config import ConfigError, load_config
+from pipeline.runtime.config import ConfigError, PipelineConfig, load_config
 from pipeline.runtime.transport import EndpointError
 
-STAGE_NAMES = ("capture", "preprocess", "detect", "track", "record", "view")
+EXIT_CONFIG, EXIT_BAD_INPUT = 2, 3  # the supervisor stops the run on either, no restarts
 
 
 def _fail(message: str, code: int) -> int:
@@ -22,20 +23,15 @@ def cmd_run(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="status lines instead of a progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.config)
-        if "detect" in cfg.run_stages or ("preprocess" in cfg.run_stages and not cfg.stages.preprocess.input_size):
-            from stages.detect import check_weights
-
-            check_weights(cfg)  # a wrong weights file stops here, before any stage starts
-    except ConfigError as exc:
-        return _fail(str(exc), 2)
     from pipeline.runtime.supervisor import Supervisor
 
     try:
+        cfg = load_config(args.config)
+        for name in cfg.run_stages:  # e.g. a wrong weights file stops here, before any stage starts
+            cfg.stage_class(name).preflight(cfg)
         supervisor = Supervisor(cfg, progress=not args.no_progress)
     except ConfigError as exc:
-        return _fail(str(exc), 2)
+        return _fail(str(exc), EXIT_CONFIG)
     code = supervisor.run()
     if code == 0:
         print(f"outputs (annotated video, tracks.jsonl per stream): {cfg.resolve(cfg.output_dir)}")
@@ -44,33 +40,40 @@ def cmd_run(argv: list[str]) -> int:
 
 def cmd_stage(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline stage", description="Run one stage process.")
-    parser.add_argument("name", choices=STAGE_NAMES)
+    parser.add_argument("name", help="a stage of the config's frame_path or consumers")
     parser.add_argument("config")
-    parser.add_argument("--source", help="capture only: the source id")
-    parser.add_argument("--start-frame", type=int, default=0, help="capture only: skip frames already sent")
+    parser.add_argument("--source", help="source stages: the source id")
+    parser.add_argument("--start-frame", type=int, default=0, help="source stages: skip frames already sent")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, check_network=False)
+        if args.name not in cfg.stage_refs():
+            raise ConfigError(f"no stage {args.name!r} in this config (stages: {', '.join(cfg.stage_refs())})")
     except ConfigError as exc:
-        return _fail(str(exc), 2)
-    from pipeline.runtime.stage import StageFatalError, run_stage
-    from stages import build_stage
-    from stages.capture import SourceError
+        return _fail(str(exc), EXIT_CONFIG)
+    return _run_stage(cfg, args)
 
+
+def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.runtime.stage import StageFatalError, run_stage
+
+    cls = cfg.stage_class(args.name)
     try:
-        stage = build_stage(args.name, cfg, source_id=args.source, start_frame=args.start_frame)
-        if hasattr(stage, "run"):  # consumers beside the frame path (the view) run their own loop
-            return stage.run()
-        return run_stage(stage, cfg, instance=f"capture:{args.source}" if args.name == "capture" else None)
-    except (SourceError, StageFatalError) as exc:  # exit 3: the supervisor stops the run, no restarts
-        return _fail(f"{args.name}: {exc}", 3)
-    except (ConfigError, EndpointError) as exc:  # exit 2: the supervisor stops the run, no restarts
-        return _fail(f"{args.name}: {exc}", 2)
+        if cls.role == "source":
+            stage = cls(cfg, args.source, args.start_frame)
+            return run_stage(stage, cfg, instance=f"{args.name}:{args.source}")
+        stage = cls(cfg)
+        return stage.run() if cls.role == "consumer" else run_stage(stage, cfg)
+    except StageFatalError as exc:  # bad input a restart cannot fix (a source that cannot be read, ...)
+        return _fail(f"{args.name}: {exc}", EXIT_BAD_INPUT)
+    except (ConfigError, EndpointError) as exc:
+        return _fail(f"{args.name}: {exc}", EXIT_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": cmd_run, "stage": cmd_stage, "eval": _lazy("pipeline.offline.eval"), "train": _lazy("pipeline.offline.train")}
+    commands = {"run": cmd_run, "stage": cmd_stage, "eval": _lazy("pipeline.offline.eval"),
+                "train": _lazy("pipeline.offline.train")}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m pipeline {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2
@@ -79,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lazy(module: str):
     def run(argv: list[str]) -> int:
-        import importlib
-
         return importlib.import_module(module).main(argv)
 
     return run

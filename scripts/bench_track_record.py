@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.runtime.config import RecordConfig, config_from_dict  # noqa: E402
+from pipeline.runtime.config import config_from_dict  # noqa: E402
+from stages.record import RecordConfig  # noqa: E402
 from pipeline.runtime.messages import FrameMessage  # noqa: E402
 from pipeline.offline.data.synthetic import render_clip  # noqa: E402
 from stages.record import SegmentWriter, video_frame  # noqa: E402

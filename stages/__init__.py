@@ -1,13 +1,7 @@
-"""One module per pipeline stage: capture -> preprocess -> detect -> track -> record."""
-from __future__ import annotations
+"""The stages: one module per stage, each registering itself (pipeline.runtime.registry) with its
+name, role, config section and links. The default frame path is capture -> preprocess -> detect ->
+track -> record; the view is a consumer beside it. Source kinds live in stages/sources/.
 
-
-def build_stage(name: str, cfg, source_id: str | None = None, start_frame: int = 0):
-    if name == "capture":
-        from stages.capture import CaptureStage
-
-        return CaptureStage(cfg, source_id, start_frame)
-    module = __import__(f"stages.{name}", fromlist=["_"])
-    cls = {"preprocess": "PreprocessStage", "detect": "DetectStage", "track": "TrackStage", "record": "RecordStage",
-           "view": "ViewStage"}[name]
-    return getattr(module, cls)(cfg)
+A stage module imports only the runtime (pipeline.runtime) and models, and only the detect stage
+imports torch. Modules here that register no stage (annotate, model_input, sources) are helpers.
+"""

@@ -15,9 +15,8 @@ import cv2
 import numpy as np
 import supervision as sv
 
-from pipeline.runtime.config import AnnotateConfig
 
-REFERENCE_HEIGHT = 512  # AnnotateConfig pixel sizes are for a frame this high
+REFERENCE_HEIGHT = 512  # the annotation settings' pixel sizes are for a frame this high
 CLASS_COLORS = ("#FF4040", "#4CFB12", "#00C4FF", "#FFB633", "#CD3AFF", "#FFFFFF")  # drone, bird, airplane, heli
 UNTRACKED_COLOR = sv.Color.from_hex("#B0B0B0")
 
@@ -44,9 +43,10 @@ def hud_text(stream_id: str, fps: float, latency_ms: float, dropped: int, wall: 
 
 
 class FrameAnnotator:
-    """One stream's drawing state (supervision's trace history is per annotator, so one per stream)."""
+    """One stream's drawing state (supervision's trace history is per annotator, so one per stream).
+    ``settings``: the stages.track.annotation section (stages.track.AnnotateConfig)."""
 
-    def __init__(self, settings: AnnotateConfig, class_names: list[str], shape: tuple[int, ...]):
+    def __init__(self, settings, class_names: list[str], shape: tuple[int, ...]):
         self.settings, self.class_names = settings, list(class_names)
         self.insets_on_left = False     # the inset column starts at the right edge
         self.scale = ui_scale(shape)

@@ -1,76 +1,83 @@
-"""Detect: YOLOX-GSSAM on letterboxed frames, batched across streams."""
+"""Detect: YOLOX-GSSAM on letterboxed frames, batched across streams.
+
+Frames normally arrive letterboxed by the preprocess stage (buffer ``input``, ``meta["ratio"]``); a
+frame path without preprocess is letterboxed here. The class names sent on with every frame are the
+checkpoint's own, so the track stage never guesses them. Only this process imports torch.
+"""
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.runtime.config import ConfigError, PipelineConfig
+import models
+from models.backends import BACKENDS, BackendError, check_backend
+from models.letterbox import letterbox
+from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
 from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage
+from stages.model_input import model_input_size, weights_path, weights_problems_as_config_errors
 
 log = logging.getLogger("stages.detect")
 
 
-def weights_path(cfg: PipelineConfig) -> str:
-    import models
+@dataclass
+class DetectConfig:
+    weights: str = "default"  # a checkpoint path, or "default": the shipped default model
+    backend: str = setting("onnx", choices=BACKENDS)  # onnx (CPU) | torch
+    device: str = "cpu"
+    fp16: bool = False
+    batch_size: int = setting(4, gt=0)
+    conf_threshold: float = setting(0.25, ge=0.0, le=1.0)
+    nms_threshold: float = setting(0.45, ge=0.0, le=1.0)
+    # one box per object for the operator and the tracker: a drone that also scores as a bird at the same
+    # place is kept once, as its best class (offline mAP keeps COCO's class-aware NMS)
+    class_agnostic_nms: bool = True
 
-    weights = cfg.stages.detect.weights
-    return str(models.DEFAULT_WEIGHTS if weights == "default" else cfg.resolve(weights))
-
-
-@contextmanager
-def weights_problems_as_config_errors():
-    """A wrong or truncated weights file is a configuration problem: one line and exit 2 (no
-    restarts), not a traceback in every restarted stage."""
-    from models import CheckpointError
-
-    try:
-        yield
-    except CheckpointError as exc:
-        raise ConfigError(f"config key 'stages.detect.weights': {exc}") from None
-
-
-def check_weights(cfg: PipelineConfig) -> None:
-    """Load the configured weights once before any stage starts (ConfigError if they are wrong)."""
-    import models
-
-    with weights_problems_as_config_errors():
-        models.load_checkpoint(weights_path(cfg))
-
-
-def model_input_size(cfg: PipelineConfig) -> tuple[int, int]:
-    """The detector's input (h, w): stages.preprocess.input_size, else the checkpoint's own."""
-    import models
-
-    if cfg.stages.preprocess.input_size:
-        return tuple(cfg.stages.preprocess.input_size)
-    with weights_problems_as_config_errors():
-        return tuple(models.checkpoint_meta(weights_path(cfg))["input_size"])
+    def validate(self, where: str) -> None:
+        try:  # what the detector would refuse only after loading the weights (and restarting)
+            check_backend(self.backend, self.device, self.fp16)
+        except BackendError as exc:
+            raise ConfigError(f"config key '{where}.{exc.key}': {exc}") from None
 
 
 class DetectStage(Stage):
     name = "detect"
-    input_key = "detect_in"
-    output_key = "track_in"
+    section = DetectConfig
+    port_offset = 1
+
+    @classmethod
+    def check_config(cls, cfg: PipelineConfig, check_files: bool) -> None:
+        if check_files and cfg.stages.detect.weights != "default":
+            check_file(cfg, cfg.stages.detect.weights, "stages.detect.weights")
+
+    @classmethod
+    def preflight(cls, cfg: PipelineConfig) -> None:
+        """The weights must hold a readable checkpoint meta (read without torch); the detect process
+        itself checks the weights against the model when it loads them."""
+        model_input_size(cfg)
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
-        from models import Detector
-
-        det = cfg.stages.detect
+        det = self.settings
         self.batch_size = det.batch_size
         with weights_problems_as_config_errors():
-            self.detector = Detector(weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
-                                     conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
-                                     class_agnostic_nms=det.class_agnostic_nms,
-                                     input_size=cfg.stages.preprocess.input_size)  # None: the checkpoint's
+            self.detector = models.Detector(
+                weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
+                conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
+                class_agnostic_nms=det.class_agnostic_nms, input_size=model_input_size(cfg))
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)
 
+    def _input(self, msg: FrameMessage) -> np.ndarray:
+        if "input" not in msg.buffers:  # no preprocess stage in this frame path
+            msg.buffers["input"], msg.meta["ratio"] = letterbox(msg.image, self.detector.input_size)
+        return msg.buffers.pop("input")
+
     def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
-        batch = np.stack([m.buffers.pop("input") for m in msgs]).transpose(0, 3, 1, 2).astype(np.float32)
+        batch = np.stack([self._input(m) for m in msgs]).transpose(0, 3, 1, 2).astype(np.float32)
         raw = self.detector.infer(batch)
         results = self.detector.postprocess(raw, [m.meta["ratio"] for m in msgs], [m.image.shape for m in msgs])
         for msg, dets in zip(msgs, results):

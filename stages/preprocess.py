@@ -1,36 +1,42 @@
-"""Preprocess: letterbox each frame to the detector's input size.
+"""Preprocess: letterbox each frame to the detector's input size (models.letterbox, yolox's rule).
 
-The letterbox is yolox's (keep aspect, top-left, pad 114, bilinear) but kept as uint8 HWC, so the hop
-to the detector moves a quarter of the bytes of float32; the detector casts. Equality with yolox's
-own `preproc` is a test (tests/stages/test_preprocess.py).
+Kept as uint8 HWC, so the hop to the detector moves a quarter of the bytes of float32; the detector
+casts. Equality with yolox's own `preproc` is a test (tests/stages/test_preprocess.py). This process
+needs no torch: the input size comes from the checkpoint's meta (models.meta reads it without).
 """
 from __future__ import annotations
 
-import cv2
-import numpy as np
+from dataclasses import dataclass
 
-from pipeline.runtime.config import PipelineConfig
+from models.letterbox import check_input_size, letterbox
+from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage
-from stages.detect import model_input_size
+from stages.model_input import model_input_size
 
-PAD_VALUE = 114
+__all__ = ["PreprocessConfig", "PreprocessStage", "letterbox"]
 
 
-def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """Resize keeping aspect into (h, w), top-left, rest padded: -> (uint8 h x w x 3, ratio)."""
-    ratio = min(input_size[0] / image.shape[0], input_size[1] / image.shape[1])
-    resized_hw = int(image.shape[0] * ratio), int(image.shape[1] * ratio)
-    padded = np.full((*input_size, 3), PAD_VALUE, dtype=np.uint8)
-    padded[: resized_hw[0], : resized_hw[1]] = cv2.resize(
-        image, (resized_hw[1], resized_hw[0]), interpolation=cv2.INTER_LINEAR)
-    return padded, float(ratio)
+@dataclass
+class PreprocessConfig:
+    input_size: list[int] | None = None  # [h, w]; default: the model checkpoint's
+
+    def validate(self, where: str) -> None:
+        if self.input_size is not None:
+            try:
+                check_input_size(self.input_size, f"config key '{where}.input_size'")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 class PreprocessStage(Stage):
     name = "preprocess"
-    input_key = "preprocess_in"
-    output_key = "detect_in"
+    section = PreprocessConfig
+    port_offset = 0
+
+    @classmethod
+    def preflight(cls, cfg: PipelineConfig) -> None:
+        model_input_size(cfg)  # the checkpoint's input size, unless the config names one
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)

@@ -33,7 +33,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.runtime.config import PipelineConfig, RecordConfig
+from dataclasses import dataclass
+
+from pipeline.runtime.config import PipelineConfig
+from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
 from pipeline.runtime.records import frame_record, mot_lines
@@ -47,6 +50,26 @@ TIME_BASE = Fraction(1, 1000)  # pts in ms of source time: dropped frames keep r
 TIME_EPS = 1e-4  # s; roll windows compare source times far below a frame period
 RETENTION_CHECK_S = 10.0
 DISK_RETRY_S = 5.0
+
+
+@dataclass
+class RecordConfig:
+    segment_seconds: float = setting(60.0, gt=0)
+    container: str = setting("mp4", choices=("mp4", "mkv", "ts"))  # fragmented mp4: playable after a crash
+    codec: str = "libx264"
+    preset: str = "ultrafast"
+    crf: int = setting(23, ge=0, le=51)
+    gop_frames: int = setting(30, ge=1)  # keyframe interval (seek granularity)
+    video: bool = True  # false: only tracks.jsonl / tracks_mot.txt (e.g. offline scoring)
+    annotated: bool = True  # segment_NNNNN.* holds the annotated frames (else the raw ones)
+    also_raw: bool = False  # with annotated: the raw frames too, in raw_segment_NNNNN.*
+    mode: str = setting("continuous", choices=("continuous", "event"))  # event: only around triggers
+    trigger: str = setting("alert", choices=("alert", "detection"))  # alert: a confirmed alert-class track in view
+    pre_roll_s: float = setting(3.0, ge=0)  # event mode: source seconds kept before a trigger (yuv420p ring)
+    post_roll_s: float = setting(5.0, ge=0)  # event mode: source seconds recorded after the last trigger
+    retention_max_age_s: float | None = setting(None, gt=0)  # closed segments older than this are deleted
+    retention_max_total_mb: float | None = setting(None, gt=0)  # oldest closed segments deleted beyond this total
+    mot_txt: bool = True  # <stream>/tracks_mot.txt (MOTChallenge) beside tracks.jsonl
 
 
 def video_frame(image: np.ndarray) -> av.VideoFrame:
@@ -293,7 +316,8 @@ class StreamRecorder:
 
 class RecordStage(Stage):
     name = "record"
-    input_key = "record_in"
+    section = RecordConfig
+    port_offset = 3
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)

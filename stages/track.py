@@ -22,27 +22,61 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import supervision as sv
 import zmq
-from trackers import ByteTrackTracker
 
-from pipeline.runtime.config import PipelineConfig, TrackConfig
-from pipeline.offline.data.dataset import CLASSES
+from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.meter import Meter
+from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage, curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full
 from pipeline.runtime.transport import close_context, open_socket
-from stages.annotate import FrameAnnotator, FrameFacts, crop_square, hud_text
 
 log = logging.getLogger("stages.track")
+# supervision and trackers are imported where they are used: this module is read by every process
+# that loads the config (for the sections below), and only the track process needs them
 
 
-def make_tracker(s: TrackConfig) -> ByteTrackTracker:
+@dataclass
+class AnnotateConfig:
+    """What the track stage draws for the operator. Pixel sizes are for a 512-px-high frame and scale
+    with the frame, so the picture reads the same at 640x512 and 1920x1080."""
+    boxes: bool = True
+    labels: bool = True  # "#<track> <voted class> <confidence>"
+    trace_length: int = setting(30, ge=0)  # frames of trajectory drawn per track; 0: none
+    insets: bool = True  # magnified picture-in-picture of each confirmed alert-class track
+    inset_scale: float = setting(4.0, ge=1.0)  # magnification (nearest neighbour: the target's pixels stay sharp)
+    inset_context_px: int = setting(32, ge=4)  # side of the source square around the target shown in an inset
+    max_insets: int = setting(4, ge=0)
+    hud: bool = True  # stream, wall time, fps, latency, dropped frames
+    box_padding_px: int = setting(3, ge=0)  # boxes drawn this far outside the target so lines do not cover it
+
+
+@dataclass
+class TrackConfig:
+    # trackers.ByteTrackTracker (ByteTrack of the supervision ecosystem), tuned for 30 fps small targets
+    track_activation_threshold: float = setting(0.3, ge=0.0, le=1.0)  # min score that starts a track (trackers': 0.7)
+    high_conf_det_threshold: float = setting(0.5, ge=0.0, le=1.0)  # first association pass; lower join in the second
+    minimum_iou_threshold: float = setting(0.1, ge=0.0, le=1.0)  # tiny boxes overlap little from frame to frame
+    lost_track_buffer: int = setting(30, ge=0)  # frames (at frame_rate) a lost track waits to be matched again
+    minimum_consecutive_frames: int = setting(3, ge=1)  # frames before a track gets an id: clutter gets none
+    frame_rate: float = setting(30.0, ge=1e-3)  # nominal rate; a gap in frame_index is passed on as elapsed frames
+    vote_min_frames: int = setting(5, ge=0)  # observations before a track's class vote may raise an alert
+    alert_classes: list[str] = setting(factory=lambda: ["drone"])  # voted classes that alert
+    thumbnail_px: int = setting(96, ge=8)  # side of the JPEG thumbnail in track_confirmed events
+    publish_frames: bool = True  # annotated frames on the events PUB socket (topic frame/<stream>)
+    events_hwm: int = setting(8, ge=1)  # PUB queue per subscriber: a slow subscriber loses messages, never slows us
+    annotate: bool = True
+    annotation: AnnotateConfig = setting(factory=AnnotateConfig)
+
+
+def make_tracker(s: TrackConfig):
+    from trackers import ByteTrackTracker
+
     return ByteTrackTracker(lost_track_buffer=s.lost_track_buffer, frame_rate=s.frame_rate,
                             track_activation_threshold=s.track_activation_threshold,
                             minimum_consecutive_frames=s.minimum_consecutive_frames,
@@ -50,8 +84,10 @@ def make_tracker(s: TrackConfig) -> ByteTrackTracker:
                             high_conf_det_threshold=s.high_conf_det_threshold)
 
 
-def track_detections(tracker: ByteTrackTracker, dets: np.ndarray, timestamp: float) -> np.ndarray:
+def track_detections(tracker, dets: np.ndarray, timestamp: float) -> np.ndarray:
     """Track id per detector box (1-based, -1 = not a confirmed track); the boxes are not changed."""
+    import supervision as sv
+
     ids = np.full(len(dets), -1, dtype=np.int64)
     sv_dets = sv.Detections(xyxy=dets[:, :4].astype(np.float32), confidence=dets[:, 4].astype(np.float32),
                             class_id=dets[:, 5].astype(int), data={"row": np.arange(len(dets))})
@@ -81,20 +117,15 @@ class TrackLife:
 
 
 class StreamState:
-    """One stream's tracker, track lives, rate meter and drawing."""
+    """One stream's tracker, track lives and drawing."""
 
     def __init__(self, settings: TrackConfig):
         self.tracker = make_tracker(settings)
         self.lives: dict[int, TrackLife] = {}
         self.last_index: int | None = None
         self.frames_missing = 0
-        self.done_times: deque[float] = deque(maxlen=60)
-        self.annotator: FrameAnnotator | None = None
-        self.class_names: list[str] = list(CLASSES)  # the detector's, from msg.meta
-
-    def fps(self) -> float:
-        t = self.done_times
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        self.annotator = None  # a stages.annotate.FrameAnnotator, made with the first frame
+        self.class_names: list[str] = []  # the model's (the detect stage sends its checkpoint's names)
 
 
 class EventSink:
@@ -151,12 +182,13 @@ class EventSink:
 
 class TrackStage(Stage):
     name = "track"
-    input_key = "track_in"
-    output_key = "record_in"
+    section = TrackConfig
+    port_offset = 2
+    binds = {"events": ("pub", 5)}  # events and annotated frames for the view and other consumers
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
-        self.settings = cfg.stages.track
+        self.meter = Meter(())  # per-stream frame rate for the HUD
         self.streams: dict[str, StreamState] = {}
         self.sink = EventSink(cfg, self.settings.events_hwm)
         self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_out_of_order": 0}
@@ -177,7 +209,7 @@ class TrackStage(Stage):
         msg.meta["track_class_ids"] = voted.tolist()
         msg.meta["alert_track_ids"] = sorted({int(t) for t in msg.track_ids if t in state.lives
                                               and state.lives[t].confirmed})
-        state.done_times.append(time.time())
+        self.meter.tick(msg.stream_id)
         if self.settings.annotate:
             display = np.where(voted >= 0, voted, dets[:, 5].astype(np.int64))
             msg.buffers["annotated"] = self._annotate(state, msg, dets, display, class_names)
@@ -217,6 +249,8 @@ class TrackStage(Stage):
 
     def _confirmed(self, msg: FrameMessage, track_id: int, life: TrackLife, class_names: list[str]) -> None:
         self.counters["tracks_confirmed"] += 1
+        from stages.annotate import crop_square
+
         x1, y1, x2, y2 = life.last_box
         side = int(max(32, 3 * max(x2 - x1, y2 - y1)))
         thumb = cv2.resize(crop_square(msg.image, (x1 + x2) / 2, (y1 + y2) / 2, side),
@@ -245,11 +279,13 @@ class TrackStage(Stage):
     # ------------------------------------------------------------------ picture
     def _annotate(self, state: StreamState, msg: FrameMessage, dets: np.ndarray, display: np.ndarray,
                   class_names: list[str]) -> np.ndarray:
+        from stages.annotate import FrameAnnotator, FrameFacts, hud_text
+
         if state.annotator is None:
             state.annotator = FrameAnnotator(self.settings.annotation, class_names, msg.image.shape)
         drops = state.frames_missing + int(msg.meta.get("dropped_upstream", 0))
         facts = FrameFacts(dets, msg.track_ids, display, msg.meta["alert_track_ids"],
-                           hud_text(msg.stream_id, state.fps(), msg.age_ms(), drops))
+                           hud_text(msg.stream_id, self.meter.fps(msg.stream_id), msg.age_ms(), drops))
         return state.annotator.draw(msg.image, facts)
 
     def end_stream(self, stream_id: str, frame_count: int = 0) -> list[FrameMessage]:

@@ -43,9 +43,11 @@ import cv2
 import numpy as np
 import zmq
 
-from pipeline.runtime.config import PipelineConfig, connect_side, is_loopback
+from pipeline.runtime.config import ConfigError, PipelineConfig, check_file, connect_side, is_loopback
 from pipeline.runtime.messages import FrameMessage, MessageError
-from pipeline.runtime.stage import curve_keys
+from pipeline.runtime.meter import Meter
+from pipeline.runtime.schema import setting
+from pipeline.runtime.stage import Stage, curve_keys
 from pipeline.runtime.transport import close_context, open_socket
 
 log = logging.getLogger("stages.view")
@@ -60,6 +62,28 @@ EVENT_HWM = 1000  # events and status have their own subscription, so a flood of
 MAX_JSON_BYTES = 1 << 20
 MAX_THUMB_BYTES = 512 << 10
 COOKIE = "view_token"
+@dataclass
+class ViewConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = setting(8080, ge=0, le=65535)  # 0: any free port (the URL is in the heartbeat)
+    token: str | None = None  # required when host is not loopback
+    tls_cert: str | None = None  # PEM certificate (chain) and its key: serve HTTPS, so the token never
+    tls_key: str | None = None   # crosses the network in clear text
+    jpeg_quality: int = setting(80, ge=1, le=100)  # each frame is encoded once, shared by every browser
+    stale_after_s: float = setting(2.0, gt=0)  # a stream without a new frame this long shows DOWN, not frozen
+    max_clients: int = setting(32, gt=0)  # open video connections; more get HTTP 503
+    max_events: int = setting(200, gt=0)  # tracks/events kept for the page
+
+    def validate(self, where: str) -> None:
+        if self.enabled and not is_loopback(self.host) and not self.token:
+            raise ConfigError(f"config key '{where}.token' is required to serve the view on {self.host}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"config keys '{where}.tls_cert' and '{where}.tls_key' go together: "
+                              "give both or neither")
+
+
+
 # ---------------------------------------------------------------- frames
 @dataclass
 class LatestFrame:
@@ -131,50 +155,23 @@ class FrameHub:
             self.cond.notify_all()
 
 
-class ViewStats:
-    """Counters for the heartbeat: frames in, frames out, frames skipped for slow clients, latency."""
+class ViewStats(Meter):
+    """The view's meter: frames in (their rate), frames out to browsers (latency since capture, and what
+    the view itself adds after arrival), clients, rejections."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.counts = dict(received=0, processed=0, dropped_stale=0, dropped_full=0, malformed=0, clients=0,
-                           rejected=0)
-        self.latency_ms = deque(maxlen=512)  # capture -> first byte-complete delivery to a browser
-        self.added_ms = deque(maxlen=512)  # arrival on our SUB socket -> delivery: what the view adds
-        self.arrivals: dict[str, deque] = {}
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self.lock:
-            self.counts[key] += n
+        super().__init__(("received", "processed", "dropped_stale", "dropped_full", "malformed", "clients",
+                          "rejected"), series=("latency_ms", "added_ms"))
 
     def received(self, stream_id: str, now: float) -> None:
-        with self.lock:
-            self.counts["received"] += 1
-            self.arrivals.setdefault(stream_id, deque(maxlen=300)).append(now)
+        self.count("received")
+        self.tick(stream_id, now)
 
     def delivered(self, frame: LatestFrame) -> None:
         now = time.time()
-        with self.lock:
-            self.counts["processed"] += 1
-            self.latency_ms.append((now - frame.capture_wall) * 1000)
-            self.added_ms.append((now - frame.arrived) * 1000)
-
-    def fps(self, stream_id: str | None, now: float) -> float:
-        with self.lock:
-            times = [t for key, q in self.arrivals.items() if stream_id in (None, key) for t in q if now - t <= 5.0]
-        if len(times) < 2:
-            return 0.0
-        times.sort()
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
-
-    def snapshot(self, now: float) -> dict:
-        with self.lock:
-            out = dict(self.counts)
-            lat, added = np.array(self.latency_ms or [0.0]), np.array(self.added_ms or [0.0])
-        return dict(out, fps=round(self.fps(None, now), 2),
-                    latency_ms_p50=round(float(np.percentile(lat, 50)), 1),
-                    latency_ms_p99=round(float(np.percentile(lat, 99)), 1),
-                    added_ms_p50=round(float(np.percentile(added, 50)), 1),
-                    added_ms_p99=round(float(np.percentile(added, 99)), 1))
+        self.count("processed")
+        self.observe("latency_ms", (now - frame.capture_wall) * 1000)  # capture -> delivery to a browser
+        self.observe("added_ms", (now - frame.arrived) * 1000)  # arrival on our SUB socket -> delivery
 
 
 # ---------------------------------------------------------------- tracks, events, health
@@ -532,14 +529,27 @@ def _byte_range(header: str | None, size: int) -> tuple[int | None, int]:
 
 
 # ---------------------------------------------------------------- the stage process
-class ViewStage:
+class ViewStage(Stage):
     """`run()` serves the page and follows the side channels until SIGTERM or the end of the run (exit 0)."""
 
     name = "view"
+    role = "consumer"
+    section = ViewConfig
+    beside = "track"  # the stage whose events and frames it shows: by default it runs on that host
+
+    @classmethod
+    def enabled(cls, cfg: PipelineConfig) -> bool:
+        return cfg.stages.view.enabled
+
+    @classmethod
+    def check_config(cls, cfg: PipelineConfig, check_files: bool) -> None:
+        view = cfg.stages.view
+        if check_files and view.enabled:
+            for name in ("tls_cert", "tls_key"):
+                check_file(cfg, getattr(view, name), f"stages.view.{name}")
 
     def __init__(self, cfg: PipelineConfig):
-        self.cfg = cfg
-        self.settings = cfg.stages.view
+        super().__init__(cfg)
         self.stats = ViewStats()
         self.hub = FrameHub(self.settings.jpeg_quality, self.stats)
         self.state = ViewState(self.settings.max_events)
@@ -553,10 +563,6 @@ class ViewStage:
     def run(self) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s view[%(process)d] %(levelname)s %(message)s")
-        problem = self._settings_problem()
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
         s = self.settings
         try:
             tls = tls_context(self.cfg.resolve(s.tls_cert), self.cfg.resolve(s.tls_key)) if s.tls_cert else None
@@ -597,17 +603,6 @@ class ViewStage:
                 sock.close(linger=0)
             close_context(ctx)
         return 0
-
-    def _settings_problem(self) -> str | None:
-        s = self.settings
-        if not 0 <= s.port <= 65535:
-            return f"config key 'stages.view.port' must be 0..65535, got {s.port}"
-        if not 1 <= s.jpeg_quality <= 100:
-            return f"config key 'stages.view.jpeg_quality' must be 1..100, got {s.jpeg_quality}"
-        for key in ("stale_after_s", "max_clients", "max_events"):
-            if getattr(s, key) <= 0:
-                return f"config key 'stages.view.{key}' must be > 0, got {getattr(s, key)}"
-        return None
 
     def _on_term(self, signum, frame) -> None:
         self.stopping = True

@@ -14,14 +14,15 @@ import os
 import signal
 import sys
 import time
-from collections import deque
-from typing import Iterator
+from typing import ClassVar, Iterator
 
-import numpy as np
 import zmq
 
 from pipeline.runtime.config import PipelineConfig, connect_side
+from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
+from pipeline.runtime.meter import Meter
+from pipeline.runtime.registry import register_stage
 from pipeline.runtime.transport import CurveKeys, close_context, open_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
@@ -32,16 +33,55 @@ class StageFatalError(RuntimeError):
 
 
 class Stage:
-    """Subclass per stage. Override `process` (or `process_batch`), `end_stream`, `close`."""
+    """Subclass per stage; setting ``name`` registers it (pipeline.runtime.registry). Declare:
 
-    name = "stage"
-    input_key: str | None = None  # endpoint this stage binds and pulls from
-    output_key: str | None = None  # endpoint of the next stage, pushed to
+    ``role``         "source" (one process per configured source: ``frames()``), "filter" (a frame-path
+                     stage: ``process``/``process_batch``, ``end_stream``) or "consumer" (beside the frame
+                     path, its own ``run()`` loop, e.g. the view)
+    ``section``      the dataclass of its ``stages.<name>`` config key (None: no settings)
+    ``port_offset``  tcp port offset of its frame input link ``<name>_in`` (None: derived from the name)
+    ``binds``        side links it binds: key -> (pattern, port offset), e.g. {"events": ("pub", 5)}
+    ``beside``       consumers: the stage whose host runs it when run_stages does not name it
+
+    The links it reads and writes follow from its place in the frame path: it pulls ``<name>_in`` and
+    pushes to the next stage's input.
+    """
+
+    name: ClassVar[str] = ""
+    role: ClassVar[str] = "filter"
+    section: ClassVar[type | None] = None
+    port_offset: ClassVar[int | None] = None
+    binds: ClassVar[dict[str, tuple[str, int]]] = {}
+    beside: ClassVar[str | None] = None
     batch_size = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and cls.name:
+            register_stage(cls)
+
+    @classmethod
+    def check_config(cls, cfg: PipelineConfig, check_files: bool) -> None:
+        """Checks across config sections, at load (ConfigError, one line); ``check_files``: files must exist."""
+
+    @classmethod
+    def preflight(cls, cfg: PipelineConfig) -> None:
+        """Before a run starts it on this host: what is too slow for every config load (reading a
+        weights file's meta, say). ConfigError (one line) stops the run with exit 2."""
+
+    @classmethod
+    def enabled(cls, cfg: PipelineConfig) -> bool:
+        """Consumers: whether this run starts it at all."""
+        return True
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         self.counters: dict[str, int] = {}  # stage-specific counts reported in heartbeats
+
+    @property
+    def settings(self):
+        """This stage's config section (cfg.stages.<name>)."""
+        return self.cfg.stages[self.name]
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         return [msg]
@@ -62,6 +102,10 @@ class Stage:
         """Source stages only: yield frames (or None while idle, to keep heartbeats going)."""
         raise NotImplementedError
 
+    def run(self) -> int:
+        """Consumers only: their own loop; returns the exit code."""
+        raise NotImplementedError
+
     def status(self) -> dict:
         return {}
 
@@ -69,26 +113,16 @@ class Stage:
         pass
 
 
-class StageMetrics:
-    def __init__(self):
-        self.counts = dict(received=0, processed=0, sent=0, dropped_stale=0, dropped_full=0, malformed=0)
-        self._latencies = deque(maxlen=512)
-        self._done_times = deque(maxlen=512)
+class StageMetrics(Meter):
+    """A frame stage's meter: the frame counters every stage reports, latency since capture."""
 
-    def count(self, key: str, n: int = 1) -> None:
-        self.counts[key] += n
+    def __init__(self):
+        super().__init__(("received", "processed", "sent", "dropped_stale", "dropped_full", "malformed"))
 
     def done(self, msg: FrameMessage, now: float) -> None:
-        self.counts["processed"] += 1
-        self._latencies.append(msg.age_ms(now))
-        self._done_times.append(now)
-
-    def snapshot(self, now: float) -> dict:
-        recent = [t for t in self._done_times if now - t <= 5.0]
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-        lat = np.array(self._latencies) if self._latencies else np.zeros(1)
-        return dict(self.counts, fps=round(fps, 2), latency_ms_p50=round(float(np.percentile(lat, 50)), 1),
-                    latency_ms_p99=round(float(np.percentile(lat, 99)), 1))
+        self.count("processed")
+        self.tick(msg.stream_id, now)
+        self.observe("latency_ms", msg.age_ms(now))
 
 
 class StageRunner:
@@ -100,10 +134,11 @@ class StageRunner:
         hwm = 1 if cfg.live else cfg.transport.hwm
         curve = curve_keys(cfg)
         self.inp = self.out = None
-        if stage.input_key:
-            self.inp = open_socket(self.ctx, cfg.endpoint(stage.input_key), hwm=hwm, curve=curve)
-        if stage.output_key:
-            self.out = open_socket(self.ctx, connect_side(cfg.endpoint(stage.output_key)), hwm=hwm, curve=curve)
+        if stage.role != "source":
+            self.inp = open_socket(self.ctx, cfg.endpoint(input_key(stage.name)), hwm=hwm, curve=curve)
+        downstream = cfg.downstream(stage.name)
+        if downstream is not None:
+            self.out = open_socket(self.ctx, connect_side(cfg.endpoint(input_key(downstream))), hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False

@@ -5,7 +5,6 @@ Exit codes of a stage: 0 done, 2 bad config, 3 bad input (not worth a restart), 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -20,7 +19,9 @@ from pathlib import Path
 import yaml
 import zmq
 
-from pipeline.runtime.config import STAGE_ORDER, ConfigError, PipelineConfig
+from pipeline.runtime.config import ConfigError, PipelineConfig
+from pipeline.runtime.registry import stage_name
+from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
 from pipeline.runtime.transport import close_context, open_socket
@@ -28,13 +29,14 @@ from pipeline.runtime.transport import close_context, open_socket
 log = logging.getLogger("pipeline.runtime.supervisor")
 EXIT_BAD_INPUT = 3  # a stage's exit code for bad input or a fatal error (StageFatalError): no restart
 STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
-DOWNSTREAM = dict(zip(STAGE_ORDER, STAGE_ORDER[1:]))  # whose exit releases a flushed stage
 
 
 @dataclass
 class StageProcess:
     label: str  # "detect" or "capture:cam0"
     argv: list[str]
+    stage: str = ""  # the stage name: "capture" for "capture:cam0"
+    is_source: bool = False  # one process per source: restarts resume its frame numbering
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
@@ -44,14 +46,8 @@ class StageProcess:
     release_sent: bool = False
     upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
-    @property
-    def stage(self) -> str:
-        """The stage name: "capture" for "capture:cam0"."""
-        return self.label.split(":")[0]
-
-    @property
-    def is_source(self) -> bool:
-        return self.stage == "capture"
+    def __post_init__(self):
+        self.stage = self.stage or self.label.split(":")[0]
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
@@ -70,7 +66,7 @@ def write_run_config(cfg: PipelineConfig) -> Path:
     out = cfg.resolve(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "run_config.yaml"
-    if not replace_file(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)):
+    if not replace_file(path, yaml.safe_dump(to_plain(cfg), sort_keys=False)):
         raise ConfigError(f"output_dir {out}: the disk is full (cannot write run_config.yaml)")
     return path
 
@@ -101,23 +97,26 @@ class Supervisor:
         self.stages = self._plan()
         self.stopping = False
         self.failed: str | None = None
-        self.progress = _Progress(cfg) if progress and not cfg.live else None
+        self.progress = _Progress(self.stages, cfg.path_names[-1]) if progress and not cfg.live else None
         self.metrics = _Prometheus(cfg.supervisor.prometheus_port)
 
     def _plan(self) -> list[StageProcess]:
+        cfg = self.cfg
         base = [sys.executable, "-m", "pipeline", "stage"]
         plan = []
-        for name in reversed(STAGE_ORDER):  # receivers first, so their sockets are bound early
-            if name not in self.cfg.run_stages:
+        for name in reversed(cfg.path_names):  # receivers first, so their sockets are bound early
+            if name not in cfg.run_stages:
                 continue
-            if name == "capture":
-                plan += [StageProcess(f"capture:{s.id}", base + ["capture", str(self.run_config), "--source", s.id])
-                         for s in self.cfg.sources]
+            if cfg.stage_class(name).role == "source":
+                plan += [StageProcess(f"{name}:{s.id}", base + [name, str(self.run_config), "--source", s.id],
+                                      name, True) for s in cfg.sources]
             else:
-                plan.append(StageProcess(name, base + [name, str(self.run_config)]))
-        # the view runs where it is listed, or by default beside the track stage whose frames it shows
-        if self.cfg.stages.view.enabled and ("view" in self.cfg.run_stages or "track" in self.cfg.run_stages):
-            plan.append(StageProcess("view", base + ["view", str(self.run_config)]))
+                plan.append(StageProcess(name, base + [name, str(self.run_config)], name))
+        for name in dict.fromkeys(stage_name(ref) for ref in cfg.consumers):
+            cls = cfg.stage_class(name)
+            # a consumer runs where it is listed, or by default beside the stage it follows
+            if cls.enabled(cfg) and (name in cfg.run_stages or cls.beside in cfg.run_stages):
+                plan.append(StageProcess(name, base + [name, str(self.run_config)], name))
         return plan
 
     # ------------------------------------------------------------------ run
@@ -212,7 +211,7 @@ class Supervisor:
         is up), ask the upstream stage to send the EOS of every stream it finished again (SIGUSR2;
         a second EOS is ignored). An upstream already gone cannot: the run fails instead of hanging."""
         sp.upstream_eos_due = False
-        upstream = [u for u in self.stages if DOWNSTREAM.get(u.stage) == sp.stage]
+        upstream = [u for u in self.stages if self.cfg.downstream(u.stage) == sp.stage]
         if not self.cfg.live and any(u.exit_code == 0 for u in upstream):  # live runs end by signal anyway
             self.failed = f"{sp.label} restarted after its upstream had finished: the end of stream was lost"
             return
@@ -254,7 +253,7 @@ class Supervisor:
         for sp in self.stages:
             if not sp.alive() or sp.last_beat.get("state") != "flushed" or sp.release_sent:
                 continue
-            downstream = DOWNSTREAM.get(sp.stage)
+            downstream = self.cfg.downstream(sp.stage)
             peers = [d for d in self.stages if d.label == downstream]
             if peers and all(d.proc is not None and d.exit_code is not None for d in peers):
                 sp.signal(signal.SIGUSR1)
@@ -298,9 +297,10 @@ class Supervisor:
 
     def _stream_events(self, snapshot: dict) -> None:
         """stream_down / stream_up events when a capture's reported state changes."""
+        sources = {sp.label for sp in self.stages if sp.is_source}
         for label, beat in snapshot.items():
             state = beat.get("stream")
-            if not label.startswith("capture:") or state not in ("up", "down"):
+            if label not in sources or state not in ("up", "down"):
                 continue
             previous = self.stream_states.get(label)
             self.stream_states[label] = state
@@ -336,12 +336,13 @@ class Supervisor:
 
     def _queue_depths(self, snapshot: dict) -> dict[str, int]:
         """Frames between a stage and its upstream: what upstream sent minus what this one took."""
-        sent_by = {name: 0 for name in STAGE_ORDER}
-        for label, beat in snapshot.items():
-            if label.split(":")[0] in sent_by:  # consumers beside the frame path (the view) have no queue here
-                sent_by[label.split(":")[0]] += int(beat.get("sent", 0))
+        path = self.cfg.path_names
+        sent_by = {name: 0 for name in path}
+        for sp in self.stages:
+            if sp.stage in sent_by and sp.label in snapshot:  # consumers beside the frame path have no queue here
+                sent_by[sp.stage] += int(snapshot[sp.label].get("sent", 0))
         depths = {}
-        for up, down in zip(STAGE_ORDER, STAGE_ORDER[1:]):
+        for up, down in zip(path, path[1:]):
             if down in snapshot:
                 depths[down] = max(0, sent_by[up] - int(snapshot[down].get("received", 0)))
         return depths
@@ -373,14 +374,16 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
 class _Progress:
     """Replay mode: a progress bar of recorded frames over frames in the sources."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, stages: list[StageProcess], last_stage: str):
         from tqdm import tqdm
 
+        self.sources = [sp.label for sp in stages if sp.is_source]
+        self.last_stage = last_stage  # the frame path's end: what it processed is done
         self.bar = tqdm(total=0, unit="frame", desc="replay", file=sys.stderr, disable=not sys.stderr.isatty())
 
     def update(self, snapshot: dict, final: bool) -> None:
-        total = sum(int(b.get("frames_total", 0)) for label, b in snapshot.items() if label.startswith("capture"))
-        done = int(snapshot.get("record", {}).get("processed", 0))
+        total = sum(int(snapshot.get(label, {}).get("frames_total", 0)) for label in self.sources)
+        done = int(snapshot.get(self.last_stage, {}).get("processed", 0))
         self.bar.total = max(total, done)
         self.bar.n = done
         self.bar.refresh()
@@ -400,7 +403,11 @@ class _Prometheus:
             return
         from prometheus_client import Gauge, start_http_server
 
-        start_http_server(port, addr="127.0.0.1")
+        try:
+            start_http_server(port, addr="127.0.0.1")
+        except OSError as exc:
+            raise ConfigError(f"config key 'supervisor.prometheus_port': cannot serve on 127.0.0.1:{port} "
+                              f"({exc.strerror or exc})") from None
         self.gauges = {f: Gauge(f"lss_stage_{f}", f"per-stage {f}", ["stage"]) for f in self.FIELDS}
         self.gauges["queue_depth"] = Gauge("lss_stage_queue_depth", "frames waiting before a stage", ["stage"])
 

@@ -112,8 +112,8 @@ def test_torch_detector_equals_unfused_model(detector, weights):
 
 @pytest.mark.parametrize("kwargs,problem", [
     ({"backend": "tensorrt"}, "unknown backend"),
-    ({"fp16": True}, "fp16 needs a CUDA device"),
-    ({"backend": "onnx", "device": "cuda"}, "CPU only"),
+    ({"fp16": True}, "fp16 needs a cuda device"),
+    ({"backend": "onnx", "device": "cuda"}, "cpu only"),
 ])
 def test_bad_arguments(weights, kwargs, problem):
     with pytest.raises(ValueError, match=problem):

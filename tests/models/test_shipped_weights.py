@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import models
-from pipeline.runtime.config import DetectConfig
+from stages.detect import DetectConfig
 from pipeline.offline.data.dataset import CLASSES
 from pipeline.offline.eval import clip_recall
 from pipeline.offline.data.synthetic import make_clip

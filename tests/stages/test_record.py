@@ -98,7 +98,7 @@ def test_sigkill_mid_segment_leaves_a_segment_that_plays_up_to_the_kill(tmp_path
         import sys, time
         from pathlib import Path
         import numpy as np
-        from pipeline.runtime.config import RecordConfig
+        from stages.record import RecordConfig
         from stages.record import SegmentWriter, video_frame
         writer = SegmentWriter(Path({str(folder)!r}), RecordConfig(segment_seconds=1.0))
         Path({str(folder)!r}).mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ UNREACHABLE_PORT = free_port()
     (GOOD + "endpoints: {detect_in: 'pull+bind:tcp://0.0.0.0:5551'}\n", "beyond loopback needs transport.curve"),
     (GOOD + "endpoints: {detect_in: 'pull+bind:tcp://0.0.0.0:5551'}\ntransport: {curve: {server_secret: s}}\n",
      "needs transport.curve.server_secret and transport.curve.client_public"),
-    (GOOD.replace("{weights: w.pt}", "{weights: w.pt, fp16: true}"), "'stages.detect.fp16' needs a cuda device"),
+    (GOOD.replace("{weights: w.pt}", "{weights: w.pt, fp16: true}"), "'stages.detect.fp16': fp16 needs a cuda device"),
     (GOOD.replace("{weights: w.pt}", "{weights: w.pt, device: cuda}"), "the onnx backend runs on cpu only"),
     (GOOD + "stages: {preprocess: {input_size: [512]}}\n", "'stages.preprocess.input_size' must be [height, width]"),
     (GOOD + "stages: {preprocess: {input_size: [500, 640]}}\n", "positive multiples of 32, got [500, 640]"),
@@ -75,8 +75,9 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown config key 'colour' (allowed: base_dir, endpoints, "
-                                                  "mode, output_dir, run_stages, sources, stages, supervisor, transport)"]
+    assert result.stderr.strip().splitlines() == ["error: unknown config key 'colour' (allowed: base_dir, consumers, "
+                                                  "endpoints, frame_path, mode, output_dir, run_stages, sources, stages, "
+                                                  "supervisor, transport)"]
 
 
 def test_cli_missing_config_file(tmp_path):

@@ -12,16 +12,17 @@ from pipeline.runtime.transport import open_socket
 
 
 class Passthrough(Stage):
-    name = "track"
-    input_key = "track_in"
-    output_key = "record_in"
+    """A frame stage registered from this test module (frame path: capture -> passthrough -> record)."""
+
+    name = "passthrough"
 
 
 @pytest.fixture
 def runner_and_downstream(tmp_path):
-    """A track-stage runner on streams a and b, and the socket its downstream stage would bind."""
+    """A passthrough-stage runner on streams a and b, and the socket its downstream stage would bind."""
     cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}, {"id": "b", "uri": "y.mp4"}],
-                            "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")}},
+                            "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")},
+                            "frame_path": ["capture", f"{__name__}:passthrough", "record"]},
                            check_files=False)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
     ctx = zmq.Context()
