@@ -38,14 +38,12 @@ class Meter:
             self._series[series].append(ms)
 
     def fps(self, stream_id: str | None = None, now: float | None = None) -> float:
-        """Frames per second over the last FPS_WINDOW_S, of one stream or of all of them."""
+        """Frames per second over the last FPS_WINDOW_S, of one stream or of all of them (the sum)."""
         now = time.time() if now is None else now
         with self._lock:
-            times = sorted(t for key, ticks in self._ticks.items() if stream_id in (None, key)
-                           for t in ticks if now - t <= FPS_WINDOW_S)
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
+            recent = {key: [t for t in ticks if now - t <= FPS_WINDOW_S] for key, ticks in self._ticks.items()
+                      if stream_id in (None, key)}
+        return sum(_rate(times) for times in recent.values())
 
     def snapshot(self, now: float | None = None) -> dict:
         with self._lock:
@@ -56,3 +54,9 @@ class Meter:
             out[f"{name}_p50"] = round(float(np.percentile(values, 50)), 1)
             out[f"{name}_p99"] = round(float(np.percentile(values, 99)), 1)
         return out
+
+
+def _rate(times: list[float]) -> float:
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
