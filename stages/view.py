@@ -536,6 +536,7 @@ class ViewStage(Stage):
     role = "consumer"
     section = ViewConfig
     beside = "track"  # the stage whose events and frames it shows: by default it runs on that host
+    subscribes = ("events", "status")
 
     @classmethod
     def enabled(cls, cfg: PipelineConfig) -> bool:

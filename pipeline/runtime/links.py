@@ -49,6 +49,12 @@ def link_table(cfg) -> dict[str, Link]:
     for name in cfg.stage_refs():
         for key, (pattern, offset) in cfg.stage_class(name).binds.items():
             table[key] = Link(pattern, offset, name)
+    for name in cfg.stage_refs():
+        cls = cfg.stage_class(name)
+        for key in cls.subscribes if cls.enabled(cfg) else ():
+            if key not in table:
+                raise ConfigError(f"stage {name!r} follows link {key!r}, which no stage of this config binds "
+                                  f"(frame_path: {', '.join(cfg.frame_path)})")
     _check_offsets(table, cfg.transport.base_port)
     return table
 

@@ -42,6 +42,7 @@ class Stage:
     ``port_offset``  tcp port offset of its frame input link ``<name>_in`` (None: derived from the name)
     ``binds``        side links it binds: key -> (pattern, port offset), e.g. {"events": ("pub", 5)}
     ``beside``       consumers: the stage whose host runs it when run_stages does not name it
+    ``subscribes``   PUB links it follows (e.g. ("events", "status")): some stage of the config must bind them
 
     The links it reads and writes follow from its place in the frame path: it pulls ``<name>_in`` and
     pushes to the next stage's input.
@@ -53,6 +54,7 @@ class Stage:
     port_offset: ClassVar[int | None] = None
     binds: ClassVar[dict[str, tuple[str, int]]] = {}
     beside: ClassVar[str | None] = None
+    subscribes: ClassVar[tuple[str, ...]] = ()
     batch_size = 1
 
     def __init_subclass__(cls, **kwargs):
@@ -81,7 +83,7 @@ class Stage:
     @property
     def settings(self):
         """This stage's config section (cfg.stages.<name>)."""
-        return self.cfg.stages[self.name]
+        return self.cfg.stages.get(self.name)
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         return [msg]

@@ -62,6 +62,15 @@ UNREACHABLE_PORT = free_port()
     (GOOD + "stages: {view: {enabled: true, host: 0.0.0.0}}\n", "'stages.view.token' is required"),
     (GOOD + "stages: {view: {enabled: true, tls_cert: view.crt}}\n",
      "'stages.view.tls_cert' and 'stages.view.tls_key' go together"),
+    (GOOD + "stages: {view: {port: 70000}}\n", "'stages.view.port' must be <= 65535, got 70000"),
+    (GOOD + "stages: {view: {jpeg_quality: 0}}\n", "'stages.view.jpeg_quality' must be >= 1, got 0"),
+    (GOOD + "supervisor: {prometheus_port: 99999}\n", "'supervisor.prometheus_port' must be <= 65535"),
+    (GOOD + "supervisor: {max_restarts: -1}\n", "'supervisor.max_restarts' must be >= 0"),
+    (GOOD + "stages: {record: {segment_seconds: .nan}}\n", "'stages.record.segment_seconds' must be a finite number"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, read_timeout_s: -1}]\n", "'sources[0].read_timeout_s' must be > 0"),
+    (GOOD + "stages: {track: {minimum_iou_threshold: 1.5}}\n", "'stages.track.minimum_iou_threshold' must be <= 1.0"),
+    (GOOD + "frame_path: [capture, nosuch, record]\n", "'frame_path[1]': unknown stage 'nosuch'"),
+    (GOOD + "run_stages: [capture, tracker]\n", "'run_stages[1]' must be one of"),
     ("sources: [oops\n", "malformed YAML at line"),
     ("- just\n- a list\n", "top level must be a mapping"),
 ])
@@ -78,6 +87,22 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: unknown config key 'colour' (allowed: base_dir, consumers, "
                                                   "endpoints, frame_path, mode, output_dir, run_stages, sources, stages, "
                                                   "supervisor, transport)"]
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"sources: [{id: \xff\xfe, uri: x}]\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
+
+
+def test_a_bad_view_port_stops_the_run_before_any_stage_starts(tmp_path):
+    path = _write(tmp_path, GOOD + "stages: {detect: {weights: w.pt}, view: {enabled: true, port: 70000}}\n")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()  # nothing started, nothing written
+    assert result.stderr.strip().splitlines() == [
+        "error: config key 'stages.view.port' must be <= 65535, got 70000"]
 
 
 def test_cli_missing_config_file(tmp_path):

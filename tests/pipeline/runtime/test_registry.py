@@ -85,6 +85,12 @@ def test_a_stage_can_be_left_out_of_the_frame_path(tmp_path):
     assert "preprocess" not in cfg.stages and "track" not in cfg.stages
 
 
+def test_a_consumer_needs_the_links_it_follows(tmp_path):
+    with pytest.raises(ConfigError, match="stage 'view' follows link 'events', which no stage of this config binds"):
+        _config(tmp_path, frame_path=["capture", "detect", "record"], stages={"view": {"enabled": True}})
+    assert _config(tmp_path, frame_path=["capture", "detect", "record"]).stages.view.enabled is False  # not started
+
+
 def test_two_stage_classes_may_not_share_a_name():
     with pytest.raises(ValueError, match="two stages are named 'detect'"):
         type("Impostor", (Stage,), {"name": "detect"})
