@@ -8,8 +8,9 @@ Names load on first use (PEP 562), so ``import models`` costs nothing: ``models.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+
+from .lazy import lazy_names
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
 
@@ -22,11 +23,4 @@ _HOMES = {
     "build_model": "yolox_gssam", "model_names": "yolox_gssam", "parse_model_name": "yolox_gssam",
 }
 __all__ = ["DEFAULT_WEIGHTS", *_HOMES]
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -56,7 +56,7 @@ def plain_pycocotools_seconds(ground_truth: dict, predictions: list[dict]) -> fl
 
 def single_eval_seconds(ground_truth: dict, predictions: list[dict], library: str) -> float:
     started = time.perf_counter()
-    evaluate._run_cocoeval(ground_truth, predictions, library)
+    evaluate.run_cocoeval(ground_truth, predictions, library)
     return time.perf_counter() - started
 
 

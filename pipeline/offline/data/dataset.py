@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.offline.data import coco
+
 log = logging.getLogger(__name__)
 
 CLASSES = ("drone", "bird", "airplane", "helicopter")
@@ -68,13 +70,12 @@ class Clip:
         return int(self.name.rsplit("_", 1)[1])
 
 
-def category_id(class_id: int) -> int:
-    """COCO category id of a 0-based class index (COCO ids start at 1)."""
-    return class_id + 1
+category_id = coco.category_id   # COCO category id of a class index; callers know it as dataset.category_id
 
 
 def coco_categories() -> list[dict]:
-    return [{"id": category_id(i), "name": name, "supercategory": "object"} for i, name in enumerate(CLASSES)]
+    """The COCO categories of the dataset's classes (category id = class index + 1)."""
+    return coco.categories(CLASSES)
 
 
 def _check_root(root: Path) -> Path:
@@ -257,33 +258,29 @@ def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int]
     warned about once per clip, never shifted. Images carry ``clip``, ``frame_index``, ``modality``.
     ``labels_of(clip)`` replaces ``read_labels`` (e.g. pipeline.offline.data.tighten.LabelTightener).
     """
-    images, annotations = [], []
+    builder = coco.CocoBuilder(CLASSES)
     beyond: dict[str, int] = {}
     for clip in clips:
         frames, width, height = video_info(clip)
         if frame_counts is not None and clip.name in frame_counts:
             frames = frame_counts[clip.name]
         labels = (labels_of or read_labels)(clip)
-        extra = sorted(f for f in labels if f >= frames or f < 0)
-        if extra:
-            beyond[clip.name] = sum(len(labels[f]) for f in extra)
-            log.warning("%s: %d label row(s) beyond the video's %d decoded frames (first at frame %d); "
-                        "ignored, not shifted", clip.name, beyond[clip.name], frames, extra[0])
-        indices = clip_images(clip, frames, stride)
-        if max_frames is not None:
-            indices = indices[:max_frames]
-        for frame_index in indices:
-            image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{clip.name}/{frame_index:06d}",
-                           "width": width, "height": height, "clip": clip.name,
-                           "frame_index": frame_index, "modality": clip.modality})
+        _count_labels_beyond(clip, labels, frames, beyond)
+        for frame_index in clip_images(clip, frames, stride)[:max_frames]:
+            image_id = builder.add_image(f"{clip.name}/{frame_index:06d}", width, height, clip=clip.name,
+                                         frame_index=frame_index, modality=clip.modality)
             for class_id, x, y, w, h in labels.get(frame_index, ()):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": category_id(class_id), "bbox": [x, y, w, h],
-                                    "area": w * h, "iscrowd": 0})
-    return {"info": {"description": "drone-detection-dataset", "stride": stride,
-                     "labels_beyond_video": beyond},
-            "images": images, "annotations": annotations, "categories": coco_categories()}
+                builder.add_box(image_id, class_id, (x, y, w, h))
+    return builder.build({"description": "drone-detection-dataset", "stride": stride, "labels_beyond_video": beyond})
+
+
+def _count_labels_beyond(clip: Clip, labels: dict, frames: int, beyond: dict[str, int]) -> None:
+    """Count (into ``beyond``) and warn about label rows outside the video's ``frames`` decoded frames."""
+    extra = sorted(f for f in labels if f >= frames or f < 0)
+    if extra:
+        beyond[clip.name] = sum(len(labels[f]) for f in extra)
+        log.warning("%s: %d label row(s) beyond the video's %d decoded frames (first at frame %d); "
+                    "ignored, not shifted", clip.name, beyond[clip.name], frames, extra[0])
 
 
 def read_distance_bins(root: Path | str) -> dict[str, str]:

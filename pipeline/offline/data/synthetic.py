@@ -24,7 +24,8 @@ from typing import Iterator, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from pipeline.offline.data.dataset import CLASSES, category_id, coco_categories
+from pipeline.offline.data.coco import CocoBuilder, category_id
+from pipeline.offline.data.dataset import CLASSES
 
 SUPERSAMPLE = 4          # silhouettes are drawn 4x larger and area-downsampled: anti-aliased sub-pixel shapes
 ALPHA_IN_BOX = 0.3       # rendered coverage that counts as part of the object for its box
@@ -316,16 +317,13 @@ def make_clip(out_dir: Path | str, seed: int = 0, frames: int = 300, size: tuple
 
 
 def _coco(name: str, boxes: list[list[Box]], size: tuple[int, int], modality: str, seed: int) -> dict:
-    images, annotations = [], []
+    builder = CocoBuilder(CLASSES)
     for frame_index, frame_boxes in enumerate(boxes):
-        images.append({"id": frame_index + 1, "file_name": f"{name}/{frame_index:06d}", "width": size[0],
-                       "height": size[1], "clip": name, "frame_index": frame_index, "modality": modality})
+        image_id = builder.add_image(f"{name}/{frame_index:06d}", size[0], size[1], clip=name,
+                                     frame_index=frame_index, modality=modality)
         for b in frame_boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": frame_index + 1,
-                                "category_id": category_id(b.class_id), "bbox": [b.x, b.y, b.w, b.h],
-                                "area": b.w * b.h, "iscrowd": 0, "track_id": b.track_id})
-    return {"info": {"description": f"synthetic clip {name}", "seed": seed},
-            "images": images, "annotations": annotations, "categories": coco_categories()}
+            builder.add_box(image_id, b.class_id, (b.x, b.y, b.w, b.h), track_id=b.track_id)
+    return builder.build({"description": f"synthetic clip {name}", "seed": seed})
 
 
 # The default tiny dataset: (modality, clip class, number, seed). Bird clips contain only birds.

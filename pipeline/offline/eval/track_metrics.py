@@ -110,14 +110,10 @@ def gt_rows_from_labels(labels: dict[int, list[tuple]], min_iou: float = 0.1) ->
 
 def _iou_matrix(a: list[tuple], b: list[tuple]) -> np.ndarray:
     """IoU of xywh boxes, len(a) x len(b)."""
-    a_, b_ = np.array(a, float).reshape(-1, 4), np.array(b, float).reshape(-1, 4)
-    x1 = np.maximum(a_[:, None, 0], b_[None, :, 0])
-    y1 = np.maximum(a_[:, None, 1], b_[None, :, 1])
-    x2 = np.minimum((a_[:, 0] + a_[:, 2])[:, None], (b_[:, 0] + b_[:, 2])[None, :])
-    y2 = np.minimum((a_[:, 1] + a_[:, 3])[:, None], (b_[:, 1] + b_[:, 3])[None, :])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = (a_[:, 2] * a_[:, 3])[:, None] + (b_[:, 2] * b_[:, 3])[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
+    import supervision as sv
+
+    return sv.box_iou_batch(sv.xywh_to_xyxy(np.array(a, float).reshape(-1, 4)),
+                            sv.xywh_to_xyxy(np.array(b, float).reshape(-1, 4))).astype(float)
 
 
 def evaluate_mot(gt: str | Path | Iterable[Row], pred: str | Path | Iterable[Row],

@@ -1,4 +1,4 @@
-"""Offline tracking metrics (pipeline/track_metrics.py) through the trackers.eval library."""
+"""Offline tracking metrics (pipeline/offline/eval/track_metrics.py) through the trackers.eval library."""
 from __future__ import annotations
 
 import json

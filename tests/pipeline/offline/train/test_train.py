@@ -226,16 +226,16 @@ def test_training_states_load_with_weights_only_old_numpy_form_included(tmp_path
     import pytest
     import torch
 
-    from pipeline.offline.train import _load_training_state
+    from pipeline.offline.train.state import load_training_state
 
     old = tmp_path / "old.pt"
     torch.save({"rng": {"numpy": np.random.get_state()}, "step": 3}, old)
-    state = _load_training_state(old, torch.device("cpu"))
+    state = load_training_state(old, torch.device("cpu"))
     assert state["step"] == 3 and np.array_equal(state["rng"]["numpy"][1], np.random.get_state()[1])
     hostile = tmp_path / "hostile.pt"
     torch.save({"step": 3, "payload": pickle.PickleError}, hostile)  # an arbitrary class: refused
     with pytest.raises(pickle.UnpicklingError):
-        _load_training_state(hostile, torch.device("cpu"))
+        load_training_state(hostile, torch.device("cpu"))
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
