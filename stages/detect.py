@@ -71,6 +71,16 @@ class DetectStage(Stage):
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)
 
+    def accept(self, msg: FrameMessage) -> str | None:
+        if "input" not in msg.buffers:
+            return None  # letterboxed here
+        shape, ratio = msg.buffers["input"].shape, msg.meta.get("ratio")
+        if msg.buffers["input"].dtype != np.uint8 or shape != (*self.detector.input_size, 3):
+            return f"buffer 'input' must be uint8 {[*self.detector.input_size, 3]}, got {list(shape)}"
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio < 1e4:
+            return f"meta 'ratio' must be a positive number, got {str(ratio)[:40]}"
+        return None
+
     def _input(self, msg: FrameMessage) -> np.ndarray:
         if "input" not in msg.buffers:  # no preprocess stage in this frame path
             msg.buffers["input"], msg.meta["ratio"] = letterbox(msg.image, self.detector.input_size)

@@ -193,6 +193,14 @@ class TrackStage(Stage):
         self.sink = EventSink(cfg, self.settings.events_hwm)
         self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_out_of_order": 0}
 
+    def accept(self, msg: FrameMessage) -> str | None:
+        dropped, names = msg.meta.get("dropped_upstream", 0), msg.meta.get("class_names", [])
+        if not isinstance(dropped, int) or isinstance(dropped, bool) or dropped < 0:
+            return f"meta 'dropped_upstream' must be a whole number >= 0, got {str(dropped)[:40]}"
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return "meta 'class_names' must be a list of strings"
+        return None
+
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         state = self.streams.setdefault(msg.stream_id, StreamState(self.settings))
         dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)

@@ -586,9 +586,11 @@ class ViewStage(Stage):
         ctx = zmq.Context()
         curve = curve_keys(self.cfg)
         events = connect_side(self.cfg.endpoint("events"))
-        subs = [open_socket(ctx, events, hwm=FRAME_HWM, curve=curve, subscribe=b"frame/"),
-                open_socket(ctx, events, hwm=EVENT_HWM, curve=curve, subscribe=b"event"),
-                open_socket(ctx, connect_side(self.cfg.endpoint("status")), hwm=EVENT_HWM, curve=curve)]
+        limit = self.cfg.max_message_bytes
+        subs = [open_socket(ctx, events, hwm=FRAME_HWM, curve=curve, subscribe=b"frame/", max_message_bytes=limit),
+                open_socket(ctx, events, hwm=EVENT_HWM, curve=curve, subscribe=b"event", max_message_bytes=limit),
+                open_socket(ctx, connect_side(self.cfg.endpoint("status")), hwm=EVENT_HWM, curve=curve,
+                            max_message_bytes=limit)]
         control = open_socket(ctx, connect_side(self.cfg.endpoint("control")), hwm=16, curve=curve)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         thread.start()

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.runtime import links
+from pipeline.runtime.messages import valid_stream_id
 from pipeline.runtime.registry import stage_class, stage_name
 from pipeline.runtime.schema import ConfigError, build, setting
 from pipeline.runtime.transport import Endpoint, EndpointError
@@ -63,6 +64,8 @@ class TransportConfig:
     host: str = "127.0.0.1"
     base_port: int = setting(5550, ge=1, le=65535)  # a link's tcp port: base_port + its own offset
     hwm: int = setting(4, gt=0)  # messages queued per socket side (replay); live mode uses 1
+    # the largest message part a stage takes in: a 3840x2160 BGR frame is 24.9 MB; larger ones are refused
+    max_message_mb: float = setting(64.0, gt=0)
     curve: CurveConfig | None = None
 
 
@@ -135,6 +138,10 @@ class PipelineConfig:
 
     def endpoint(self, key: str) -> str:
         return self.endpoints[key]
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.transport.max_message_mb * (1 << 20))
 
 
 def connect_side(bound_spec: str) -> str:
@@ -230,6 +237,10 @@ def _build_sections(cfg: PipelineConfig, raw: dict) -> StageSections:
 def _check_sources(cfg: PipelineConfig) -> None:
     if not cfg.sources:
         raise ConfigError("config key 'sources' must list at least one source")
+    for i, src in enumerate(cfg.sources):
+        if not valid_stream_id(src.id):
+            raise ConfigError(f"config key 'sources[{i}].id': a stream id names its output folder: "
+                              f"[A-Za-z0-9_.-], 1 to 64 characters, not . or .., got {src.id!r}")
     ids = [s.id for s in cfg.sources]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"config key 'sources': stream ids must be unique, got {ids}")

@@ -10,6 +10,7 @@ is the stream's frame count as its source counted it (the index after its last f
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,10 @@ WIRE_VERSION = 1
 FRAME, EOS = "frame", "eos"
 _ALLOWED_DTYPES = {"uint8", "float32", "float16", "int32", "int64"}
 _MAX_HEADER_BYTES = 1 << 20
+_MAX_DEPTH = 8  # levels of nesting a header may have (meta holds small facts, not trees)
+MAX_BUFFERS = 8  # buffers a message may carry (image, input, annotated, ...)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class MessageError(ValueError):
@@ -85,35 +90,38 @@ class FrameMessage:
 
     @classmethod
     def decode(cls, parts: list) -> "FrameMessage":
-        """Parse received parts (bytes or zmq.Frame); raise MessageError on anything malformed."""
+        """Parse received parts (bytes or zmq.Frame); raise MessageError on anything malformed: every
+        header field is type-checked, so what comes out can be used without further checks."""
         if not parts:
             raise MessageError("empty message")
+        if len(parts) > 1 + MAX_BUFFERS:
+            raise MessageError(f"{len(parts)} parts: a message holds a header and at most {MAX_BUFFERS} buffers")
         header = _parse_header(parts[0])
-        specs = header.get("buffers", [])
+        specs = _typed(header, "buffers", list, [])
         if len(parts) != 1 + len(specs):
             raise MessageError(f"header names {len(specs)} buffers but {len(parts) - 1} arrived")
-        try:
-            buffers = {spec["name"]: _array_from_part(spec, part) for spec, part in zip(specs, parts[1:])}
-            return cls(
-                stream_id=str(header["stream_id"]),
-                frame_index=int(header["frame_index"]),
-                source_ts=float(header["source_ts"]),
-                capture_wall=float(header["capture_wall"]),
-                buffers=buffers,
-                detections=_optional_array(header.get("detections"), np.float32, (-1, 6)),
-                track_ids=_optional_array(header.get("track_ids"), np.int64, (-1,)),
-                meta=dict(header.get("meta") or {}),
-                trace=dict(header.get("trace") or {}),
-                kind=header["kind"],
-            )
-        except MessageError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MessageError(f"bad header field: {exc!r}") from None
+        buffers = {}
+        for spec, part in zip(specs, parts[1:]):
+            name, array = _array_from_part(spec, part)
+            buffers[name] = array
+        msg = cls(stream_id=_stream_id(header), frame_index=_count(header, "frame_index"),
+                  source_ts=_number(header, "source_ts"), capture_wall=_number(header, "capture_wall"),
+                  buffers=buffers, detections=_detections(header.get("detections")),
+                  track_ids=_track_ids(header.get("track_ids")), meta=_typed(header, "meta", dict, {}),
+                  trace=_trace(header.get("trace")), kind=header["kind"])
+        if msg.track_ids is not None and (msg.detections is None or len(msg.track_ids) != len(msg.detections)):
+            raise MessageError("track_ids must pair with the detections one to one")
+        if not msg.is_eos:
+            _check_image(buffers.get("image"))
+        return msg
 
 
 def _raw(part) -> memoryview:
     return part.buffer if hasattr(part, "buffer") else memoryview(part)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _parse_header(part) -> dict:
@@ -121,31 +129,117 @@ def _parse_header(part) -> dict:
     if raw.nbytes > _MAX_HEADER_BYTES:
         raise MessageError(f"header of {raw.nbytes} bytes is over the {_MAX_HEADER_BYTES} limit")
     try:
-        header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(bytes(raw), parse_constant=_reject_constant)  # no NaN / Infinity
+    except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"header is not JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise MessageError("header is nested too deeply") from None
     if not isinstance(header, dict) or header.get("v") != WIRE_VERSION:
         raise MessageError(f"header is not a v{WIRE_VERSION} frame header")
     if header.get("kind") not in (FRAME, EOS):
         raise MessageError(f"unknown message kind {header.get('kind')!r}")
+    if _depth(header) > _MAX_DEPTH:
+        raise MessageError(f"header is nested deeper than {_MAX_DEPTH} levels")
     return header
 
 
-def _array_from_part(spec: dict, part) -> np.ndarray:
-    dtype = spec.get("dtype")
-    if dtype not in _ALLOWED_DTYPES:
-        raise MessageError(f"buffer {spec.get('name')!r} has unsupported dtype {dtype!r}")
-    shape = tuple(int(s) for s in spec["shape"])
-    if any(s < 0 for s in shape):
-        raise MessageError(f"buffer {spec['name']!r} has a negative dimension")
-    raw = _raw(part)
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if raw.nbytes != expected:
-        raise MessageError(f"buffer {spec['name']!r} holds {raw.nbytes} bytes, shape/dtype need {expected}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+def _depth(value, level: int = 0) -> int:
+    if level > _MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
 
 
-def _optional_array(values, dtype, shape) -> np.ndarray | None:
+def _typed(header: dict, key: str, kind: type, default):
+    value = header.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise MessageError(f"header field {key!r} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _stream_id(header: dict) -> str:
+    value = header.get("stream_id")
+    if not isinstance(value, str) or not valid_stream_id(value):
+        raise MessageError(f"stream id {str(value)[:80]!r} is not [A-Za-z0-9_.-], 1 to 64 characters")
+    return value
+
+
+def valid_stream_id(value: str) -> bool:
+    """A stream id names folders of the output: letters, digits, _ . - only, never . or .."""
+    return bool(STREAM_ID.fullmatch(value)) and value not in (".", "..")
+
+
+def _count(header: dict, key: str) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 53:
+        raise MessageError(f"header field {key!r} must be a whole number >= 0, got {str(value)[:40]}")
+    return value
+
+
+def _number(header: dict, key: str) -> float:
+    value = header.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise MessageError(f"header field {key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _detections(values) -> np.ndarray | None:
     if values is None:
         return None
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    if not isinstance(values, list) or not all(isinstance(row, list) and len(row) == 6 for row in values):
+        raise MessageError("detections must be a list of [x1, y1, x2, y2, score, class_id] rows")
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1, 6)
+    except (TypeError, ValueError, OverflowError):
+        raise MessageError("detections hold a value that is not a number") from None
+    if not (np.abs(array) < FLOAT32_MAX).all():  # NaN fails too
+        raise MessageError("detections hold a value that is not finite in float32")
+    return array.astype(np.float32)
+
+
+def _track_ids(values) -> np.ndarray | None:
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise MessageError("track_ids must be a list of whole numbers")
+    try:
+        return np.asarray(values, dtype=np.int64).reshape(-1)
+    except OverflowError:
+        raise MessageError("a track id is out of range") from None
+
+
+def _trace(values) -> dict[str, float]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in values.values()):
+        raise MessageError("trace must map stage labels to times")
+    return dict(values)
+
+
+def _check_image(image) -> None:
+    if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        shape = None if image is None else f"{image.dtype} {list(image.shape)}"
+        raise MessageError(f"a frame needs a uint8 H x W x 3 'image' buffer, got {shape}")
+
+
+def _array_from_part(spec, part) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("shape"), list):
+        raise MessageError("a buffer spec must be {name: str, shape: [ints], dtype: str}")
+    name, shape, dtype = spec["name"], spec["shape"], spec.get("dtype")
+    if dtype not in _ALLOWED_DTYPES:
+        raise MessageError(f"buffer {name[:40]!r} has unsupported dtype {str(dtype)[:40]!r}")
+    if len(shape) > 4 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 for v in shape):
+        raise MessageError(f"buffer {name[:40]!r} shape must be up to 4 whole numbers >= 0")
+    raw = _raw(part)
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if raw.nbytes != expected:
+        raise MessageError(f"buffer {name[:40]!r} holds {raw.nbytes} bytes, shape/dtype need {expected}")
+    return name, np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+

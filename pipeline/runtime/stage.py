@@ -26,6 +26,7 @@ from pipeline.runtime.registry import register_stage
 from pipeline.runtime.transport import CurveKeys, close_context, open_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
+MALFORMED_LOGGED = 20  # malformed messages logged one by one; after that every 1000th
 
 
 class StageFatalError(RuntimeError):
@@ -85,6 +86,11 @@ class Stage:
         """This stage's config section (cfg.stages.<name>)."""
         return self.cfg.stages.get(self.name)
 
+    def accept(self, msg: FrameMessage) -> str | None:
+        """What is wrong with a decoded frame for this stage (a missing or misshapen buffer, a bad meta
+        value), or None: a frame with a problem is dropped and counted as malformed, never processed."""
+        return None
+
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         return [msg]
 
@@ -137,11 +143,13 @@ class StageRunner:
         curve = curve_keys(cfg)
         self.inp = self.out = None
         if stage.role != "source":
-            self.inp = open_socket(self.ctx, cfg.endpoint(input_key(stage.name)), hwm=hwm, curve=curve)
+            self.inp = open_socket(self.ctx, cfg.endpoint(input_key(stage.name)), hwm=hwm, curve=curve,
+                                   max_message_bytes=cfg.max_message_bytes)
         downstream = cfg.downstream(stage.name)
         if downstream is not None:
             self.out = open_socket(self.ctx, connect_side(cfg.endpoint(input_key(downstream))), hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
+        self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False
         self.awaiting_release = self.released = False
@@ -234,7 +242,7 @@ class StageRunner:
         poller = zmq.Poller()
         poller.register(self.inp, zmq.POLLIN)
         interval_ms = int(self.cfg.supervisor.heartbeat_interval_s * 1000)
-        while not self.stopping and self.ended != set(self.cfg.stream_ids):
+        while not self.stopping and self.ended != self.streams:
             if poller.poll(interval_ms):
                 self._handle(self._receive_batch())
             self._resend_eos()
@@ -255,12 +263,28 @@ class StageRunner:
             except zmq.Again:
                 break
             self.metrics.count("received")
-            try:
-                batch.append(FrameMessage.decode(parts))
-            except MessageError as exc:
-                self.metrics.count("malformed")
-                log.warning("%s: dropped a malformed message: %s", self.label, exc)
+            msg = self._decode(parts)
+            if msg is not None:
+                batch.append(msg)
         return self._newest_per_stream(batch) if self.cfg.live else batch
+
+    def _decode(self, parts) -> FrameMessage | None:
+        """The message, or None after counting why it was dropped: untrusted input never leaves here."""
+        try:
+            msg = FrameMessage.decode(parts)
+        except MessageError as exc:
+            return self._drop(str(exc))
+        if msg.stream_id not in self.streams:
+            return self._drop(f"stream {msg.stream_id!r} is not one of this run's {sorted(self.streams)}")
+        problem = None if msg.is_eos else self.stage.accept(msg)
+        return self._drop(f"{msg.stream_id}#{msg.frame_index}: {problem}") if problem else msg
+
+    def _drop(self, why: str) -> None:
+        self.metrics.count("malformed")
+        dropped = self.metrics.counts["malformed"]
+        if dropped <= MALFORMED_LOGGED or dropped % 1000 == 0:  # a flood must not flood the log too
+            log.warning("%s: dropped a malformed message (%d so far): %s", self.label, dropped, why[:300])
+        return None
 
     def _newest_per_stream(self, batch: list[FrameMessage]) -> list[FrameMessage]:
         newest: dict[str, FrameMessage] = {}

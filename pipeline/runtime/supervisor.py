@@ -71,6 +71,38 @@ def write_run_config(cfg: PipelineConfig) -> Path:
     return path
 
 
+BEAT_NUMBERS = ("t", "pid", "fps", "latency_ms_p50", "latency_ms_p99", "received", "processed", "sent",
+                "dropped_stale", "dropped_full", "malformed", "frames_missing", "frames_unrecorded",
+                "frames_total", "next_frame")  # what the supervisor reads of a beat as a number
+MAX_BEAT_BYTES = 64 << 10
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_beat(raw: bytes) -> tuple[dict, str | None]:
+    """(heartbeat, None), or ({...}, the reason it is not one): a JSON object under MAX_BEAT_BYTES whose
+    stage is a string, whose numbers are finite numbers and whose other fields are plain values."""
+    if len(raw) > MAX_BEAT_BYTES:
+        return {}, f"{len(raw)} bytes, over {MAX_BEAT_BYTES}"
+    try:
+        beat = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return {}, f"not JSON ({type(exc).__name__})"
+    if not isinstance(beat, dict) or not isinstance(beat.get("stage"), str):
+        return {}, "not an object with a stage name"
+    for key in BEAT_NUMBERS:
+        value = beat.get(key, 0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return beat, f"field {key!r} is not a finite number: {str(value)[:40]}"
+    if not isinstance(beat.get("pid"), int):
+        return beat, "no pid"
+    if not all(isinstance(v, (str, int, float, bool, type(None), list)) for v in beat.values()):
+        return beat, "a field holds a nested object"
+    return beat, None
+
+
 def resume_frame(last_beat: dict, live: bool, now: float) -> int:
     """Where a restarted capture starts numbering (and, for a file, reading). Replay resumes at the
     last reported frame: the few frames sent after that beat come again and the recorder drops
@@ -90,9 +122,11 @@ class Supervisor:
         self.run_config = write_run_config(cfg)
         self.ctx = zmq.Context()
         curve = curve_keys(cfg)  # the stages and the view connect with Curve where it is configured
-        self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000, curve=curve)
+        self.control = open_socket(self.ctx, cfg.endpoint("control"), hwm=1000, curve=curve,
+                                   max_message_bytes=MAX_BEAT_BYTES)
         self.status_pub = open_socket(self.ctx, cfg.endpoint("status"), hwm=10, curve=curve)
         self.stream_states: dict[str, str] = {}
+        self.bad_beats = 0
         self.disk_full_reported: set[str] = set()
         self.stages = self._plan()
         self.stopping = False
@@ -196,14 +230,23 @@ class Supervisor:
                 raw = self.control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                beat = json.loads(raw)
-                sp = next(s for s in self.stages if s.label == beat["stage"])
-            except (ValueError, KeyError, StopIteration, TypeError):
+            beat, problem = parse_beat(raw)
+            sp = next((s for s in self.stages if beat and s.label == beat.get("stage")), None)
+            if problem is None and (sp is None or sp.proc is None or beat["pid"] != sp.proc.pid):
+                problem = f"no stage process {str(beat.get('stage'))[:40]!r} with pid {beat.get('pid')}"
+            if problem is not None:
+                self._bad_beat(problem)
                 continue
             sp.last_beat, sp.last_beat_time = beat, time.time()
             if sp.upstream_eos_due and sp.proc is not None and beat.get("pid") == sp.proc.pid:
                 self._resend_upstream_eos(sp)
+
+    def _bad_beat(self, problem: str) -> None:
+        """A heartbeat that is not one: dropped and counted, never trusted (the control socket is only
+        as private as its ipc folder or loopback port)."""
+        self.bad_beats += 1
+        if self.bad_beats <= 10 or self.bad_beats % 1000 == 0:
+            log.warning("dropped a malformed heartbeat (%d so far): %s", self.bad_beats, problem)
 
     def _resend_upstream_eos(self, sp: StageProcess) -> None:
         """A killed stage may have taken its upstream's end-of-stream messages down with it (they sat in

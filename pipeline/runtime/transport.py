@@ -85,10 +85,14 @@ class CurveKeys:
 
 
 def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: CurveKeys | None = None,
-                subscribe: bytes = b"") -> zmq.Socket:
+                subscribe: bytes = b"", max_message_bytes: int | None = None) -> zmq.Socket:
+    """``max_message_bytes``: a peer sending a larger message part is disconnected by ZeroMQ before the
+    part is taken in (an untrusted sender cannot make a receiver hold gigabytes)."""
     endpoint = spec if isinstance(spec, Endpoint) else Endpoint.parse(spec)
     sock = ctx.socket(PATTERNS[endpoint.pattern])
     try:
+        if max_message_bytes is not None:
+            sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
         _configure(sock, endpoint, hwm, curve, subscribe)
     except BaseException:
         sock.close(0)  # an open socket would keep ctx.term() waiting

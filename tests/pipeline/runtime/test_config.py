@@ -71,6 +71,10 @@ UNREACHABLE_PORT = free_port()
     (GOOD + "stages: {track: {minimum_iou_threshold: 1.5}}\n", "'stages.track.minimum_iou_threshold' must be <= 1.0"),
     (GOOD + "frame_path: [capture, nosuch, record]\n", "'frame_path[1]': unknown stage 'nosuch'"),
     (GOOD + "run_stages: [capture, tracker]\n", "'run_stages[1]' must be one of"),
+    (GOOD + "sources: [{id: ../../x, uri: clip.mp4}]\n", "'sources[0].id': a stream id names its output folder"),
+    (GOOD + "sources: [{id: /tmp/x, uri: clip.mp4}]\n", "not . or .., got '/tmp/x'"),
+    (GOOD + "sources: [{id: '..', uri: clip.mp4}]\n", "not . or .., got '..'"),
+    (GOOD + "transport: {max_message_mb: 0}\n", "'transport.max_message_mb' must be > 0"),
     ("sources: [oops\n", "malformed YAML at line"),
     ("- just\n- a list\n", "top level must be a mapping"),
 ])

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -52,8 +53,53 @@ def test_pixels_cross_a_real_socket_without_copy():
                   "buffers": [{"name": "image", "shape": [2, 2, 3], "dtype": "uint8"}]}).encode(), b"123"], "holds 3 bytes"),
     ([json.dumps({"v": 1, "kind": "frame", "stream_id": "a", "frame_index": 0, "source_ts": 0, "capture_wall": 0,
                   "buffers": [{"name": "x", "shape": [1], "dtype": "object"}]}).encode(), b"1"], "unsupported dtype"),
-    ([json.dumps({"v": 1, "kind": "frame", "buffers": []}).encode()], "bad header field"),
+    ([json.dumps({"v": 1, "kind": "frame", "buffers": []}).encode()], "stream id 'None'"),
 ])
 def test_malformed_messages_raise_message_error(parts, why):
     with pytest.raises(MessageError, match=why):
         FrameMessage.decode(parts)
+
+
+def _header(**fields):
+    base = {"v": 1, "kind": "frame", "stream_id": "a", "frame_index": 0, "source_ts": 0.0, "capture_wall": 0.0,
+            "buffers": [{"name": "image", "shape": [2, 2, 3], "dtype": "uint8"}]}
+    return json.dumps({**base, **fields}).encode()
+
+
+IMAGE = bytes(12)
+
+
+@pytest.mark.parametrize("parts, why", [
+    ([b"[" * 100_000 + b"]" * 100_000], "nested too deeply"),
+    ([_header(meta={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}), IMAGE], "nested deeper than 8"),
+    ([_header(buffers=5)], "'buffers' must be a list"),
+    ([_header(buffers=[5]), b""], "a buffer spec must be"),
+    ([_header(frame_index=True), IMAGE], "'frame_index' must be a whole number"),
+    ([_header(frame_index=-1), IMAGE], "'frame_index' must be a whole number"),
+    ([_header().replace(b'"frame_index": 0', b'"frame_index": Infinity'), IMAGE], "not JSON"),
+    ([_header().replace(b'"source_ts": 0.0', b'"source_ts": NaN'), IMAGE], "not JSON"),
+    ([_header(source_ts="soon"), IMAGE], "'source_ts' must be a number"),
+    ([_header(stream_id="../../x"), IMAGE], "stream id '../../x' is not"),
+    ([_header(stream_id="/tmp/x"), IMAGE], "stream id '/tmp/x' is not"),
+    ([_header(stream_id=".."), IMAGE], "stream id '..' is not"),
+    ([_header(stream_id="a" * 65), IMAGE], "is not [A-Za-z0-9_.-], 1 to 64"),
+    ([_header(meta=[1]), IMAGE], "'meta' must be a dict"),
+    ([_header(trace={"x": "y"}), IMAGE], "trace must map"),
+    ([_header(detections=[[1, 2, 3]]), IMAGE], "detections must be a list of"),
+    ([_header(detections=[[1, 2, 3, 4, "x", 0]]), IMAGE], "not a number"),
+    ([_header(detections=[[1, 2, 3, 4, 1e39, 0]]), IMAGE], "not finite"),
+    ([_header(detections=[], track_ids=[1]), IMAGE], "pair with the detections"),
+    ([_header(track_ids=[1.5], detections=[[1, 2, 3, 4, 0.5, 0]]), IMAGE], "track_ids must be a list of whole"),
+    ([_header(buffers=[{"name": "image", "shape": [2, 2], "dtype": "uint8"}]), bytes(4)], "H x W x 3 'image'"),
+    ([_header(buffers=[{"name": "image", "shape": [1, 1, 3], "dtype": "float32"}]), bytes(12)], "H x W x 3 'image'"),
+    ([_header(buffers=[{"name": "image", "shape": [2, 2, 3, 1, 1], "dtype": "uint8"}]), IMAGE], "up to 4 whole"),
+    ([_header(buffers=[{"name": "image", "shape": [-1, 2, 3], "dtype": "uint8"}]), IMAGE], "up to 4 whole"),
+    ([_header()] + [IMAGE] * 9, "at most 8 buffers"),
+])
+def test_hostile_headers_are_message_errors_never_crashes(parts, why):
+    with pytest.raises(MessageError, match=re.escape(why)):
+        FrameMessage.decode(parts)
+
+
+def test_an_end_of_stream_needs_no_image():
+    assert FrameMessage.decode([_header(kind="eos", buffers=[])]).is_eos

@@ -1,7 +1,10 @@
 """pipeline/stage.py: the stage runner's end-of-stream duties, over real ZeroMQ sockets."""
+import json
 import os
 import signal
+import time
 
+import numpy as np
 import pytest
 import zmq
 
@@ -63,3 +66,32 @@ def test_a_filter_passes_the_source_frame_count_on_with_the_eos(runner_and_downs
     runner._handle([FrameMessage.end_of_stream("a", 17)])
     sent = received(downstream)
     assert sent.is_eos and sent.stream_id == "a" and sent.frame_index == 17 and runner.ended == {"a"}
+
+
+def _frame_parts(stream_id="a", index=0, **header_changes) -> list:
+    parts = FrameMessage(stream_id, index, 0.0, 0.0, {"image": np.zeros((2, 2, 3), np.uint8)}).encode()
+    if header_changes:
+        header = {**json.loads(bytes(parts[0])), **header_changes}
+        parts[0] = json.dumps(header).encode()
+    return [bytes(p) for p in parts]
+
+
+def test_untrusted_input_is_dropped_and_counted_and_the_loop_goes_on(runner_and_downstream):
+    """Decode errors, frames and EOS of streams the run does not have, frames the stage refuses: one
+    counted drop each, and the good frame behind them still goes through."""
+    runner, downstream = runner_and_downstream
+    runner.stage.accept = lambda msg: "no thanks" if msg.frame_index == 99 else None
+    bad = [[b"[" * 50_000], _frame_parts(buffers=5), _frame_parts(frame_index=True), _frame_parts("ghost"),
+           [bytes(FrameMessage.end_of_stream("ghost").encode()[0])], _frame_parts("../../etc"), _frame_parts(index=99)]
+    feeder = runner.ctx.socket(zmq.PUSH)
+    feeder.connect(runner.cfg.endpoint("passthrough_in").split(":", 1)[1])
+    for parts in bad + [_frame_parts("a", 1)]:
+        feeder.send_multipart(parts)
+    deadline = time.time() + 5
+    while runner.metrics.counts["malformed"] < len(bad) and time.time() < deadline:
+        if runner.inp.poll(100):
+            runner._handle(runner._receive_batch())
+    feeder.close(0)
+    assert runner.metrics.counts["malformed"] == len(bad)
+    good = received(downstream)
+    assert (good.stream_id, good.frame_index) == ("a", 1) and runner.ended == set()  # the ghost EOS ended nothing
