@@ -88,9 +88,22 @@ class CaptureStage(Stage):
                 if self.src.loop and self.cfg.live:
                     continue
                 self.stream_state = "ended"
+                self._check_complete(frames_this_pass)
                 return
             if not (yield from self._after_read_failure()):
                 return
+
+    def _check_complete(self, frames_read: int) -> None:
+        """A replay's output must be whole: a file that ends well before the frame count its container
+        states (truncated, damaged) stops the run with exit 3 once its frames went downstream."""
+        expected = self.reader.frame_count
+        short = expected - frames_read
+        self.counters["frames_short"] = max(0, short)
+        if short > max(2, expected // 50):  # containers estimate their count: allow a frame or two
+            message = f"{self.location} ended after {frames_read} of the {expected} frames its container states"
+            if not self.cfg.live:
+                raise SourceError(f"{message} (truncated or damaged); the replay is incomplete")
+            log.warning("%s: %s", self.src.id, message)
 
     def _connect(self) -> Iterator[None]:
         """Open the source (retrying a camera with backoff); returns the reader, None on giving up."""

@@ -33,7 +33,7 @@ from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage, curve_keys
-from pipeline.runtime.storage import append_line, is_storage_full
+from pipeline.runtime.storage import append_line, is_storage_full, replace_file
 from pipeline.runtime.transport import close_context, open_socket
 
 log = logging.getLogger("stages.track")
@@ -84,8 +84,8 @@ def make_tracker(s: TrackConfig):
                             high_conf_det_threshold=s.high_conf_det_threshold)
 
 
-def track_detections(tracker, dets: np.ndarray, timestamp: float) -> np.ndarray:
-    """Track id per detector box (1-based, -1 = not a confirmed track); the boxes are not changed."""
+def track_detections(tracker, dets: np.ndarray, timestamp: float, first_id: int = 1) -> np.ndarray:
+    """Track id per detector box (from ``first_id`` on, -1 = not a confirmed track); the boxes are not changed."""
     import supervision as sv
 
     ids = np.full(len(dets), -1, dtype=np.int64)
@@ -94,7 +94,7 @@ def track_detections(tracker, dets: np.ndarray, timestamp: float) -> np.ndarray:
     tracked = tracker.update(sv_dets, timestamp=timestamp)
     if len(tracked):  # the tracker reorders its output; the carried row index maps it back exactly
         tracker_ids = np.asarray(tracked.tracker_id)
-        ids[tracked.data["row"]] = np.where(tracker_ids >= 0, tracker_ids + 1, -1)
+        ids[tracked.data["row"]] = np.where(tracker_ids >= 0, tracker_ids + first_id, -1)
     return ids
 
 
@@ -116,10 +116,49 @@ class TrackLife:
         return int(np.argmax(self.votes))
 
 
+class TrackIds:
+    """Track ids that never repeat in one output folder, across restarts of the track stage and new runs:
+    a stream's ids start after the last block reserved in ``track_ids.json``, and each block is reserved
+    on disk (atomically) before an id in it is handed out, so a crash can skip ids but never reuse one."""
+
+    BLOCK = 1000
+
+    def __init__(self, path):
+        self.path = path
+        self.reserved: dict[str, int] = self._read()
+        self.first_free = dict(self.reserved)  # where this process starts each stream
+        self.unsaved = False
+
+    def _read(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s): track ids start at 1 again", self.path, exc)
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int) and v >= 0} \
+            if isinstance(data, dict) else {}
+
+    def first_id(self, stream_id: str) -> int:
+        return self.first_free.get(stream_id, 0) + 1
+
+    def handed_out(self, stream_id: str, highest: int) -> None:
+        """Ids up to ``highest`` are in use: reserve the block holding it if it is not yet."""
+        if highest <= self.reserved.get(stream_id, 0):
+            return
+        self.reserved[stream_id] = -(-highest // self.BLOCK) * self.BLOCK
+        if not replace_file(self.path, json.dumps(self.reserved)) and not self.unsaved:
+            self.unsaved = True
+            log.error("disk full: track ids reserved up to %s are not saved; a restart now may repeat them",
+                      self.reserved)
+
+
 class StreamState:
     """One stream's tracker, track lives and drawing."""
 
-    def __init__(self, settings: TrackConfig):
+    def __init__(self, settings: TrackConfig, first_id: int = 1):
+        self.first_id = first_id  # the tracker counts from 0: its ids are shifted to start here
         self.tracker = make_tracker(settings)
         self.lives: dict[int, TrackLife] = {}
         self.last_index: int | None = None
@@ -191,6 +230,7 @@ class TrackStage(Stage):
         self.meter = Meter(())  # per-stream frame rate for the HUD
         self.streams: dict[str, StreamState] = {}
         self.sink = EventSink(cfg, self.settings.events_hwm)
+        self.ids = TrackIds(cfg.resolve(cfg.output_dir) / "track_ids.json")
         self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_out_of_order": 0}
 
     def accept(self, msg: FrameMessage) -> str | None:
@@ -201,8 +241,17 @@ class TrackStage(Stage):
             return "meta 'class_names' must be a list of strings"
         return None
 
+    def _stream(self, stream_id: str) -> StreamState:
+        if stream_id not in self.streams:
+            first_id = self.ids.first_id(stream_id)
+            self.streams[stream_id] = StreamState(self.settings, first_id)
+            if first_id > 1:  # ids of an earlier track process exist in this output folder
+                self.sink.event({"type": "tracker_restarted", "stream_id": stream_id, "t": time.time(),
+                                 "first_track_id": first_id})
+        return self.streams[stream_id]
+
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
-        state = self.streams.setdefault(msg.stream_id, StreamState(self.settings))
+        state = self._stream(msg.stream_id)
         dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
         class_names = state.class_names = list(msg.meta.get("class_names") or state.class_names)
         if state.last_index is not None and msg.frame_index <= state.last_index:
@@ -210,7 +259,10 @@ class TrackStage(Stage):
             msg.track_ids = np.full(len(dets), -1, dtype=np.int64)
         else:
             self._count_gap(state, msg.frame_index)
-            msg.track_ids = track_detections(state.tracker, dets, msg.frame_index / self.settings.frame_rate)
+            msg.track_ids = track_detections(state.tracker, dets, msg.frame_index / self.settings.frame_rate,
+                                             state.first_id)
+            if len(msg.track_ids):
+                self.ids.handed_out(msg.stream_id, int(msg.track_ids.max()))
             self._update_lives(state, msg, dets, class_names)
         voted = np.array([state.lives[t].voted_class if t in state.lives else -1 for t in msg.track_ids.tolist()],
                          dtype=np.int64)
@@ -251,7 +303,7 @@ class TrackStage(Stage):
                     and life.voted_class in alert_ids):
                 life.confirmed = True
                 self._confirmed(msg, track_id, life, class_names)
-        alive = {t.tracker_id + 1 for t in state.tracker.tracks if t.tracker_id >= 0}
+        alive = {t.tracker_id + state.first_id for t in state.tracker.tracks if t.tracker_id >= 0}
         for track_id in [t for t in state.lives if t not in alive]:
             self._lost(msg.stream_id, track_id, state.lives.pop(track_id), class_names, msg.frame_index, "expired")
 

@@ -152,6 +152,7 @@ class StageRunner:
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False
+        self.fatal: StageFatalError | None = None  # a source's bad input, raised after its EOS went out
         self.awaiting_release = self.released = False
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
         self.orphaned = False
@@ -195,6 +196,8 @@ class StageRunner:
                 self._run_filter()
             if self.out is not None:
                 self._await_release()
+            if self.fatal is not None:
+                raise self.fatal
         finally:
             self._beat(force=True, state="exiting")
             try:
@@ -228,13 +231,16 @@ class StageRunner:
             time.sleep(0.05)
 
     def _run_source(self) -> None:
-        for msg in self.stage.frames():
-            if self.stopping:
-                break
-            if msg is not None:
-                self.metrics.count("received")
-                self._emit([msg])
-            self._beat()
+        try:
+            for msg in self.stage.frames():
+                if self.stopping:
+                    break
+                if msg is not None:
+                    self.metrics.count("received")
+                    self._emit([msg])
+                self._beat()
+        except StageFatalError as exc:  # raised once the streams ended: downstream finishes its outputs
+            self.fatal = exc            # instead of waiting out the drain timeout for an EOS
         for stream_id in self.stage.stream_ids:  # a source owns the streams it reads
             self._finish_stream(stream_id, self.stage.stream_frame_count(stream_id))
 

@@ -24,7 +24,7 @@ from pipeline.runtime.registry import stage_name
 from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
-from pipeline.runtime.transport import close_context, open_socket
+from pipeline.runtime.transport import close_context, open_socket, remove_ipc_sockets
 
 log = logging.getLogger("pipeline.runtime.supervisor")
 EXIT_BAD_INPUT = 3  # a stage's exit code for bad input or a fatal error (StageFatalError): no restart
@@ -64,9 +64,16 @@ class StageProcess:
 def write_run_config(cfg: PipelineConfig) -> Path:
     """The resolved config (endpoints, ipc folder) every stage of this run reads."""
     out = cfg.resolve(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under a file, read-only, no permission: one line, exit 2
+        raise ConfigError(f"config key 'output_dir': cannot create {out} ({exc.strerror or exc})") from None
     path = out / "run_config.yaml"
-    if not replace_file(path, yaml.safe_dump(to_plain(cfg), sort_keys=False)):
+    try:
+        written = replace_file(path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    except OSError as exc:
+        raise ConfigError(f"config key 'output_dir': cannot write {path} ({exc.strerror or exc})") from None
+    if not written:
         raise ConfigError(f"output_dir {out}: the disk is full (cannot write run_config.yaml)")
     return path
 
@@ -131,6 +138,7 @@ class Supervisor:
         self.stages = self._plan()
         self.stopping = False
         self.failed: str | None = None
+        self.failed_code = 1  # the run's exit code when it failed: a stage's 2 (config) or 3 (input), else 1
         self.progress = _Progress(self.stages, cfg.path_names[-1]) if progress and not cfg.live else None
         self.metrics = _Prometheus(cfg.supervisor.prometheus_port)
 
@@ -178,9 +186,10 @@ class Supervisor:
         self.control.close(0)
         self.status_pub.close(0)
         close_context(self.ctx)
+        remove_ipc_sockets(self.cfg.endpoints.values(), self.cfg.transport.ipc_dir)
         if self.failed:
             print(f"pipeline failed: {self.failed}", file=sys.stderr)
-            return 1
+            return self.failed_code
         return 0
 
     def _start_consumers_then_sources(self) -> None:
@@ -287,6 +296,7 @@ class Supervisor:
                 continue
             if code in (2, EXIT_BAD_INPUT):
                 self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
+                self.failed_code = code
             elif not self.stopping:
                 self._restart(sp, f"exit code {code}")
 

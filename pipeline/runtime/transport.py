@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +111,52 @@ def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys 
         sock.setsockopt(zmq.SUBSCRIBE, subscribe)
     if endpoint.action == "bind":
         if endpoint.ipc_path is not None:
-            endpoint.ipc_path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_ipc_path(endpoint.ipc_path)
         sock.bind(endpoint.address)
         if endpoint.ipc_path is not None:
             os.chmod(endpoint.ipc_path, 0o600)  # only this user's processes may talk to a local pipeline
     else:
         sock.connect(endpoint.address)
+
+
+def prepare_ipc_path(path: Path) -> None:
+    """An ipc socket lives in a folder only this user can write (made 0700 if absent), and is never bound
+    over one a live process still holds (ZeroMQ would silently take the path over from it)."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        raise EndpointError(f"ipc folder {folder} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise EndpointError(f"ipc folder {folder} is writable by other users, who could take its sockets over: "
+                            "use a folder only you can write (transport.ipc_dir)")
+    if path.exists() and _ipc_listening(path):
+        raise EndpointError(f"ipc socket {path} is in use by another live process")
+    path.unlink(missing_ok=True)  # a stale socket file of a process that is gone
+
+
+def _ipc_listening(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def remove_ipc_sockets(specs, folder: str | None) -> None:
+    """At the end of a run: the socket files of the run's bound ipc endpoints, then their folder if empty."""
+    for spec in specs:
+        path = Endpoint.parse(spec).ipc_path
+        if path is not None and Endpoint.parse(spec).action == "bind":
+            path.unlink(missing_ok=True)
+    if folder:
+        try:
+            Path(folder).rmdir()
+        except OSError:
+            pass  # not empty (another run's sockets, a user's files) or already gone
 
 
 def _apply_curve(sock: zmq.Socket, endpoint: Endpoint, keys: CurveKeys) -> None:

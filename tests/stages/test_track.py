@@ -201,3 +201,35 @@ def test_a_full_disk_keeps_events_flowing_and_counts_what_was_not_logged(small_d
     events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
     assert [e["type"] for e in events] == ["track_confirmed", "track_lost"]  # published all the same
     assert stage.status()["events_unlogged"] == 2
+
+
+def test_a_restarted_track_stage_never_reuses_a_track_id(tmp_path):
+    """A restart (or a new run into the same folder) continues past every id handed out: alerts do not
+    fire twice for one id and MOT ids do not collide; the restart is an event."""
+    def first_ids(stage) -> set[int]:
+        ids = set()
+        for i in range(10):
+            ids |= {int(t) for t in stage.process(frame(i, [small_target(i)]))[0].track_ids if t >= 0}
+        return ids
+
+    cfg, stage = make_stage(tmp_path)
+    try:
+        before = first_ids(stage)
+    finally:
+        stage.close()
+    sub = open_socket(zmq.Context.instance(), connect_side(cfg.endpoint("events")), subscribe=b"event")
+    try:
+        _, again = make_stage(tmp_path)
+        try:
+            time.sleep(0.3)  # the subscription reaches the new PUB socket
+            after = first_ids(again)
+        finally:
+            again.close()
+        assert before == {1} and after == {1001}
+        events = []
+        while sub.poll(500):
+            events.append(json.loads(sub.recv_multipart()[1]))
+        assert {"type": "tracker_restarted", "stream_id": "cam0", "first_track_id": 1001}.items() <= events[0].items()
+    finally:
+        sub.close(0)
+    assert json.loads((tmp_path / "out" / "track_ids.json").read_text()) == {"cam0": 1001 + 999}

@@ -1,9 +1,12 @@
+import time
+
 import numpy as np
 import pytest
 import zmq
 import zmq.auth
 
-from pipeline.runtime.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket
+from pipeline.runtime.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket, remove_ipc_sockets
+from pipeline.runtime.transport import _ipc_listening
 from tests.conftest import free_port
 
 
@@ -87,4 +90,34 @@ def test_curve_side_without_its_keys_is_refused_with_one_line(tmp_path):
     with pytest.raises(EndpointError, match=r"\(connect\) with Curve needs transport.curve.client_secret and "
                                             r"transport.curve.server_public"):
         open_socket(ctx, f"push+connect:tcp://127.0.0.1:{free_port()}", curve=CurveKeys(server_secret="s"))
+    ctx.term()
+
+
+def test_ipc_folder_is_private_and_a_live_socket_is_never_taken_over(tmp_path):
+    ctx = zmq.Context()
+    folder = tmp_path / "run"
+    first = open_socket(ctx, f"pull+bind:ipc://{folder}/link")
+    try:
+        assert (folder.stat().st_mode & 0o777) == 0o700 and ((folder / "link").stat().st_mode & 0o777) == 0o600
+        with pytest.raises(EndpointError, match="in use by another live process"):
+            open_socket(ctx, f"pull+bind:ipc://{folder}/link")
+    finally:
+        first.close(0)
+    deadline = time.time() + 5
+    while _ipc_listening(folder / "link") and time.time() < deadline:
+        time.sleep(0.05)  # ZeroMQ's I/O thread closes the listener a moment after close()
+    again = open_socket(ctx, f"pull+bind:ipc://{folder}/link")  # the stale file of a closed socket is reused
+    again.close(0)
+    remove_ipc_sockets([f"pull+bind:ipc://{folder}/link", f"push+connect:ipc://{folder}/other"], str(folder))
+    assert not folder.exists()
+    ctx.term()
+
+
+def test_an_ipc_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    ctx = zmq.Context()
+    with pytest.raises(EndpointError, match="writable by other users"):
+        open_socket(ctx, f"pull+bind:ipc://{shared}/link")
     ctx.term()
