@@ -26,6 +26,7 @@ from pipeline.runtime.registry import register_stage
 from pipeline.runtime.transport import CurveKeys, close_context, open_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
+FATAL_EOS_WAIT_S = 5.0  # how long a failed source waits for a downstream to take its EOS
 MALFORMED_LOGGED = 20  # malformed messages logged one by one; after that every 1000th
 
 
@@ -194,10 +195,10 @@ class StageRunner:
                 self._run_source()
             else:
                 self._run_filter()
+            if self.fatal is not None:
+                raise self.fatal  # its EOS is in the downstream's pipe: closing with linger delivers it
             if self.out is not None:
                 self._await_release()
-            if self.fatal is not None:
-                raise self.fatal
         finally:
             self._beat(force=True, state="exiting")
             try:
@@ -333,7 +334,8 @@ class StageRunner:
             except zmq.Again:
                 self.metrics.count("dropped_full")
             return
-        give_up = time.time() + self.cfg.supervisor.drain_timeout_s
+        # a source that failed sends its EOS only to a downstream already there (started by hand: none)
+        give_up = time.time() + (FATAL_EOS_WAIT_S if self.fatal else self.cfg.supervisor.drain_timeout_s)
         while True:  # replay (and EOS): wait for room, but keep beating and stay stoppable
             if self.out.poll(200, zmq.POLLOUT):
                 self.out.send_multipart(parts, copy=False)
@@ -341,7 +343,8 @@ class StageRunner:
                 return
             self._beat(state="blocked")
             # stopping: frames go at once; an EOS waits for a live downstream, not for a dead one
-            if self.stopping and (not msg.is_eos or self.orphaned or time.time() > give_up):
+            ending = self.stopping or self.fatal is not None
+            if ending and (not msg.is_eos or self.orphaned or time.time() > give_up):
                 self.metrics.count("dropped_full")
                 return
 
