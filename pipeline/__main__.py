@@ -44,6 +44,7 @@ def cmd_stage(argv: list[str]) -> int:
     parser.add_argument("config")
     parser.add_argument("--source", help="source stages: the source id")
     parser.add_argument("--start-frame", type=int, default=0, help="source stages: skip frames already sent")
+    parser.add_argument("--restarts", type=int, default=0, help="how often the supervisor restarted this stage")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, check_network=False)
@@ -63,6 +64,7 @@ def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             stage = cls(cfg, args.source, args.start_frame)
             return run_stage(stage, cfg, instance=f"{args.name}:{args.source}")
         stage = cls(cfg)
+        stage.restarts = args.restarts
         return stage.run() if cls.role == "consumer" else run_stage(stage, cfg)
     except StageFatalError as exc:  # bad input a restart cannot fix (a source that cannot be read, ...)
         return _fail(f"{args.name}: {exc}", EXIT_BAD_INPUT)

@@ -39,7 +39,8 @@ from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
-from pipeline.runtime.records import frame_record, mot_lines
+from pipeline.runtime.books import DROPPED, FrameBooks
+from pipeline.runtime.records import frame_record, last_frame_index, mot_lines
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
@@ -327,20 +328,23 @@ class RecordStage(Stage):
         self.retention = Retention(self.root, s.retention_max_age_s, s.retention_max_total_mb)
         self.last_retention = 0.0
         self.counters = {"frames_recorded": 0, "duplicates": 0, "segments_deleted": 0, "frames_missing": 0,
-                         "frames_unrecorded": 0}
+                         "frames_dropped_upstream": 0, "frames_unrecorded": 0}
+        self.books = FrameBooks()
         self.last_index: dict[str, int] = {}
         self.disk_full_since: float | None = None   # live: recording paused by a full disk since then
         self.next_disk_try = 0.0
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
+        if self.restarts and msg.stream_id not in self.last_index:
+            self._resume(msg.stream_id)
         last = self.last_index.get(msg.stream_id, -1)
         if msg.frame_index <= last:
             self.counters["duplicates"] += 1  # a restarted capture may resend its last frames
             return []
-        if not self.cfg.live and msg.stream_id in self.last_index:
-            # replay sends every frame: a gap is frames lost in a killed stage's queue (the first frame of
-            # a restarted recorder has no predecessor here: the frames before it were recorded earlier)
-            self.counters["frames_missing"] += msg.frame_index - last - 1
+        # a gap is frames dropped upstream by the live policy, or lost (a killed stage's queue)
+        gap = self.books.arrive(msg.stream_id, msg.frame_index, msg.meta.get(DROPPED, 0))
+        self.counters["frames_missing"] += gap.lost
+        self.counters["frames_dropped_upstream"] += gap.dropped
         self.last_index[msg.stream_id] = msg.frame_index
         if self.disk_full_since is not None and time.monotonic() < self.next_disk_try:
             self.counters["frames_unrecorded"] += 1
@@ -361,6 +365,15 @@ class RecordStage(Stage):
         self.counters["frames_recorded"] += 1
         self._retain()
         return []
+
+    def _resume(self, stream_id: str) -> None:
+        """A restarted recorder continues where its predecessor's records end: frames that died in the
+        killed one's queue show as lost, frames it had recorded as duplicates."""
+        last = last_frame_index(self.root / stream_id / "tracks.jsonl")
+        if last is not None:
+            self.last_index[stream_id] = last
+            self.books.resume(stream_id, last)
+            log.info("stream %s: resuming after frame %d, the last one recorded", stream_id, last)
 
     def _disk_full(self, stream_id: str, error: OSError, frame_lost: bool = True) -> None:
         recorder = self.recorders.pop(stream_id, None)

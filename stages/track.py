@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import zmq
 
+from pipeline.runtime.books import DROPPED, FrameBooks
 from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.meter import Meter
@@ -231,12 +232,12 @@ class TrackStage(Stage):
         self.streams: dict[str, StreamState] = {}
         self.sink = EventSink(cfg, self.settings.events_hwm)
         self.ids = TrackIds(cfg.resolve(cfg.output_dir) / "track_ids.json")
-        self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_out_of_order": 0}
+        self.books = FrameBooks()
+        self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_dropped_upstream": 0,
+                         "frames_out_of_order": 0}
 
     def accept(self, msg: FrameMessage) -> str | None:
-        dropped, names = msg.meta.get("dropped_upstream", 0), msg.meta.get("class_names", [])
-        if not isinstance(dropped, int) or isinstance(dropped, bool) or dropped < 0:
-            return f"meta 'dropped_upstream' must be a whole number >= 0, got {str(dropped)[:40]}"
+        names = msg.meta.get("class_names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return "meta 'class_names' must be a list of strings"
         return None
@@ -258,7 +259,7 @@ class TrackStage(Stage):
             self.counters["frames_out_of_order"] += 1  # a resent frame: the tracker's clock cannot go back
             msg.track_ids = np.full(len(dets), -1, dtype=np.int64)
         else:
-            self._count_gap(state, msg.frame_index)
+            self._count_gap(state, msg)
             msg.track_ids = track_detections(state.tracker, dets, msg.frame_index / self.settings.frame_rate,
                                              state.first_id)
             if len(msg.track_ids):
@@ -279,12 +280,12 @@ class TrackStage(Stage):
                                          msg.track_ids, msg.meta))
         return [msg]
 
-    def _count_gap(self, state: StreamState, frame_index: int) -> None:
-        if state.last_index is not None:
-            missing = frame_index - state.last_index - 1
-            state.frames_missing += missing
-            self.counters["frames_missing"] += missing
-        state.last_index = frame_index
+    def _count_gap(self, state: StreamState, msg: FrameMessage) -> None:
+        gap = self.books.arrive(msg.stream_id, msg.frame_index, msg.meta.get(DROPPED, 0))
+        state.frames_missing += gap.lost + gap.dropped  # what the operator did not see, for the HUD
+        self.counters["frames_missing"] += gap.lost
+        self.counters["frames_dropped_upstream"] += gap.dropped
+        state.last_index = msg.frame_index
 
     # ------------------------------------------------------------------ votes and events
     def _update_lives(self, state: StreamState, msg: FrameMessage, dets: np.ndarray, class_names: list[str]) -> None:
@@ -343,7 +344,7 @@ class TrackStage(Stage):
 
         if state.annotator is None:
             state.annotator = FrameAnnotator(self.settings.annotation, class_names, msg.image.shape)
-        drops = state.frames_missing + int(msg.meta.get("dropped_upstream", 0))
+        drops = state.frames_missing
         facts = FrameFacts(dets, msg.track_ids, display, msg.meta["alert_track_ids"],
                            hud_text(msg.stream_id, self.meter.fps(msg.stream_id), msg.age_ms(), drops))
         return state.annotator.draw(msg.image, facts)

@@ -44,3 +44,23 @@ def read_frame_records(path) -> Iterator[tuple[int, dict]]:
                     yield line_number, json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{line_number}: not a JSON record ({exc.msg})") from None
+
+
+def last_frame_index(path, tail_bytes: int = 1 << 16) -> int | None:
+    """The frame index of the last whole record of a tracks.jsonl (None: no file or no record), read
+    from its tail, so a restarted recorder knows where its predecessor stopped without reading hours."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().splitlines()[(1 if size else 0):]  # the first may be cut by the seek
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            index = json.loads(line).get("frame_index")
+        except (ValueError, AttributeError):
+            continue  # a cut last line (the predecessor was killed mid-write)
+        if isinstance(index, int):
+            return index
+    return None

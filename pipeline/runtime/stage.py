@@ -18,6 +18,7 @@ from typing import ClassVar, Iterator
 
 import zmq
 
+from pipeline.runtime.books import DROPPED, stamp
 from pipeline.runtime.config import PipelineConfig, connect_side
 from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
@@ -58,6 +59,7 @@ class Stage:
     beside: ClassVar[str | None] = None
     subscribes: ClassVar[tuple[str, ...]] = ()
     batch_size = 1
+    restarts = 0  # set by `pipeline stage --restarts N`: how often the supervisor restarted this stage
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -151,6 +153,7 @@ class StageRunner:
             self.out = open_socket(self.ctx, connect_side(cfg.endpoint(input_key(downstream))), hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
+        self.drops: dict[str, int] = {}  # per stream, frames this stage let go by the live policy
         self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False
         self.fatal: StageFatalError | None = None  # a source's bad input, raised after its EOS went out
@@ -283,7 +286,7 @@ class StageRunner:
             return self._drop(str(exc))
         if msg.stream_id not in self.streams:
             return self._drop(f"stream {msg.stream_id!r} is not one of this run's {sorted(self.streams)}")
-        problem = None if msg.is_eos else self.stage.accept(msg)
+        problem = None if msg.is_eos else (_books_problem(msg) or self.stage.accept(msg))
         return self._drop(f"{msg.stream_id}#{msg.frame_index}: {problem}") if problem else msg
 
     def _drop(self, why: str) -> None:
@@ -301,11 +304,17 @@ class StageRunner:
                 keep.append(msg)
                 continue
             if msg.stream_id in newest:
-                self.metrics.count("dropped_stale")
+                self._dropped("dropped_stale", msg.stream_id)
             newest[msg.stream_id] = msg
         frames = list(newest.values())[: self.stage.batch_size]
-        self.metrics.count("dropped_stale", len(newest) - len(frames))
+        for late in list(newest.values())[self.stage.batch_size:]:
+            self._dropped("dropped_stale", late.stream_id)
         return frames + keep  # EOS after the frames of its stream
+
+    def _dropped(self, counter: str, stream_id: str) -> None:
+        """A frame let go by the live policy: counted here, and carried on in the stream's later frames."""
+        self.metrics.count(counter)
+        self.drops[stream_id] = self.drops.get(stream_id, 0) + 1
 
     def _handle(self, batch: list[FrameMessage]) -> None:
         frames = [m for m in batch if not m.is_eos]
@@ -326,13 +335,15 @@ class StageRunner:
                 self._send(msg)
 
     def _send(self, msg: FrameMessage) -> None:
+        if not msg.is_eos:
+            stamp(msg.meta, self.drops.get(msg.stream_id, 0))
         parts = msg.encode()
         if self.cfg.live and not msg.is_eos:
             try:
                 self.out.send_multipart(parts, zmq.NOBLOCK, copy=False)
                 self.metrics.count("sent")
             except zmq.Again:
-                self.metrics.count("dropped_full")
+                self._dropped("dropped_full", msg.stream_id)
             return
         # a source that failed sends its EOS only to a downstream already there (started by hand: none)
         give_up = time.time() + (FATAL_EOS_WAIT_S if self.fatal else self.cfg.supervisor.drain_timeout_s)
@@ -375,6 +386,13 @@ class StageRunner:
             self.control.send_string(json.dumps(beat), zmq.NOBLOCK)
         except zmq.Again:
             pass  # supervisor busy or absent: never block the data path on it
+
+
+def _books_problem(msg: FrameMessage) -> str | None:
+    dropped = msg.meta.get(DROPPED, 0)
+    if not isinstance(dropped, int) or isinstance(dropped, bool) or not 0 <= dropped < 2 ** 53:
+        return f"meta {DROPPED!r} must be a whole number >= 0, got {str(dropped)[:40]}"
+    return None
 
 
 def curve_keys(cfg: PipelineConfig) -> CurveKeys | None:

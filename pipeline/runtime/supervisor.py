@@ -46,8 +46,25 @@ class StageProcess:
     release_sent: bool = False
     upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
+    carried: dict = field(default_factory=dict)  # counters of this stage's earlier processes
+
     def __post_init__(self):
         self.stage = self.stage or self.label.split(":")[0]
+
+    def carry_counters(self) -> None:
+        """Before a restart: what the ending process counted stays in the books (a restarted stage counts
+        from 0 again); its beat is no longer the stage's state."""
+        for key, value in self.last_beat.items():
+            if _is_counter(key, value):
+                self.carried[key] = self.carried.get(key, 0) + value
+        self.last_beat = {k: v for k, v in self.last_beat.items() if not _is_counter(k, v)} | {"state": "restarting"}
+
+    def counted_beat(self) -> dict:
+        """The last beat with the counters of earlier processes added."""
+        beat = dict(self.last_beat)
+        for key, value in self.carried.items():
+            beat[key] = beat.get(key, 0) + value
+        return beat
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
@@ -59,6 +76,14 @@ class StageProcess:
     def signal(self, sig: int) -> None:
         if self.alive():
             self.proc.send_signal(sig)
+
+
+GAUGES = {"t", "pid", "fps", "next_frame", "frames_total", "clients"}  # states, not counts: never summed
+
+
+def _is_counter(key: str, value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and key not in GAUGES
+            and not key.endswith(("_p50", "_p99")))
 
 
 def write_run_config(cfg: PipelineConfig) -> Path:
@@ -318,16 +343,18 @@ class Supervisor:
             return
         sp.restarts += 1
         sp.upstream_eos_due = not sp.is_source
+        sp.argv = [a for a in sp.argv if not a.startswith(("--start-frame=", "--restarts="))]
+        sp.argv.append(f"--restarts={sp.restarts}")
         if sp.is_source:
-            sp.argv = [a for a in sp.argv if not a.startswith("--start-frame=")]
             sp.argv.append(f"--start-frame={resume_frame(sp.last_beat, self.cfg.live, time.time())}")
         log.warning("restarting %s (%s), restart %d of %d", sp.label, why, sp.restarts,
                     self.cfg.supervisor.max_restarts)
+        sp.carry_counters()
         sp.start()
 
     # ------------------------------------------------------------------ report
     def _report(self, final: bool = False) -> None:
-        snapshot = {sp.label: dict(sp.last_beat, restarts=sp.restarts, alive=sp.alive(), exit_code=sp.exit_code)
+        snapshot = {sp.label: dict(sp.counted_beat(), restarts=sp.restarts, alive=sp.alive(), exit_code=sp.exit_code)
                     for sp in self.stages}
         self.metrics.update(snapshot, self._queue_depths(snapshot))
         if replace_file(self.cfg.resolve(self.cfg.output_dir) / "status.json", json.dumps(snapshot, indent=1)):

@@ -269,3 +269,31 @@ def test_a_restarted_source_clock_starts_a_new_segment_and_never_stalls_the_pre_
     stage.end_stream("cam0")
     clips = sorted((tmp_path / "event" / "out" / "cam0").glob("segment_*.mp4"))
     assert len(clips) == 2  # the clip open at the restart was cut there; the alert after it is its own clip
+
+
+def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_path):
+    """The predecessor recorded frames 0-9 and was killed with 10 and 11 in its queue: the restarted
+    recorder starts after frame 9 (from tracks.jsonl), so 10 and 11 are lost, a resent 9 a duplicate."""
+    cfg = make_cfg(tmp_path, video=False)
+    first = RecordStage(cfg)
+    for i in range(10):
+        first.process(gray_frame(i))
+    first.close()
+    again = RecordStage(cfg)
+    again.restarts = 1
+    for i in (9, 12, 13):
+        again.process(gray_frame(i))
+    assert again.counters["duplicates"] == 1 and again.counters["frames_missing"] == 2
+    again.close()
+
+
+def test_live_drops_upstream_are_not_losses(tmp_path):
+    cfg = make_cfg(tmp_path, video=False)
+    cfg.mode = "live"
+    stage = RecordStage(cfg)
+    for index, dropped_upstream in ((0, 0), (3, 2), (7, 3)):  # 1, 2 and one of 4-6 dropped on purpose
+        msg = gray_frame(index)
+        msg.meta["dropped_upstream"] = dropped_upstream
+        stage.process(msg)
+    assert stage.counters["frames_dropped_upstream"] == 3 and stage.counters["frames_missing"] == 2
+    stage.close()

@@ -95,3 +95,28 @@ def test_untrusted_input_is_dropped_and_counted_and_the_loop_goes_on(runner_and_
     assert runner.metrics.counts["malformed"] == len(bad)
     good = received(downstream)
     assert (good.stream_id, good.frame_index) == ("a", 1) and runner.ended == set()  # the ghost EOS ended nothing
+
+
+def test_live_drops_travel_with_the_next_frame_of_their_stream(tmp_path):
+    """Stale frames let go here are counted here (drop=) and carried downstream, so a later stage can
+    tell them from frames lost (lost=)."""
+    cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}], "output_dir": str(tmp_path), "mode": "live",
+                            "transport": {"ipc_dir": str(tmp_path / "ipc")},
+                            "frame_path": ["capture", f"{__name__}:passthrough", "record"]}, check_files=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+    ctx = zmq.Context()
+    downstream = open_socket(ctx, cfg.endpoint("record_in"), hwm=16)
+    runner = StageRunner(Passthrough(cfg), cfg)
+    try:
+        runner._handle(runner._newest_per_stream([FrameMessage.decode(_frame_parts("a", i)) for i in range(3)]))
+        sent = received(downstream)
+        assert sent.frame_index == 2 and sent.meta["dropped_upstream"] == 2
+        assert runner.metrics.counts["dropped_stale"] == 2
+    finally:
+        for sock in (runner.inp, runner.out, runner.control):
+            sock.close(0)
+        runner.ctx.term()
+        downstream.close(0)
+        ctx.term()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,47 @@
+"""Frames that did not arrive, split into the two kinds an operator must tell apart:
+
+- dropped: a live-mode stage let a stale frame go on purpose (the latency policy), counted where it
+  happened (``drop=`` in the status line) and carried downstream in every later frame of the stream
+  as ``meta["dropped_upstream"]``, the running count of such drops before this stage;
+- lost: every other missing index (a killed stage's queue, a network hiccup): ``lost=``.
+
+A stage that sees a gap between two frames of a stream subtracts what the upstream stages dropped in
+between; what is left was lost. The one copy of that rule is ``FrameBooks.arrive``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DROPPED = "dropped_upstream"  # meta key: frames of this stream dropped on purpose so far, before here
+
+
+@dataclass
+class Gap:
+    lost: int = 0
+    dropped: int = 0
+
+
+class FrameBooks:
+    """Per stream: the last frame index that arrived and the upstream drop count it carried."""
+
+    def __init__(self):
+        self.last: dict[str, tuple[int, int]] = {}
+
+    def resume(self, stream_id: str, frame_index: int) -> None:
+        """A restarted stage starts from what its predecessor wrote (the frames after it are counted)."""
+        self.last[stream_id] = (frame_index, 0)
+
+    def arrive(self, stream_id: str, frame_index: int, dropped_upstream: int) -> Gap:
+        """The frames missing between the previous arrival of the stream and this one."""
+        previous = self.last.get(stream_id)
+        self.last[stream_id] = (frame_index, dropped_upstream)
+        if previous is None:
+            return Gap()
+        missing = max(0, frame_index - previous[0] - 1)
+        dropped = min(missing, max(0, dropped_upstream - previous[1]))
+        return Gap(lost=missing - dropped, dropped=dropped)
+
+
+def stamp(meta: dict, own_drops: int) -> None:
+    """Add this stage's drops of the stream so far to the count the frame carries on."""
+    meta[DROPPED] = int(meta.get(DROPPED, 0)) + own_drops
