@@ -16,7 +16,8 @@ from pipeline.runtime.stage import Stage
 from stages.sources import SourceError, SourceKind, kind_for
 
 log = logging.getLogger("stages.capture")
-SKIP_BEAT_FRAMES = 50  # a capture resuming mid-file yields (beats) this often while it skips frames
+SKIP_BEAT_FRAMES = 50
+REPLAY_RECONNECTS = 5  # a camera source in replay mode without max_reconnects: attempts before exit 3  # a capture resuming mid-file yields (beats) this often while it skips frames
 
 __all__ = ["CaptureStage", "SourceError", "Timeline"]
 
@@ -163,10 +164,15 @@ class CaptureStage(Stage):
         return True
 
     def _gave_up(self) -> bool:
-        if 0 <= self.src.max_reconnects < self.failures:
-            log.error("%s: giving up after %d attempts", self.src.id, self.failures)
-            return True
-        return False
+        budget = self.src.max_reconnects
+        if budget < 0 and not self.cfg.live:
+            budget = REPLAY_RECONNECTS  # a replay must end: a camera that never answers cannot hold it forever
+        if not 0 <= budget < self.failures:
+            return False
+        log.error("%s: giving up after %d attempts", self.src.id, self.failures)
+        if not self.cfg.live:
+            raise SourceError(f"{self.src.uri}: no frames after {self.failures} attempts; the replay is incomplete")
+        return True
 
     def _back_off(self) -> Iterator[None]:
         yield from self._sleep(self.backoff)

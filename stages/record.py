@@ -50,6 +50,7 @@ CONTAINER_OPTIONS = {"mp4": {"movflags": "frag_every_frame+empty_moov+default_ba
 TIME_BASE = Fraction(1, 1000)  # pts in ms of source time: dropped frames keep real timing
 TIME_EPS = 1e-4  # s; roll windows compare source times far below a frame period
 RETENTION_CHECK_S = 10.0
+MAX_SOURCE_FPS = 240  # the pre-roll ring holds at most pre_roll_s of frames at this rate
 DISK_RETRY_S = 5.0
 
 
@@ -161,7 +162,9 @@ class RollGate:
 
     def __init__(self, pre_roll_s: float, post_roll_s: float):
         self.pre_roll_s, self.post_roll_s = pre_roll_s, post_roll_s
-        self.ring: deque[tuple[float, object]] = deque()
+        # bounded in frames too: a source whose clock stalls (the same time again and again) would
+        # otherwise never age a frame out of the ring
+        self.ring: deque[tuple[float, object]] = deque(maxlen=int(pre_roll_s * MAX_SOURCE_FPS) + 2)
         self.last_trigger: float | None = None
         self.latest: float | None = None
 

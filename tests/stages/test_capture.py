@@ -157,3 +157,15 @@ def test_a_capture_resuming_far_into_a_file_keeps_beating_while_it_skips(tmp_pat
     yielded = list(stage.frames())
     assert [m.frame_index for m in yielded if m is not None] == list(range(110, 120))
     assert yielded[:2] == [None, None]  # idle yields (heartbeats) while frames 0-109 are skipped
+
+
+def test_a_camera_that_never_answers_cannot_hold_a_replay_forever(tmp_path):
+    from tests.conftest import free_port
+
+    cfg = config_from_dict({"sources": [{"id": "cam", "uri": f"rtsp://127.0.0.1:{free_port()}/none",
+                                         "open_timeout_s": 0.5, "reconnect_initial_s": 0.01,
+                                         "reconnect_max_s": 0.01}], "output_dir": str(tmp_path)}, check_files=False)
+    stage = CaptureStage(cfg, "cam")
+    with pytest.raises(SourceError, match="no frames after 6 attempts; the replay is incomplete"):
+        for _ in stage.frames():
+            pass

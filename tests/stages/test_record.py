@@ -297,3 +297,12 @@ def test_live_drops_upstream_are_not_losses(tmp_path):
         stage.process(msg)
     assert stage.counters["frames_dropped_upstream"] == 3 and stage.counters["frames_missing"] == 2
     stage.close()
+
+
+def test_a_stalled_source_clock_cannot_grow_the_pre_roll_without_bound():
+    from stages.record import MAX_SOURCE_FPS, RollGate
+
+    gate = RollGate(pre_roll_s=1.0, post_roll_s=1.0)
+    for i in range(5000):
+        gate.push(10.0, i, triggered=False)  # the same source time over and over
+    assert len(gate.ring) <= MAX_SOURCE_FPS + 2 and gate.ring[-1][1] == 4999
