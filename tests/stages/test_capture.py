@@ -169,3 +169,24 @@ def test_a_camera_that_never_answers_cannot_hold_a_replay_forever(tmp_path):
     with pytest.raises(SourceError, match="no frames after 6 attempts; the replay is incomplete"):
         for _ in stage.frames():
             pass
+
+
+@pytest.mark.rtsp
+def test_the_rehearsal_camera_loops_a_clip_without_a_break(tmp_path, synthetic_clip):
+    """scripts/rtsp_server.py --video plays a 1 s clip round and round as one unbroken stream: the
+    capture sees no stream down and source times keep rising across passes."""
+    from tests.conftest import RtspServer, _gst_rtsp_available, free_port
+
+    if not _gst_rtsp_available():
+        pytest.skip("GStreamer RTSP server missing (.ci/run installs it)")
+    server = RtspServer(free_port(), video=synthetic_clip.video).start()
+    try:
+        stage = capture_for(server.url, tmp_path, read_timeout_s=2)
+        msgs = take(stage.frames(), 100, timeout=20)  # a 30-frame clip: more than three passes
+        assert len(msgs) == 100 and stage.counters["reconnects"] == 0 and stage.stream_state == "up"
+        times = [m.source_ts for m in msgs]
+        assert all(b > a for a, b in zip(times[2:], times[3:])) and times[-1] > 2.5, times  # OpenCV: the first two are 0
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=10) == 0  # stops cleanly
+    finally:
+        server.kill()
