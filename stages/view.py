@@ -630,7 +630,7 @@ class ViewStage(Stage):
                 return
             try:
                 self._handle(parts)
-            except (MessageError, ValueError, UnicodeDecodeError) as exc:
+            except (MessageError, ValueError, UnicodeDecodeError, RecursionError) as exc:
                 self.stats.count("malformed")
                 log.warning("dropped a malformed side-channel message: %s", exc)
 

@@ -520,10 +520,11 @@ def test_malformed_side_channel_messages_are_counted_and_ignored(view_factory):
     good_header = FrameMessage("cam0", 1, 0.0, time.time(), buffers={"image": np.zeros((4, 4, 3), np.uint8)}).encode()[0]
     for channel, parts in [("events", [b"event", b"{not json"]), ("events", [b"event", b"[1, 2]"]),
                            ("events", [b"frame/cam0", b"{}"]), ("events", [b"frame/cam0", bytes(good_header)]),
-                           ("events", [b"frame/cam0", bytes(good_header), b"short"]), ("status", [b"status", b"\xff"])]:
+                           ("events", [b"frame/cam0", bytes(good_header), b"short"]), ("status", [b"status", b"\xff"]),
+                           ("events", [b"event", b"[" * 50_000]), ("status", [b"status", b'{"a":' * 20_000])]:
         side.send(channel, parts)
-    wait_until(lambda: api_state(port)["view"]["malformed"] >= 6, 5, "six malformed messages counted")
-    assert api_state(port)["view"]["malformed"] == 6
+    wait_until(lambda: api_state(port)["view"]["malformed"] >= 8, 5, "eight malformed messages counted")
+    assert api_state(port)["view"]["malformed"] == 8
     for track_id, thumbnail in [(1, base64.b64encode(b"<script>").decode()), (2, "%%%not base64")]:
         side.event({"type": "track_confirmed", "stream_id": "cam0", "track_id": track_id, "class": "drone",
                     "t": time.time(), "thumbnail_jpeg_b64": thumbnail})

@@ -1,4 +1,5 @@
 """pipeline/stage.py: the stage runner's end-of-stream duties, over real ZeroMQ sockets."""
+import contextlib
 import json
 import os
 import signal
@@ -20,13 +21,16 @@ class Passthrough(Stage):
     name = "passthrough"
 
 
-@pytest.fixture
-def runner_and_downstream(tmp_path):
-    """A passthrough-stage runner on streams a and b, and the socket its downstream stage would bind."""
-    cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}, {"id": "b", "uri": "y.mp4"}],
-                            "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")},
-                            "frame_path": ["capture", f"{__name__}:passthrough", "record"]},
-                           check_files=False)
+def _config(tmp_path, **keys):
+    return config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}, {"id": "b", "uri": "y.mp4"}],
+                             "output_dir": str(tmp_path), "transport": {"ipc_dir": str(tmp_path / "ipc")},
+                             "frame_path": ["capture", f"{__name__}:passthrough", "record"], **keys},
+                            check_files=False)
+
+
+@contextlib.contextmanager
+def runner_for(cfg):
+    """A passthrough-stage runner, and the socket its downstream stage would bind."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
     ctx = zmq.Context()
     downstream = open_socket(ctx, cfg.endpoint("record_in"), hwm=16)
@@ -41,6 +45,13 @@ def runner_and_downstream(tmp_path):
         ctx.term()
         for sig, handler in handlers.items():  # the runner installs a stage process's handlers
             signal.signal(sig, handler)
+
+
+@pytest.fixture
+def runner_and_downstream(tmp_path):
+    """A passthrough-stage runner on streams a and b (replay)."""
+    with runner_for(_config(tmp_path)) as pair:
+        yield pair
 
 
 def received(downstream) -> FrameMessage:
@@ -100,23 +111,8 @@ def test_untrusted_input_is_dropped_and_counted_and_the_loop_goes_on(runner_and_
 def test_live_drops_travel_with_the_next_frame_of_their_stream(tmp_path):
     """Stale frames let go here are counted here (drop=) and carried downstream, so a later stage can
     tell them from frames lost (lost=)."""
-    cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}], "output_dir": str(tmp_path), "mode": "live",
-                            "transport": {"ipc_dir": str(tmp_path / "ipc")},
-                            "frame_path": ["capture", f"{__name__}:passthrough", "record"]}, check_files=False)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
-    ctx = zmq.Context()
-    downstream = open_socket(ctx, cfg.endpoint("record_in"), hwm=16)
-    runner = StageRunner(Passthrough(cfg), cfg)
-    try:
+    with runner_for(_config(tmp_path, mode="live")) as (runner, downstream):
         runner._handle(runner._newest_per_stream([FrameMessage.decode(_frame_parts("a", i)) for i in range(3)]))
         sent = received(downstream)
         assert sent.frame_index == 2 and sent.meta["dropped_upstream"] == 2
         assert runner.metrics.counts["dropped_stale"] == 2
-    finally:
-        for sock in (runner.inp, runner.out, runner.control):
-            sock.close(0)
-        runner.ctx.term()
-        downstream.close(0)
-        ctx.term()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
