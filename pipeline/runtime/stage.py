@@ -24,7 +24,7 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
-from pipeline.runtime.transport import CurveKeys, close_context, open_socket
+from pipeline.runtime.transport import CurveKeys, Endpoint, HandshakeWatch, close_context, open_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
 FATAL_EOS_WAIT_S = 5.0  # how long a failed source waits for a downstream to take its EOS
@@ -144,13 +144,18 @@ class StageRunner:
         self.ctx = zmq.Context()
         hwm = 1 if cfg.live else cfg.transport.hwm
         curve = curve_keys(cfg)
-        self.inp = self.out = None
+        self.inp = self.out = self.handshakes = None
+        self.unreachable = False  # the downstream refused us: nothing queued for it can ever go
         if stage.role != "source":
             self.inp = open_socket(self.ctx, cfg.endpoint(input_key(stage.name)), hwm=hwm, curve=curve,
                                    max_message_bytes=cfg.max_message_bytes)
         downstream = cfg.downstream(stage.name)
         if downstream is not None:
-            self.out = open_socket(self.ctx, connect_side(cfg.endpoint(input_key(downstream))), hwm=hwm, curve=curve)
+            out_spec = connect_side(cfg.endpoint(input_key(downstream)))
+            self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
+            # a Curve link to another host: a receiver that does not admit us is a one-line exit 3
+            self.handshakes = HandshakeWatch(self.out, out_spec.split(":", 1)[1]) \
+                if curve is not None and Endpoint.parse(out_spec).is_tcp else None
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         self.drops: dict[str, int] = {}  # per stream, frames this stage let go by the live policy
@@ -216,9 +221,11 @@ class StageRunner:
         # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
         gone = self.orphaned or self.downstream_gone
         linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
+        if self.handshakes is not None:
+            self.handshakes.close()
         for sock in (self.inp, self.out, self.control):
             if sock is not None:
-                sock.close(linger=linger_ms if sock is self.out else 0)
+                sock.close(linger=linger_ms if sock is self.out and not self.unreachable else 0)
         close_context(self.ctx)
 
     def _await_release(self) -> None:
@@ -379,6 +386,11 @@ class StageRunner:
             log.error("%s: the supervisor (pid %d) is gone: stopping", self.label, self.parent_pid)
             self.stopping = self.released = self.orphaned = True
         self._last_beat = now
+        problem = self.handshakes.problem() if self.handshakes is not None else None
+        if problem is not None and self.fatal is None:
+            self.fatal, self.unreachable = StageFatalError(problem), True
+            log.error("%s: %s", self.label, problem)
+            self.stopping = True  # ends the loops; run() raises it: exit 3, the run stops with this line
         beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
                 "ended": sorted(self.ended), **self.metrics.snapshot(now), **self.stage.counters,
                 **self.stage.status()}

@@ -8,6 +8,7 @@ Every socket gets bounded queues (high-water marks) and, for tcp, optional Curve
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import zmq
 
+log = logging.getLogger("pipeline.runtime.transport")
 PATTERNS = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "sub": zmq.SUB}
 ACTIONS = ("bind", "connect")
 
@@ -179,13 +181,58 @@ def _apply_curve(sock: zmq.Socket, endpoint: Endpoint, keys: CurveKeys) -> None:
 
 
 class _AllowedClients:
-    """ZAP credentials check: a Curve client is admitted only with one of these public keys."""
+    """ZAP credentials check: a Curve client is admitted only with one of these public keys; each
+    refusal is logged (the first ones, then every 100th) and counted (``refused_clients``)."""
+
+    refused = 0
 
     def __init__(self, z85_keys: set[bytes]):
         self.z85_keys = z85_keys
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
-        return z85_key in self.z85_keys
+        if z85_key in self.z85_keys:
+            return True
+        _AllowedClients.refused += 1
+        if _AllowedClients.refused <= 5 or _AllowedClients.refused % 100 == 0:
+            log.warning("refused a Curve client whose key %s... is not transport.curve.client_public (%d so far)",
+                        z85_key[:8].decode(errors="replace"), _AllowedClients.refused)
+        return False
+
+
+def refused_clients() -> int:
+    """Curve clients this process's ZAP handler refused so far."""
+    return _AllowedClients.refused
+
+
+class HandshakeWatch:
+    """A Curve client socket's handshakes, watched: a server that does not admit this client (or whose
+    key is not the one configured) becomes a one-line problem instead of a silent hang."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+    def __init__(self, sock: zmq.Socket, address: str):
+        self.address = address
+        self.monitor = sock.get_monitor_socket(self.EVENTS)
+        self.admitted = False
+
+    def problem(self) -> str | None:
+        """Read the handshake events so far; the first failure, as a line, or None."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.admitted = True
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return (f"not admitted by {self.address}: its transport.curve.client_public is not this host's "
+                        "client key (transport.curve.client_secret)")
+            elif not self.admitted:
+                return (f"the Curve handshake with {self.address} failed: is transport.curve.server_public "
+                        "the key of the server there?")
+        return None
+
+    def close(self) -> None:
+        self.monitor.close(0)
 
 
 _authenticators: dict[int, object] = {}  # one ZAP handler thread per context

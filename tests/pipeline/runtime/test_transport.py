@@ -5,7 +5,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from pipeline.runtime.transport import CurveKeys, Endpoint, EndpointError, close_context, open_socket, remove_ipc_sockets
+from pipeline.runtime.transport import (CurveKeys, Endpoint, EndpointError, HandshakeWatch, close_context, open_socket,
+                                        refused_clients, remove_ipc_sockets)
 from pipeline.runtime.transport import _ipc_listening
 from tests.conftest import free_port
 
@@ -121,3 +122,37 @@ def test_an_ipc_folder_others_can_write_is_refused(tmp_path):
     with pytest.raises(EndpointError, match="writable by other users"):
         open_socket(ctx, f"pull+bind:ipc://{shared}/link")
     ctx.term()
+
+
+def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
+    """The edge of a two-host split with the wrong client key: refused by the server's ZAP handler
+    (logged and counted there) and, on the client, a HandshakeWatch problem instead of a silent hang."""
+    server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
+    client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "client")
+    _, stranger_sec = zmq.auth.create_certificates(tmp_path, "stranger")
+    server_ctx, client_ctx, port = zmq.Context(), zmq.Context(), free_port()
+    server = open_socket(server_ctx, f"pull+bind:tcp://127.0.0.1:{port}",
+                         curve=CurveKeys(server_secret=server_sec, client_public=client_pub))
+    refused_before = refused_clients()
+    stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                           curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
+    good = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
+                       curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
+    watches = {"stranger": HandshakeWatch(stranger, f"tcp://127.0.0.1:{port}"),
+               "good": HandshakeWatch(good, f"tcp://127.0.0.1:{port}")}
+    try:
+        deadline = time.time() + 5
+        problem = None
+        while problem is None and time.time() < deadline:
+            problem = watches["stranger"].problem()
+            time.sleep(0.05)
+        assert problem == (f"not admitted by tcp://127.0.0.1:{port}: its transport.curve.client_public is not "
+                           "this host's client key (transport.curve.client_secret)")
+        assert watches["good"].problem() is None and refused_clients() > refused_before
+    finally:
+        for watch in watches.values():
+            watch.close()
+        for s in (server, good, stranger):
+            s.close(0)
+        close_context(server_ctx)
+        client_ctx.term()
