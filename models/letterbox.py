@@ -36,7 +36,7 @@ def letterbox_ratio(image_hw, input_hw) -> float:
 
 def resized_size(image_hw, ratio: float) -> tuple[int, int]:
     """(h, w) of the scaled image inside the letterbox (truncated, as yolox does)."""
-    return int(image_hw[0] * ratio), int(image_hw[1] * ratio)
+    return max(1, int(image_hw[0] * ratio)), max(1, int(image_hw[1] * ratio))  # a sliver keeps one pixel
 
 
 def letterbox(image: np.ndarray, input_size) -> tuple[np.ndarray, float]:

@@ -40,7 +40,7 @@ from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
 from pipeline.runtime.books import DROPPED, FrameBooks
-from pipeline.runtime.records import frame_record, last_frame_index, mot_lines
+from pipeline.runtime.records import frame_record, last_record, mot_lines
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
@@ -372,11 +372,22 @@ class RecordStage(Stage):
     def _resume(self, stream_id: str) -> None:
         """A restarted recorder continues where its predecessor's records end: frames that died in the
         killed one's queue show as lost, frames it had recorded as duplicates."""
-        last = last_frame_index(self.root / stream_id / "tracks.jsonl")
-        if last is not None:
-            self.last_index[stream_id] = last
-            self.books.resume(stream_id, last)
-            log.info("stream %s: resuming after frame %d, the last one recorded", stream_id, last)
+        record = last_record(self.root / stream_id / "tracks.jsonl")
+        if record is None or not self._this_run(record):
+            return  # nothing of this run recorded yet (a folder may hold earlier runs' records)
+        last = record["frame_index"]
+        self.last_index[stream_id] = last
+        self.books.resume(stream_id, last)
+        log.info("stream %s: resuming after frame %d, the last one recorded", stream_id, last)
+
+    def _this_run(self, record: dict) -> bool:
+        """Whether a record was written since this run's supervisor started (it writes run_config.yaml)."""
+        try:
+            started = (self.root / "run_config.yaml").stat().st_mtime
+        except OSError:
+            return False
+        recorded = record.get("recorded_wall")
+        return isinstance(recorded, (int, float)) and recorded >= started
 
     def _disk_full(self, stream_id: str, error: OSError, frame_lost: bool = True) -> None:
         recorder = self.recorders.pop(stream_id, None)

@@ -38,7 +38,9 @@ class FrameBooks:
         if previous is None:
             return Gap()
         missing = max(0, frame_index - previous[0] - 1)
-        dropped = min(missing, max(0, dropped_upstream - previous[1]))
+        # a count that went down: an upstream stage restarted and counts from 0 again
+        base = previous[1] if dropped_upstream >= previous[1] else 0
+        dropped = min(missing, dropped_upstream - base)
         return Gap(lost=missing - dropped, dropped=dropped)
 
 

@@ -23,6 +23,7 @@ _ALLOWED_DTYPES = {"uint8", "float32", "float16", "int32", "int64"}
 _MAX_HEADER_BYTES = 1 << 20
 _MAX_DEPTH = 8  # levels of nesting a header may have (meta holds small facts, not trees)
 MAX_BUFFERS = 8  # buffers a message may carry (image, input, annotated, ...)
+MAX_SECONDS = 1e11  # about 3,000 years: past any wall clock or source time
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -183,9 +184,15 @@ def _count(header: dict, key: str) -> int:
 
 def _number(header: dict, key: str) -> float:
     value = header.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise MessageError(f"header field {key!r} must be a number, got {type(value).__name__}")
+    if not _plain_number(value):
+        raise MessageError(f"header field {key!r} must be a number of seconds, got {str(value)[:40]}")
     return float(value)
+
+
+def _plain_number(value) -> bool:
+    """A time in seconds: an int or float, not bool, and not absurd (1e400 parses as inf, 10**400 as an int
+    too large for a float; either would poison every latency figure downstream)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < MAX_SECONDS
 
 
 def _detections(values) -> np.ndarray | None:
@@ -216,8 +223,7 @@ def _track_ids(values) -> np.ndarray | None:
 def _trace(values) -> dict[str, float]:
     if values is None:
         return {}
-    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               for v in values.values()):
+    if not isinstance(values, dict) or not all(_plain_number(v) for v in values.values()):
         raise MessageError("trace must map stage labels to times")
     return dict(values)
 

@@ -46,9 +46,9 @@ def read_frame_records(path) -> Iterator[tuple[int, dict]]:
                     raise ValueError(f"{path}:{line_number}: not a JSON record ({exc.msg})") from None
 
 
-def last_frame_index(path, tail_bytes: int = 1 << 16) -> int | None:
-    """The frame index of the last whole record of a tracks.jsonl (None: no file or no record), read
-    from its tail, so a restarted recorder knows where its predecessor stopped without reading hours."""
+def last_record(path, tail_bytes: int = 1 << 16) -> dict | None:
+    """The last whole record of a tracks.jsonl (None: no file or no record), read from its tail, so a
+    restarted recorder knows where its predecessor stopped without reading hours of records."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -58,9 +58,9 @@ def last_frame_index(path, tail_bytes: int = 1 << 16) -> int | None:
         return None
     for line in reversed(lines):
         try:
-            index = json.loads(line).get("frame_index")
-        except (ValueError, AttributeError):
+            record = json.loads(line)
+        except ValueError:
             continue  # a cut last line (the predecessor was killed mid-write)
-        if isinstance(index, int):
-            return index
+        if isinstance(record, dict) and isinstance(record.get("frame_index"), int):
+            return record
     return None

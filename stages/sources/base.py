@@ -22,6 +22,7 @@ class SourceKind:
     priority: ClassVar[int] = 0  # kinds are asked in descending priority; the catch-all goes last
     finite: ClassVar[bool] = True  # a file or folder that ends; False: a camera that may drop and return
     local: ClassVar[bool] = True  # the URI is a path, resolved against the config file's folder
+    stated_count: ClassVar[bool] = False  # frame_count is what a container states: reading fewer is a fault
 
     fps: float = 0.0
     frame_count: int = 0  # frames it holds (0: unknown or endless)

@@ -90,6 +90,7 @@ class VideoFile(OpenCvSource):
 
     name = "file"
     priority = -100  # the catch-all
+    stated_count = True
 
     @classmethod
     def matches(cls, uri: str, location: str) -> bool:

@@ -190,3 +190,13 @@ def test_the_rehearsal_camera_loops_a_clip_without_a_break(tmp_path, synthetic_c
         assert server.proc.wait(timeout=10) == 0  # stops cleanly
     finally:
         server.kill()
+
+
+def test_a_folder_with_unreadable_files_is_no_incomplete_replay(tmp_path):
+    """Files skipped as unreadable (macOS ._ copies, say) are not a truncated source."""
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+        (tmp_path / f"._{i}.png").write_bytes(b"AppleDouble")
+    stage = capture_for(tmp_path, tmp_path)
+    stage.cfg.mode = "replay"
+    assert len([m for m in stage.frames() if m is not None]) == 3 and stage.stream_state == "ended"

@@ -275,6 +275,8 @@ def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_pat
     """The predecessor recorded frames 0-9 and was killed with 10 and 11 in its queue: the restarted
     recorder starts after frame 9 (from tracks.jsonl), so 10 and 11 are lost, a resent 9 a duplicate."""
     cfg = make_cfg(tmp_path, video=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run_config.yaml").write_text("{}")  # the supervisor's, written as the run starts
     first = RecordStage(cfg)
     for i in range(10):
         first.process(gray_frame(i))
@@ -285,6 +287,13 @@ def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_pat
         again.process(gray_frame(i))
     assert again.counters["duplicates"] == 1 and again.counters["frames_missing"] == 2
     again.close()
+    time.sleep(0.05)
+    (tmp_path / "out" / "run_config.yaml").write_text("{}")  # a new run into the same folder
+    third = RecordStage(cfg)
+    third.restarts = 1  # restarted before this run recorded anything: the earlier run's frames are not its own
+    third.process(gray_frame(0))
+    assert third.counters["duplicates"] == 0 and third.counters["frames_recorded"] == 1
+    third.close()
 
 
 def test_live_drops_upstream_are_not_losses(tmp_path):

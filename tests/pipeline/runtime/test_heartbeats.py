@@ -20,6 +20,8 @@ from pipeline.runtime.supervisor import StageProcess, Supervisor, parse_beat
     (b'{"stage": "detect", "pid": 1, "extra": {"a": 1}}', "nested object"),
     (b'{"stage": "detect"}', "no pid"),
     (b"x" * 70_000, "over"),
+    (b'{"stage": "x", "pid": 1, "t": 1' + b"0" * 400 + b"}", "'t' is not a finite number"),
+    (b'{"stage": "x", "pid": 1, "fps": 1e400}', "'fps' is not a finite number"),
 ])
 def test_a_beat_that_is_not_one_says_why(raw, problem):
     assert problem in parse_beat(raw)[1]

@@ -95,6 +95,10 @@ IMAGE = bytes(12)
     ([_header(buffers=[{"name": "image", "shape": [2, 2, 3, 1, 1], "dtype": "uint8"}]), IMAGE], "up to 4 whole"),
     ([_header(buffers=[{"name": "image", "shape": [-1, 2, 3], "dtype": "uint8"}]), IMAGE], "up to 4 whole"),
     ([_header()] + [IMAGE] * 9, "at most 8 buffers"),
+    ([_header().replace(b'"source_ts": 0.0', b'"source_ts": 1' + b"0" * 400), IMAGE], "'source_ts' must be a number"),
+    ([_header().replace(b'"capture_wall": 0.0', b'"capture_wall": 1e400'), IMAGE], "'capture_wall' must be a number"),
+    ([_header(capture_wall=-1e308), IMAGE], "'capture_wall' must be a number"),
+    ([_header(trace={"x": 1e300}), IMAGE], "trace must map"),
 ])
 def test_hostile_headers_are_message_errors_never_crashes(parts, why):
     with pytest.raises(MessageError, match=re.escape(why)):
