@@ -135,3 +135,23 @@ def test_checkpoint_meta_reads_meta_without_building(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(models.CheckpointError, match="bad.pt"):
         models.checkpoint_meta(tmp_path / "bad.pt")
+
+
+def test_checkpoint_meta_admits_no_global_that_could_run_code(tmp_path):
+    """The torch-free reader is as safe as weights_only: a pickle naming os.system is refused, not run."""
+    import os
+    import pickle
+    import zipfile
+
+    import models
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, ("touch " + str(tmp_path / "pwned"),)
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"format": "models.checkpoint/1", "meta": Exploit()}))
+    with pytest.raises(models.CheckpointError, match="global posix.system is not allowed"):
+        models.checkpoint_meta(path)
+    assert not (tmp_path / "pwned").exists()

@@ -233,3 +233,14 @@ def test_a_restarted_track_stage_never_reuses_a_track_id(tmp_path):
     finally:
         sub.close(0)
     assert json.loads((tmp_path / "out" / "track_ids.json").read_text()) == {"cam0": 1001 + 999}
+
+
+def test_an_unreadable_track_id_file_is_one_line_and_ids_start_over(tmp_path, caplog):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "track_ids.json").write_text('{"cam0": ')  # cut short by a crash
+    _, stage = make_stage(tmp_path)
+    try:
+        ids = {int(t) for i in range(10) for t in stage.process(frame(i, [small_target(i)]))[0].track_ids if t >= 0}
+        assert ids == {1} and "track_ids.json is unreadable" in caplog.text
+    finally:
+        stage.close()

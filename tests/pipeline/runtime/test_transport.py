@@ -63,13 +63,19 @@ def test_curve_link_encrypts_and_refuses_wrong_server_key(tmp_path):
     ctx.term()
 
 
-def test_curve_server_admits_only_the_configured_client_key(tmp_path):
+def _admitting_server(tmp_path):
+    """A Curve server that admits only the "client" key pair; the "stranger" pair is refused."""
     server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
     client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "client")
     _, stranger_sec = zmq.auth.create_certificates(tmp_path, "stranger")
     server_ctx, client_ctx, port = zmq.Context(), zmq.Context(), free_port()
     server = open_socket(server_ctx, f"pull+bind:tcp://127.0.0.1:{port}",
                          curve=CurveKeys(server_secret=server_sec, client_public=client_pub))
+    return server_pub, client_sec, stranger_sec, server_ctx, client_ctx, port, server
+
+
+def test_curve_server_admits_only_the_configured_client_key(tmp_path):
+    server_pub, client_sec, stranger_sec, server_ctx, client_ctx, port, server = _admitting_server(tmp_path)
     # the stranger knows the server's public key (enough without a ZAP handler) but has its own key pair
     stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
                            curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
@@ -127,12 +133,7 @@ def test_an_ipc_folder_others_can_write_is_refused(tmp_path):
 def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
     """The edge of a two-host split with the wrong client key: refused by the server's ZAP handler
     (logged and counted there) and, on the client, a HandshakeWatch problem instead of a silent hang."""
-    server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
-    client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "client")
-    _, stranger_sec = zmq.auth.create_certificates(tmp_path, "stranger")
-    server_ctx, client_ctx, port = zmq.Context(), zmq.Context(), free_port()
-    server = open_socket(server_ctx, f"pull+bind:tcp://127.0.0.1:{port}",
-                         curve=CurveKeys(server_secret=server_sec, client_public=client_pub))
+    server_pub, client_sec, stranger_sec, server_ctx, client_ctx, port, server = _admitting_server(tmp_path)
     refused_before = refused_clients()
     stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
                            curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
