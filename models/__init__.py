@@ -16,7 +16,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
 
 _HOMES = {
     "CheckpointError": "meta", "checkpoint_meta": "meta",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_weights_into": "checkpoint",
     "Detector": "detector",
     "Gssam": "gssam", "GssamConfigError": "gssam", "sampled_contrast": "gssam",
     "export_onnx": "onnx_export",

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .yolox_gssam import build_model, parse_model_name
+from .yolox_gssam import baseline_name, build_model, parse_model_name, twin_state_dict
 
 from .letterbox import check_input_size
 from .meta import FORMAT, RESERVED_META, CheckpointError, check_content, check_meta
@@ -117,3 +117,26 @@ def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     model = build_model(meta["name"], num_classes=len(meta["class_names"]))
     _match_weights(path, model, content["state_dict"])
     return model.to(device).eval(), meta
+
+
+def load_weights_into(path, model: nn.Module, class_names) -> dict:
+    """Load a checkpoint's weights into ``model`` (train-time ``--init``); returns its meta.
+
+    The checkpoint holds either the same model or the plain YOLOX the model is a GSSAM twin of
+    (``yolox-nano`` for ``yolox-nano-gssam-sigresid-p1``): then the backbone, neck and head weights
+    map one to one and the GSSAM parameters keep their initial values (an identity for the
+    identity-start variants). The class names must match.
+    """
+    path = Path(path)
+    content = _read(path)
+    meta = _check_meta(path, content["meta"])
+    state = {k: v.float() for k, v in content["state_dict"].items()}
+    if list(meta["class_names"]) != [str(c) for c in class_names]:
+        raise CheckpointError(f"{path}: classes {meta['class_names']} differ from {list(class_names)}")
+    if meta["name"] != model.model_name:
+        if meta["name"] != baseline_name(model.model_name):
+            raise CheckpointError(f"{path}: holds {meta['name']}, neither {model.model_name} nor its "
+                                  f"baseline {baseline_name(model.model_name)}")
+        state = twin_state_dict(state, model)
+    _match_weights(path, model, state)
+    return meta

@@ -15,6 +15,13 @@ Variants (``VARIANTS``):
     sigres   output = F + F * sigmoid(D)                (the paper's best, "Sigmoid-Res")
     conv     ablation: no sampling/comparison, A = sigmoid(c)
     convres  ablation: output = F + F * sigmoid(c)
+    sigresid  identity start: output = F + g * F * sigmoid(a * D/N + b), g = 0, a = 1, b = 0 at init
+    convresid identity start of the ablation: output = F + g * F * sigmoid(c), g = 0 at init
+
+The two "...id" variants are this project's departure from the paper (see ``Gssam``): at
+initialisation they return F exactly, so a GSSAM twin can start from a trained plain YOLOX
+(``models.yolox_gssam.load_baseline_into``) with equal outputs, and the affine lets the attention
+fall below the input (sigmoid(D/N) alone lives in [0.5, 1) because D >= 0).
 
 The paper's rule "receptive field of the conv stack >= pooling kernel" is 2n + 1 >= r;
 a configuration that breaks it raises ``GssamConfigError``.
@@ -38,7 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-VARIANTS = ("std", "sig", "sigres", "conv", "convres")
+VARIANTS = ("std", "sig", "sigres", "conv", "convres", "sigresid", "convresid")
+# variants whose output equals the input at initialisation (a learnable gate starting at 0)
+IDENTITY_START = ("sigresid", "convresid")
 
 # The broadcast form is used while its H*W*N intermediate has at most this many elements (and so
 # costs at most a few MiB): scripts/model_report.py's crossover table (inference forward, 2-core CPU)
@@ -233,6 +242,11 @@ class Gssam(nn.Module):
     inference) and, at N in the hundreds, drives sigmoid(D) to 1 with zero gradient from the start.
     Dividing by the constant N keeps the paper's comparison and its ordering (min-max "std" is
     unchanged by it); ``mean_contrast=False`` gives the paper's literal sigmoid(D).
+
+    The identity-start variants (``IDENTITY_START``) add three learnable scalars: ``gate`` g
+    (starts at 0, so the module is an identity and a trained YOLOX keeps its outputs),
+    ``contrast_scale`` a and ``contrast_shift`` b (start at 1 and 0, the paper's sigmoid(D/N)),
+    which let the attention fall below 0.5 and so suppress background; g may turn negative too.
     """
 
     def __init__(self, channels: int, num_convs: int, pool: int, variant: str = "sigres",
@@ -251,9 +265,15 @@ class Gssam(nn.Module):
         self.num_convs = num_convs
         self.pool = pool
         self.mean_contrast = mean_contrast
-        self.compares = variant in ("std", "sig", "sigres")
-        self.residual = variant in ("sigres", "convres")
+        self.compares = variant in ("std", "sig", "sigres", "sigresid")
+        self.residual = variant in ("sigres", "convres", "sigresid", "convresid")
+        self.identity_start = variant in IDENTITY_START
         self.context = self._make_context(channels, num_convs)
+        if self.identity_start:
+            self.gate = nn.Parameter(torch.zeros(1))
+        if variant == "sigresid":
+            self.contrast_scale = nn.Parameter(torch.ones(1))
+            self.contrast_shift = nn.Parameter(torch.zeros(1))
 
     @staticmethod
     def _make_context(channels: int, num_convs: int) -> nn.Sequential:
@@ -286,10 +306,14 @@ class Gssam(nn.Module):
             return (contrast - low) / (high - low).clamp_min(1e-6)
         if self.mean_contrast:
             contrast = contrast / num_points(c.shape[2], c.shape[3], self.pool)
+        if self.variant == "sigresid":
+            contrast = contrast * self.contrast_scale + self.contrast_shift
         return torch.sigmoid(contrast)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         attention = self.attention(features)
+        if self.identity_start:
+            attention = attention * self.gate  # g = 0: F * 1 exactly, the input unchanged
         if self.residual:
             attention = attention + 1  # F + F*A as one multiply over C channels
         return features * attention

@@ -160,6 +160,30 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return model
 
 
+def baseline_name(name: str) -> str:
+    """The plain YOLOX a model is the twin of: 'yolox-nano-gssam-sigresid-p1' -> 'yolox-nano'."""
+    return ModelSpec(parse_model_name(name).size).name
+
+
+def twin_state_dict(baseline_state: dict, twin: nn.Module) -> dict:
+    """A plain YOLOX's weights renamed for its GSSAM twin, plus the twin's own GSSAM parameters.
+
+    Wrapping a backbone stage in ``AttendedStage`` moves its weights under ``.block``; everything
+    else (neck, head, unwrapped stages) keeps its name. The GSSAM modules keep their freshly built
+    values, so an identity-start twin computes what the baseline computes.
+    """
+    prefix = "backbone.backbone."
+    wrapped = {stage for stage in STAGES if isinstance(getattr(twin.backbone.backbone, stage), AttendedStage)}
+    state = {}
+    for key, value in baseline_state.items():
+        stage = key[len(prefix):].split(".", 1)[0] if key.startswith(prefix) else None
+        if stage in wrapped:
+            key = f"{prefix}{stage}.block.{key[len(prefix) + len(stage) + 1:]}"
+        state[key] = value
+    own = {k: v for k, v in twin.state_dict().items() if ".attend_input." in k or ".attend_output." in k}
+    return {**state, **own}
+
+
 def gssam_modules(model: nn.Module) -> list[tuple[str, Gssam]]:
     """(qualified name, module) for every GSSAM in a model, in stage order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Gssam)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from models import CheckpointError, build_model, load_checkpoint, load_weights_into, save_checkpoint
 from models.checkpoint import FORMAT
 
 NAME = "yolox-nano-gssam-sigres-p1"
@@ -155,3 +155,27 @@ def test_checkpoint_meta_admits_no_global_that_could_run_code(tmp_path):
     with pytest.raises(models.CheckpointError, match="global posix.system is not allowed"):
         models.checkpoint_meta(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_of_the_baseline_load_into_its_gssam_twin(tmp_path):
+    torch.manual_seed(1)
+    baseline = build_model("yolox-nano", num_classes=len(CLASSES)).eval()
+    path = save_checkpoint(tmp_path / "base.pt", baseline, name="yolox-nano", input_size=(64, 96),
+                           class_names=CLASSES)
+    twin = build_model("yolox-nano-gssam-sigresid-p1", num_classes=len(CLASSES))
+    assert load_weights_into(path, twin, CLASSES)["name"] == "yolox-nano"
+    images = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(images), baseline(images))
+
+
+@pytest.mark.parametrize("model_name,classes,problem", [
+    ("yolox-tiny-gssam-sigresid-p1", CLASSES, "neither yolox-tiny-gssam-sigresid-p1 nor its baseline yolox-tiny"),
+    ("yolox-nano-gssam-sigresid-p1", ["drone", "plane"], "differ from"),
+])
+def test_weights_into_an_unrelated_model_are_one_line(saved, model_name, classes, problem):
+    _, path = saved
+    model = build_model(model_name, num_classes=len(classes))
+    with pytest.raises(CheckpointError) as caught:
+        load_weights_into(path, model, classes)
+    _assert_one_line_naming(caught.value, path, problem)

@@ -213,3 +213,58 @@ def test_channel_reduction_fast_path_equals_conv2d():
     with torch.no_grad():
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv(x), expected)
+
+
+@pytest.mark.parametrize("variant", gssam.IDENTITY_START)
+def test_identity_start_variants_return_their_input_exactly(variant):
+    torch.manual_seed(11)
+    module = Gssam(6, num_convs=2, pool=4, variant=variant)
+    features = torch.randn(2, 6, 15, 18) * 50
+    assert torch.equal(module(features), features)  # train mode
+    with torch.no_grad():
+        assert torch.equal(module.eval()(features), features)
+
+
+def test_identity_start_learns_its_gate_first_then_the_context():
+    torch.manual_seed(12)
+    module = Gssam(4, num_convs=2, pool=4, variant="sigresid")
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    features = torch.randn(2, 4, 12, 12)
+    module(features).pow(2).sum().backward()
+    assert module.gate.grad.abs().item() > 0
+    assert module.context[0].weight.grad.abs().sum().item() == 0  # g = 0 hides the attention's inputs
+    optimizer.step()
+    optimizer.zero_grad()
+    module(features).pow(2).sum().backward()
+    assert module.context[0].weight.grad.abs().sum().item() > 0
+    assert module.contrast_scale.grad.abs().item() > 0 and module.contrast_shift.grad.abs().item() > 0
+
+
+def test_identity_start_formula_and_attention_below_one_half():
+    torch.manual_seed(13)
+    module = Gssam(4, 2, 4, "sigresid").eval()
+    with torch.no_grad():
+        module.gate.fill_(-0.7)
+        module.contrast_scale.fill_(2.0)
+        module.contrast_shift.fill_(-3.0)
+        features = torch.randn(2, 4, 12, 10)
+        contrast = sampled_contrast_broadcast(module.context(features), 4) / gssam.num_points(12, 10, 4)
+        attention = torch.sigmoid(2.0 * contrast - 3.0)
+        torch.testing.assert_close(module(features), features * (1 - 0.7 * attention))
+        assert module.attention(features).min().item() < 0.5  # the paper's sigmoid(D/N) never goes below
+
+
+def test_identity_start_fuses_and_the_literal_variants_are_unchanged():
+    torch.manual_seed(14)
+    module = Gssam(5, num_convs=3, pool=6, variant="sigresid")
+    module.train()
+    module(torch.randn(4, 5, 20, 20))
+    with torch.no_grad():
+        module.gate.fill_(0.5)
+    module.eval()
+    features = torch.randn(2, 5, 20, 20)
+    with torch.no_grad():
+        before = module(features)
+        after = module.fuse()(features)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    assert not hasattr(Gssam(5, 3, 6, "sigres"), "gate")

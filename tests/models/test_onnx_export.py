@@ -89,3 +89,18 @@ def test_export_is_cached_by_content(weights, tmp_path):
     second = Detector(weights, backend="onnx", cache_dir=tmp_path)
     assert second.onnx_path == first.onnx_path == cached_onnx_path(weights, INPUT_SIZE, tmp_path)
     assert second.onnx_path.stat().st_mtime_ns == stamp
+
+
+def test_identity_start_twin_exports_with_its_gate(tmp_path):
+    torch.manual_seed(3)
+    name = "yolox-nano-gssam-sigresid-p1"
+    model = build_model(name, num_classes=len(CLASSES)).eval()
+    with torch.no_grad():
+        for _, module in gssam_modules(model):  # as after training: an open gate, a shifted sigmoid
+            module.gate.fill_(0.8)
+            module.contrast_shift.fill_(-1.0)
+    path = save_checkpoint(tmp_path / "twin.pt", model, name=name, input_size=INPUT_SIZE, class_names=CLASSES)
+    batch = _batch(seed=4)
+    expected = Detector(path, backend="torch").infer(batch)
+    actual = Detector(path, backend="onnx", cache_dir=tmp_path).infer(batch)
+    assert np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))) < 1e-4

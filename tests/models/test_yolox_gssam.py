@@ -9,12 +9,14 @@ from models.gssam import VARIANTS, Gssam
 from models.yolox_gssam import (
     SIZES,
     STAGES,
+    baseline_name,
     count_parameters,
     fuse_for_inference,
     gssam_modules,
     model_names,
     parse_model_name,
     stage_plan,
+    twin_state_dict,
 )
 
 NUM_CLASSES = 3
@@ -154,3 +156,27 @@ def test_fuse_for_inference_keeps_outputs():
         before = model(images)
         after = fuse_for_inference(model)(images)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["yolox-nano-gssam-sigresid-p1", "yolox-nano-gssam-sigresid-p2",
+                                  "yolox-nano-gssam-convresid-p1"])
+def test_identity_start_twin_of_a_trained_baseline_computes_what_it_computes(name):
+    torch.manual_seed(15)
+    baseline = build_model("yolox-nano", NUM_CLASSES)
+    baseline.train()
+    images, targets = _images_and_targets()
+    baseline(images, targets)  # BN running stats away from their defaults, like a trained model
+    twin = build_model(name, NUM_CLASSES)
+    twin.load_state_dict(twin_state_dict(baseline.state_dict(), twin))
+    baseline.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(twin(images), baseline(images))
+    assert baseline_name(name) == "yolox-nano"
+
+
+def test_twin_state_dict_moves_wrapped_stages_under_block_only():
+    twin = build_model("yolox-nano-gssam-sigres-p2", NUM_CLASSES)
+    state = twin_state_dict(build_model("yolox-nano", NUM_CLASSES).state_dict(), twin)
+    assert set(state) == set(twin.state_dict())
+    assert any(k.startswith("backbone.backbone.stem.") and ".block." not in k for k in state)  # p2: stem unwrapped
+    assert any(k.startswith("backbone.backbone.dark2.block.") for k in state)

@@ -48,10 +48,10 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--amp", choices=("fp16", "bf16", "off"), default="fp16", help="CUDA autocast dtype")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.json, curve.png")
+    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, epoch-N.pt, log.json, curve.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same model name): "
-                   "a fresh schedule on top of an earlier run")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same model, or "
+                   "the plain YOLOX a GSSAM model is the twin of): a fresh schedule on top of an earlier run")
     p.add_argument("--l1-loss", action="store_true", help="add yolox's L1 box loss (YOLOX turns it on for its "
                    "last epochs): tighter boxes, which tiny targets need for IoU 0.5")
     p.add_argument("--small-object-power", type=float, default=0.0, help="positive crops favour objects "

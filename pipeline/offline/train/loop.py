@@ -162,11 +162,11 @@ def _save_last(trainer: Trainer) -> None:
     atomic_save(trainer.state(), trainer.out / "last.pt")
 
 
-def _save_best(trainer: Trainer, metrics: dict, epoch: int) -> None:
+def _save_weights(trainer: Trainer, path: Path, metrics: dict, epoch: int) -> None:
     import models
 
     half = copy.deepcopy(trainer.ema.module).half()     # fp16 weights: half the file; loads into float models
-    models.save_checkpoint(trainer.out / "best.pt", half, name=trainer.settings.model,
+    models.save_checkpoint(path, half, name=trainer.settings.model,
                            input_size=trainer.settings.input_size, class_names=trainer.class_names,
                            epoch=epoch, step=trainer.step, metrics=metrics, trained_with="pipeline.offline.train")
 
@@ -182,7 +182,9 @@ def _end_epoch(trainer: Trainer, settings: TrainSettings) -> None:
     trainer.history["epochs"].append(record)
     if metrics["map50_95"] > trainer.best:
         trainer.best = metrics["map50_95"]
-        _save_best(trainer, metrics, epoch)
+        _save_weights(trainer, trainer.out / "best.pt", metrics, epoch)
+    # every epoch's weights stay (~2 MiB each), so a study can score any step count afterwards
+    _save_weights(trainer, trainer.out / f"epoch-{epoch}.pt", metrics, epoch)
     _save_last(trainer)
     write_curve(trainer.history, trainer.out / "curve.png", settings.model)
     log.info("%s epoch %d step %d/%d: loss %.3f val mAP50:95 %.4f mAP50 %.4f (best %.4f) %.0fs",

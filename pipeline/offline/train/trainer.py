@@ -70,16 +70,18 @@ class Trainer:
         return model.train()
 
     def _load_init(self, model: torch.nn.Module, path: str) -> None:
+        """Weights of the same model, or of the plain YOLOX this GSSAM model is the twin of."""
         import models
 
         try:
-            initial, meta = models.load_checkpoint(path)
+            meta = models.load_weights_into(path, model, self.class_names)
         except models.CheckpointError as error:
             raise TrainError(f"--init: {error}") from None
-        if meta["name"] != self.settings.model or list(meta["class_names"]) != list(self.class_names):
-            raise TrainError(f"--init: {path} holds {meta['name']} for {meta['class_names']}, not {self.settings.model}")
-        model.load_state_dict({k: v.float() for k, v in initial.state_dict().items()})
-        log.info("%s: weights from %s", self.settings.model, path)
+        if meta["name"] != self.settings.model:
+            log.info("%s: baseline weights of %s from %s (GSSAM parameters at their initial values)",
+                     self.settings.model, meta["name"], path)
+        else:
+            log.info("%s: weights from %s", self.settings.model, path)
 
     # -- planning
     def plan_epochs(self, frames: int) -> None:

@@ -264,3 +264,25 @@ def test_visible_boxes_tight_recovers_the_objects_behind_loose_visible_labels(
         np.testing.assert_array_equal(tight_boxes[:, 0], true_boxes[:, 0])
         assert _box_iou(loose_boxes[:, 1:], true_boxes[:, 1:]).mean() < 0.35
         assert _box_iou(tight_boxes[:, 1:], true_boxes[:, 1:]).mean() > 0.6, name
+
+
+@pytest.mark.slow
+def test_gssam_twin_continues_a_baseline_from_where_it_is(tiny_data, tmp_path):
+    """--init with the plain YOLOX's checkpoint: the identity-start twin's first step sees the same
+    crops and computes the same loss as the baseline continuing from that checkpoint."""
+    root, manifest = tiny_data
+    torch.set_num_threads(1)
+
+    def argv(model: str, out: Path) -> list[str]:
+        args = _argv(root, manifest, out)
+        args[args.index("--model") + 1] = model
+        return args
+
+    assert train.main(argv("yolox-nano", tmp_path / "start")) == 0
+    init = ["--init", str(tmp_path / "start" / "best.pt")]
+    assert train.main(argv("yolox-nano", tmp_path / "base") + init) == 0
+    assert train.main(argv("yolox-nano-gssam-sigresid-p1", tmp_path / "twin") + init) == 0
+    base, twin = (torch.load(tmp_path / run / "last.pt", weights_only=False) for run in ("base", "twin"))
+    assert twin["history"]["loss"][0] == pytest.approx(base["history"]["loss"][0], rel=1e-5)
+    assert twin["history"]["loss"][1:] != base["history"]["loss"][1:]  # the gate has moved since
+    assert train.main(argv("yolox-tiny-gssam-sigresid-p1", tmp_path / "other") + init) == 2

@@ -1,0 +1,152 @@
+"""The fair GSSAM study (issue 21): a trained plain YOLOX continued as itself and as its identity-start
+GSSAM twin, from the same checkpoint, for the same steps, with the same data order, over several seeds.
+
+    .venv/bin/python scripts/twin_study.py --out runs/twin-study            # train, score, summarise
+    .venv/bin/python scripts/twin_study.py --out runs/twin-study --report   # only summarise what exists
+
+Every run is ``python -m pipeline train --init INIT`` with one command line for both arms (only
+``--model`` differs); both draw their crops from ``--seed``'s generator, which nothing else consumes,
+so seed k of the baseline and seed k of the twin see the same crops in the same order. Each epoch's
+EMA weights (``epoch-N.pt``) are scored on the test split, so the table has one row per step count.
+The study resumes: a finished run or score is kept, an interrupted run continues with ``--resume``.
+Writes ``OUT/summary.md`` and ``OUT/summary.json``; choose on the val columns, report the test ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_WEIGHTS = REPO / "models" / "weights" / "yolox-nano-baseline.pt"
+METRICS = ("map50_95", "ap_tiny", "ap_small", "map50")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--init", type=Path, default=BASELINE_WEIGHTS, help="the trained plain YOLOX both arms start from")
+    p.add_argument("--baseline", default="yolox-nano")
+    p.add_argument("--twin", default="yolox-nano-gssam-sigresid-p1")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=2, help="step counts scored = epochs x --epoch-steps")
+    p.add_argument("--epoch-steps", type=int, default=300)
+    p.add_argument("--train-args", default="--bundle .bundle --cache .cache/bundle_npy --synthetic 60 "
+                   "--synthetic-frames 150 --batch 16 --crop 256 --lr 1e-3 --warmup-steps 50 --threads 1 "
+                   "--workers 1 --val-per-clip 10 --no-progress", help="the rest of the (shared) train command")
+    p.add_argument("--eval-args", default="--split test --stride 10 --backend onnx --cache-dir .cache/eval_frames")
+    p.add_argument("--report", action="store_true", help="summarise only; train and score nothing")
+    return p.parse_args(argv)
+
+
+def run_name(model: str, seed: int) -> str:
+    return f"{'twin' if 'gssam' in model else 'base'}-s{seed}"
+
+
+def train(args, model: str, seed: int) -> Path:
+    out = args.out / run_name(model, seed)
+    log = out / "log.json"
+    if log.is_file() and json.loads(log.read_text()).get("status") == "done":
+        return out
+    command = [sys.executable, "-m", "pipeline", "train", "--model", model, "--init", str(args.init),
+               "--seed", str(seed), "--epochs", str(args.epochs), "--epoch-steps", str(args.epoch_steps),
+               "--out", str(out), *args.train_args.split()]
+    if (out / "last.pt").is_file():
+        command.append("--resume")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "a") as log_file:
+        subprocess.run(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, check=True)
+    return out
+
+
+def score(args, weights: Path, out: Path) -> dict:
+    report = out / "report.json"
+    if not report.is_file():
+        command = [sys.executable, "-m", "pipeline", "eval", "--weights", str(weights), "--out", str(out),
+                   *args.eval_args.split()]
+        out.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(out.parent / f"{out.name}.log", "w") as log_file:
+            subprocess.run(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, check=True, env=env)
+    return json.loads(report.read_text())
+
+
+def run_rows(args, model: str, seed: int, scoring: bool) -> list[dict]:
+    """One row per epoch of one run: its step count, val (training validation) and test scores."""
+    out = args.out / run_name(model, seed)
+    log = out / "log.json"
+    if not log.is_file():
+        return []
+    rows = []
+    for epoch in json.loads(log.read_text())["epochs"]:
+        weights = out / f"epoch-{epoch['epoch']}.pt"
+        target = out / f"test-epoch-{epoch['epoch']}"
+        if not (target / "report.json").is_file() and not (scoring and weights.is_file()):
+            continue
+        test = score(args, weights, target)
+        rows.append({"model": model, "seed": seed, "step": epoch["step"], "val_map50_95": epoch["map50_95"],
+                     **{f"test_{m}": test[m] for m in METRICS}, "ms": test["latency_ms"].get("total")})
+    return rows
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    half_range = (max(values) - min(values)) / 2
+    return f"{100 * mean:.1f} ± {100 * half_range:.1f}"
+
+
+def summarise(rows: list[dict], start: dict, args) -> str:
+    lines = [f"Start: `{args.init.name}` (test mAP50:95 {100 * start['map50_95']:.1f}, AP tiny "
+             f"{100 * start['ap_tiny']:.1f}); both arms continue it for the same steps, seeds {args.seeds}.", "",
+             "| step | arm | seeds | val mAP50:95 | test mAP50:95 | AP tiny | AP small | mAP50 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for step in sorted({r["step"] for r in rows}):
+        for model in (args.baseline, args.twin):
+            group = [r for r in rows if r["step"] == step and r["model"] == model]
+            if group:
+                cells = [spread([r[key] for r in group]) for key in
+                         ("val_map50_95", "test_map50_95", "test_ap_tiny", "test_ap_small", "test_map50")]
+                lines.append(f"| {step} | {model} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired (twin − baseline, same seed, same step), points:", "",
+              "| step | seed | Δ val | Δ test mAP50:95 | Δ AP tiny | Δ AP small |", "|---|---|---|---|---|---|"]
+    for step in sorted({r["step"] for r in rows}):
+        deltas = []
+        for seed in sorted({r["seed"] for r in rows}):
+            pair = {r["model"]: r for r in rows if r["step"] == step and r["seed"] == seed}
+            if len(pair) == 2:
+                twin, base = pair[args.twin], pair[args.baseline]
+                delta = [twin[k] - base[k] for k in ("val_map50_95", "test_map50_95", "test_ap_tiny", "test_ap_small")]
+                deltas.append(delta)
+                lines.append(f"| {step} | {seed} | " + " | ".join(f"{100 * d:+.1f}" for d in delta) + " |")
+        if deltas:
+            means = [statistics.fmean(column) for column in zip(*deltas)]
+            wins = sum(d[1] > 0 for d in deltas)
+            lines.append(f"| {step} | mean ({wins}/{len(deltas)} twin ahead on test) | "
+                         + " | ".join(f"{100 * m:+.1f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = score(args, args.init, args.out / "test-start") if not args.report else \
+        json.loads((args.out / "test-start" / "report.json").read_text())
+    rows = []
+    for seed in seeds:
+        for model in (args.baseline, args.twin):
+            if not args.report:
+                train(args, model, seed)
+            rows += run_rows(args, model, seed, scoring=not args.report)
+        (args.out / "summary.json").write_text(json.dumps({"start": {m: start[m] for m in METRICS},
+                                                            "rows": rows}, indent=1) + "\n")
+        (args.out / "summary.md").write_text(summarise(rows, start, args))
+    print((args.out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
