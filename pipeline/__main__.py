@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from pipeline.runtime.config import ConfigError, PipelineConfig, load_config
@@ -17,21 +18,30 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _stop_waiting(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline run", description="Run the whole pipeline.")
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--no-progress", action="store_true", help="status lines instead of a progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    from pipeline.runtime.supervisor import Supervisor
+    from pipeline.runtime.supervisor import Supervisor, wait_for_remote_side
 
     try:
         cfg = load_config(args.config)
         for name in cfg.run_stages:  # e.g. a wrong weights file stops here, before any stage starts
             cfg.stage_class(name).preflight(cfg)
+        signal.signal(signal.SIGTERM, _stop_waiting)  # the Supervisor installs its own drain handlers
+        wait_for_remote_side(cfg)
         supervisor = Supervisor(cfg, progress=not args.no_progress)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting for the other host: nothing ran
+        print("stopped while waiting for the other host; no stage was started", file=sys.stderr)
+        return 0
     code = supervisor.run()
     if code == 0:
         print(f"outputs (annotated video, tracks.jsonl per stream): {cfg.resolve(cfg.output_dir)}")
@@ -45,9 +55,10 @@ def cmd_stage(argv: list[str]) -> int:
     parser.add_argument("--source", help="source stages: the source id")
     parser.add_argument("--start-frame", type=int, default=0, help="source stages: skip frames already sent")
     parser.add_argument("--restarts", type=int, default=0, help="how often the supervisor restarted this stage")
+    parser.add_argument("--session", default="", help="the supervisor run's id (sources stamp it on every frame)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, check_network=False)
+        cfg = load_config(args.config)
         if args.name not in cfg.stage_refs():
             raise ConfigError(f"no stage {args.name!r} in this config (stages: {', '.join(cfg.stage_refs())})")
     except ConfigError as exc:
@@ -62,9 +73,10 @@ def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     try:
         if cls.role == "source":
             stage = cls(cfg, args.source, args.start_frame)
+            stage.session = args.session
             return run_stage(stage, cfg, instance=f"{args.name}:{args.source}")
         stage = cls(cfg)
-        stage.restarts = args.restarts
+        stage.restarts, stage.session = args.restarts, args.session
         return stage.run() if cls.role == "consumer" else run_stage(stage, cfg)
     except StageFatalError as exc:  # bad input a restart cannot fix (a source that cannot be read, ...)
         return _fail(f"{args.name}: {exc}", EXIT_BAD_INPUT)

@@ -6,7 +6,9 @@ Prints, measured side by side in one run: RSS per stage in the first vs the last
 latency p50/p99 (capture -> recorded, from tracks.jsonl) first vs last fifth, frames dropped by the
 live policy vs lost, malformed messages counted, restarts, and whether every segment plays. Goals:
 RSS growth < 5 %, p99 flat (+-10 %), zero losses beyond drops, zero restarts, every segment plays.
-The two cameras are the demo clip looping, paced (make it first: `make demo`).
+The two cameras are the demo clip looping, paced (make it first: `make demo`); with ``--rtsp`` the
+second one is the rehearsal RTSP camera (scripts/rtsp_server.py, GStreamer, serving the same clip
+round and round), so the soak also covers a network source.
 """
 from __future__ import annotations
 
@@ -31,10 +33,26 @@ from scripts.fuzz import FILTERS, bad_message  # noqa: E402
 CLIP = REPO / "out" / "demo" / "input" / "synthetic_0007.mp4"
 
 
-def soak_config(out: Path, clip: Path) -> dict:
-    return {"mode": "live", "output_dir": str(out / "output"),
-            "sources": [{"id": f"cam{i}", "uri": str(clip), "pace": True, "loop": True} for i in range(2)],
+SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter whose `gi` has GStreamer's RTSP server
+
+
+def soak_config(out: Path, clip: Path, rtsp_url: str | None = None) -> dict:
+    sources = [{"id": f"cam{i}", "uri": str(clip), "pace": True, "loop": True} for i in range(2)]
+    if rtsp_url is not None:
+        sources[1] = {"id": "cam1", "uri": rtsp_url}
+    return {"mode": "live", "output_dir": str(out / "output"), "sources": sources,
             "stages": {"detect": {"weights": "default", "backend": "onnx"}, "record": {"segment_seconds": 30}}}
+
+
+def start_rtsp_camera(clip: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """The rehearsal camera in its own process; returns it and its URL once it listens."""
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "scripts" / "rtsp_server.py"), "--port", str(port),
+                             "--path", "/cam", "--video", str(clip)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise SystemExit(f"error: the RTSP camera did not start ({line.strip() or 'no output'})")
+    return proc, line.split()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -114,7 +132,8 @@ def segments_play(output: Path) -> tuple[int, int]:
 def run_soak(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "soak.yaml"
-    config.write_text(yaml.safe_dump(soak_config(args.out, args.clip)))
+    camera, url = start_rtsp_camera(args.clip, args.rtsp_port) if args.rtsp else (None, None)
+    config.write_text(yaml.safe_dump(soak_config(args.out, args.clip, url)))
     output = args.out / "output"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(args.out / "soak.log", "w"))
@@ -133,6 +152,9 @@ def run_soak(args) -> dict:
     end = time.time()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
+    if camera is not None:
+        camera.send_signal(signal.SIGTERM)
+        camera.wait(timeout=30)
     return {"exit": code, "start": start, "end": end, "samples": samples, "fuzzed": sent[0],
             "status": json.loads((output / "status.json").read_text()), "output": output}
 
@@ -154,6 +176,8 @@ def report(result: dict) -> None:
           f"p99 {latency['p99'][0]:.0f} / {latency['p99'][1]:.0f} ({latency['frames']} frames recorded)")
     good, total = segments_play(result["output"])
     print(f"segments that play: {good} of {total}")
+    reconnects = {label: beat.get("reconnects", 0) for label, beat in status.items() if label.startswith("capture:")}
+    print(f"source reconnects (a looping file and a streaming camera: 0 expected): {reconnects}")
 
 
 def main() -> int:
@@ -162,6 +186,8 @@ def main() -> int:
     parser.add_argument("--fuzz-rate", type=float, default=200.0, help="malformed messages per second")
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "soak")
+    parser.add_argument("--rtsp", action="store_true", help="second camera: the rehearsal RTSP camera")
+    parser.add_argument("--rtsp-port", type=int, default=8554)
     args = parser.parse_args()
     if not args.clip.is_file():
         print(f"error: {args.clip} is missing: run `make demo` first (or give --clip)", file=sys.stderr)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.records import SESSION
 from pipeline.runtime.stage import Stage
 from stages.sources import SourceError, SourceKind, kind_for
 
@@ -149,7 +150,10 @@ class CaptureStage(Stage):
             # next_frame moves on only once the frame was taken and sent: a capture killed while its
             # send waits resumes at this frame (the recorder drops it if it did arrive)
             self.next_frame = self.frame_index
-            yield FrameMessage(self.src.id, self.frame_index, source_ts, time.time(), {"image": image})
+            msg = FrameMessage(self.src.id, self.frame_index, source_ts, time.time(), {"image": image})
+            if self.session:  # which run of this capture the frame belongs to (see records.SESSION)
+                msg.meta[SESSION] = self.session
+            yield msg
             self.frame_index += 1
             self.next_frame = self.frame_index
             self.backoff, self.failures = self.src.reconnect_initial_s, 0

@@ -40,7 +40,7 @@ from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
 from pipeline.runtime.books import DROPPED, FrameBooks
-from pipeline.runtime.records import frame_record, last_record, mot_lines
+from pipeline.runtime.records import SESSION, frame_record, frame_session, last_record, mot_lines
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
@@ -338,8 +338,8 @@ class RecordStage(Stage):
         self.next_disk_try = 0.0
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
-        if self.restarts and msg.stream_id not in self.last_index:
-            self._resume(msg.stream_id)
+        if msg.stream_id not in self.last_index:
+            self._resume(msg)
         last = self.last_index.get(msg.stream_id, -1)
         if msg.frame_index <= last:
             self.counters["duplicates"] += 1  # a restarted capture may resend its last frames
@@ -369,16 +369,22 @@ class RecordStage(Stage):
         self._retain()
         return []
 
-    def _resume(self, stream_id: str) -> None:
-        """A restarted recorder continues where its predecessor's records end: frames that died in the
-        killed one's queue show as lost, frames it had recorded as duplicates."""
-        record = last_record(self.root / stream_id / "tracks.jsonl")
-        if record is None or not self._this_run(record):
-            return  # nothing of this run recorded yet (a folder may hold earlier runs' records)
+    def _resume(self, msg: FrameMessage) -> None:
+        """A recorder continues where the records of the same frames end: a restarted one after its
+        predecessor's (this run), or a new run on this host while the source on another host went on
+        (the same capture session). Frames that died in a killed queue show as lost, frames already
+        recorded as duplicates."""
+        record = last_record(self.root / msg.stream_id / "tracks.jsonl")
+        if record is None:
+            return
+        same_source = frame_session(msg) is not None and record.get(SESSION) == frame_session(msg)
+        if not same_source and not (self.restarts and self._this_run(record)):
+            return  # the folder holds earlier runs' records of other frames
         last = record["frame_index"]
-        self.last_index[stream_id] = last
-        self.books.resume(stream_id, last)
-        log.info("stream %s: resuming after frame %d, the last one recorded", stream_id, last)
+        self.last_index[msg.stream_id] = last
+        dropped = record.get(DROPPED)
+        self.books.resume(msg.stream_id, last, dropped if isinstance(dropped, int) and dropped >= 0 else 0)
+        log.info("stream %s: resuming after frame %d, the last one recorded", msg.stream_id, last)
 
     def _this_run(self, record: dict) -> bool:
         """Whether a record was written since this run's supervisor started (it writes run_config.yaml)."""

@@ -27,9 +27,9 @@ class FrameBooks:
     def __init__(self):
         self.last: dict[str, tuple[int, int]] = {}
 
-    def resume(self, stream_id: str, frame_index: int) -> None:
+    def resume(self, stream_id: str, frame_index: int, dropped_upstream: int = 0) -> None:
         """A restarted stage starts from what its predecessor wrote (the frames after it are counted)."""
-        self.last[stream_id] = (frame_index, 0)
+        self.last[stream_id] = (frame_index, dropped_upstream)
 
     def arrive(self, stream_id: str, frame_index: int, dropped_upstream: int) -> Gap:
         """The frames missing between the previous arrival of the stream and this one."""

@@ -4,7 +4,7 @@ The run's own sections are the dataclasses below; each stage brings the section 
 ``stages.<name>`` key (``Stage.section``) and its checks across sections (``Stage.check_config``).
 ``load_config`` walks the YAML against all of them (``pipeline.runtime.schema``) and raises
 ConfigError with a one-line message naming the offending key (unknown key, wrong type, bad value,
-missing file, unreachable endpoint). The CLI turns that into exit code 2.
+missing file). The CLI turns that into exit code 2.
 
 The frame path is a list of stage references (``frame_path``, default capture -> preprocess ->
 detect -> track -> record); consumers beside it (``consumers``, default the view) follow the
@@ -66,6 +66,8 @@ class TransportConfig:
     hwm: int = setting(4, gt=0)  # messages queued per socket side (replay); live mode uses 1
     # the largest message part a stage takes in: a 3840x2160 BGR frame is 24.9 MB; larger ones are refused
     max_message_mb: float = setting(64.0, gt=0)
+    # a link to a stage on another host that is not up yet: how long the run waits for it (0: fail at once)
+    remote_wait_s: float = setting(60.0, ge=0)
     curve: CurveConfig | None = None
 
 
@@ -132,6 +134,15 @@ class PipelineConfig:
         names = self.path_names
         return names[names.index(name) - 1] if name in names[1:] else None
 
+    def runs_elsewhere(self, name: str | None) -> bool:
+        """A frame-path stage this host does not run (the other side of a multi-host split)."""
+        return name is not None and name not in self.run_stages
+
+    def remote_links(self) -> list[str]:
+        """Endpoint keys of the frame links this host sends to a stage run elsewhere."""
+        return [links.input_key(d) for name in self.run_stages
+                if self.runs_elsewhere(d := self.downstream(name)) and name in self.path_names]
+
     def resolve(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
         return Path(os.path.normpath(p if p.is_absolute() else Path(self.base_dir) / p))
@@ -159,7 +170,7 @@ def is_loopback(host: str) -> bool:
 
 
 # ---------------------------------------------------------------- loading
-def load_config(path: str | Path, check_files: bool = True, check_network: bool = True) -> PipelineConfig:
+def load_config(path: str | Path, check_files: bool = True) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -176,17 +187,17 @@ def load_config(path: str | Path, check_files: bool = True, check_network: bool 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys")
     raw.setdefault("base_dir", str(path.resolve().parent))
-    return config_from_dict(raw, check_files=check_files, check_network=check_network)
+    return config_from_dict(raw, check_files=check_files)
 
 
-def config_from_dict(raw: dict, check_files: bool = True, check_network: bool = True) -> PipelineConfig:
+def config_from_dict(raw: dict, check_files: bool = True) -> PipelineConfig:
     cfg = build(PipelineConfig, raw, "")
     _check_stages(cfg)
     cfg.stages = _build_sections(cfg, cfg.stages)
     _check_sources(cfg)
     if cfg.transport.ipc_dir is None:
         cfg.transport.ipc_dir = f"/tmp/lss-{os.getpid()}-{os.urandom(3).hex()}"
-    cfg.endpoints = _endpoints(cfg, check_network)
+    cfg.endpoints = _endpoints(cfg)
     if check_files:
         _check_files(cfg)
     for name in cfg.stage_refs():
@@ -246,7 +257,7 @@ def _check_sources(cfg: PipelineConfig) -> None:
         raise ConfigError(f"config key 'sources': stream ids must be unique, got {ids}")
 
 
-def _endpoints(cfg: PipelineConfig, check_network: bool) -> dict[str, str]:
+def _endpoints(cfg: PipelineConfig) -> dict[str, str]:
     table = links.link_table(cfg)
     endpoints = links.default_endpoints(cfg, table)
     for key, spec in cfg.endpoints.items():
@@ -254,11 +265,11 @@ def _endpoints(cfg: PipelineConfig, check_network: bool) -> dict[str, str]:
             raise ConfigError(f"unknown config key 'endpoints.{key}' (allowed: {', '.join(endpoints)})")
         endpoints[key] = spec
     for key, spec in endpoints.items():
-        _check_endpoint(cfg, key, spec, table[key].pattern, check_network)
+        _check_endpoint(cfg, key, spec, table[key].pattern)
     return endpoints
 
 
-def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, pattern: str, check_network: bool) -> None:
+def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, pattern: str) -> None:
     where = f"endpoints.{key}"
     try:
         ep = Endpoint.parse(spec)
@@ -270,16 +281,6 @@ def _check_endpoint(cfg: PipelineConfig, key: str, spec: str, pattern: str, chec
     if ep.binds_beyond_loopback and (curve is None or None in (curve.server_secret, curve.client_public)):
         raise ConfigError(f"config key '{where}': binding {ep.address} beyond loopback needs transport.curve."
                           "server_secret and transport.curve.client_public (the one client key admitted)")
-    if check_network and ep.is_tcp and ep.action == "connect":
-        _check_reachable(ep, where)
-
-
-def _check_reachable(ep: Endpoint, where: str) -> None:
-    host, port = ep.host_port
-    try:
-        socket.create_connection((host, port), timeout=2.0).close()
-    except OSError as exc:
-        raise ConfigError(f"config key '{where}': {ep.address} is unreachable ({exc.strerror or exc})") from None
 
 
 def check_file(cfg: PipelineConfig, value: str | None, where: str) -> None:

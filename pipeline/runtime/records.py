@@ -9,13 +9,25 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.runtime.books import DROPPED
 from pipeline.runtime.messages import FrameMessage
+
+# meta key the source stamps on every frame: the id of the supervisor run that captured it. Frame
+# indices continue within one such run (across stage restarts), so a recorder whose records end
+# with the same session (its host restarted, the source's did not) books the frames in between.
+SESSION = "session"
+
+
+def frame_session(msg: FrameMessage) -> str | None:
+    value = msg.meta.get(SESSION)
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
 
 
 def frame_record(msg: FrameMessage) -> dict:
     dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
     return {"stream_id": msg.stream_id, "frame_index": msg.frame_index, "source_ts": round(msg.source_ts, 4),
             "capture_wall": msg.capture_wall, "recorded_wall": time.time(),  # capture-to-record latency
+            "session": frame_session(msg), DROPPED: msg.meta.get(DROPPED, 0),  # where resumed books go on
             "detections": dets.tolist(),  # full precision: scored later
             "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
             "track_class_ids": msg.meta.get("track_class_ids", []),

@@ -24,11 +24,12 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
-from pipeline.runtime.transport import CurveKeys, Endpoint, HandshakeWatch, close_context, open_socket
+from pipeline.runtime.transport import CurveKeys, Endpoint, LinkWatch, close_context, open_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
 FATAL_EOS_WAIT_S = 5.0  # how long a failed source waits for a downstream to take its EOS
 MALFORMED_LOGGED = 20  # malformed messages logged one by one; after that every 1000th
+NO_SENDER_NOTE_S = 30.0  # a stage fed from another host says this often that no sender is there yet
 
 
 class StageFatalError(RuntimeError):
@@ -60,6 +61,7 @@ class Stage:
     subscribes: ClassVar[tuple[str, ...]] = ()
     batch_size = 1
     restarts = 0  # set by `pipeline stage --restarts N`: how often the supervisor restarted this stage
+    session = ""  # set by `pipeline stage --session ID`: the supervisor run this process belongs to
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -144,18 +146,21 @@ class StageRunner:
         self.ctx = zmq.Context()
         hwm = 1 if cfg.live else cfg.transport.hwm
         curve = curve_keys(cfg)
-        self.inp = self.out = self.handshakes = None
+        self.inp = self.out = self.in_watch = self.out_watch = None
         self.unreachable = False  # the downstream refused us: nothing queued for it can ever go
         if stage.role != "source":
-            self.inp = open_socket(self.ctx, cfg.endpoint(input_key(stage.name)), hwm=hwm, curve=curve,
-                                   max_message_bytes=cfg.max_message_bytes)
+            in_spec = cfg.endpoint(input_key(stage.name))
+            self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve, max_message_bytes=cfg.max_message_bytes)
+            if cfg.runs_elsewhere(cfg.upstream(stage.name)) and Endpoint.parse(in_spec).is_tcp:
+                self.in_watch = LinkWatch(self.inp, in_spec.split(":", 1)[1], side="server")
         downstream = cfg.downstream(stage.name)
+        self.remote_downstream = cfg.runs_elsewhere(downstream)
         if downstream is not None:
             out_spec = connect_side(cfg.endpoint(input_key(downstream)))
             self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
-            # a Curve link to another host: a receiver that does not admit us is a one-line exit 3
-            self.handshakes = HandshakeWatch(self.out, out_spec.split(":", 1)[1]) \
-                if curve is not None and Endpoint.parse(out_spec).is_tcp else None
+            # a link to another host: its state is logged, a receiver that does not admit us is exit 3
+            if Endpoint.parse(out_spec).is_tcp and (self.remote_downstream or curve is not None):
+                self.out_watch = LinkWatch(self.out, out_spec.split(":", 1)[1], side="client")
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         self.drops: dict[str, int] = {}  # per stream, frames this stage let go by the live policy
@@ -169,6 +174,7 @@ class StageRunner:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         self.eos_resend_due = self.downstream_gone = False
+        self.sender_noted = 0.0  # when this stage last said it waits for a sender on another host
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
 
@@ -205,7 +211,7 @@ class StageRunner:
                 self._run_filter()
             if self.fatal is not None:
                 raise self.fatal  # its EOS is in the downstream's pipe: closing with linger delivers it
-            if self.out is not None:
+            if self.out is not None and not self.remote_downstream:
                 self._await_release()
         finally:
             self._beat(force=True, state="exiting")
@@ -221,18 +227,36 @@ class StageRunner:
         # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
         gone = self.orphaned or self.downstream_gone
         linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
-        if self.handshakes is not None:
-            self.handshakes.close()
+        for watch in (self.in_watch, self.out_watch):
+            if watch is not None:
+                watch.close()
         for sock in (self.inp, self.out, self.control):
             if sock is not None:
                 sock.close(linger=linger_ms if sock is self.out and not self.unreachable else 0)
-        close_context(self.ctx)
+        started = time.monotonic()
+        close_context(self.ctx)  # returns once ZeroMQ has handed every queued message to its peer
+        if self.remote_downstream and not self.unreachable and linger_ms:
+            self._report_remote_delivery(time.monotonic() - started, linger_ms / 1000)
+
+    def _report_remote_delivery(self, took_s: float, linger_s: float) -> None:
+        """A downstream on another host has no supervisor here to say it is done: the frames and EOS
+        queued for it are delivered when ZeroMQ's context ends before the linger does, else some were
+        left behind (the remote side was down or too slow), which must not pass unnoticed."""
+        downstream = self.cfg.downstream(self.stage.name)
+        if took_s < linger_s * 0.98:
+            log.info("%s: every queued frame and end of stream went to %s on the other host (%.1f s)",
+                     self.label, downstream, took_s)
+        else:
+            log.error("%s: frames or ends of stream queued for %s on the other host were not taken within "
+                      "supervisor.drain_timeout_s (%.0f s): the remote side may have missed them",
+                      self.label, downstream, linger_s)
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
         taken in (its queue full: HWM) when the sending peer disconnects, the stream's last frames and
         its EOS among them, so a stage exits only when the supervisor says its downstream has exited
-        (SIGUSR1), on a SIGTERM from here on, or after the drain timeout (downstream on another host)."""
+        (SIGUSR1), on a SIGTERM from here on, or after the drain timeout. (A downstream on another
+        host is not waited for here: see _report_remote_delivery.)"""
         self.awaiting_release = True
         deadline = time.time() + self.cfg.supervisor.drain_timeout_s
         while not self.released and time.time() < deadline:
@@ -264,10 +288,9 @@ class StageRunner:
                 self._handle(self._receive_batch())
             self._resend_eos()
             self._beat()
-        if self.stopping:  # asked to stop mid-stream: flush what we hold so outputs stay whole
-            for stream_id in self.cfg.stream_ids:
-                if stream_id not in self.ended:
-                    self._emit(self.stage.end_stream(stream_id))
+        if self.stopping:  # asked to stop mid-stream: end every stream here, so that what this stage
+            for stream_id in self.cfg.stream_ids:  # holds and the stages after it finish their outputs
+                self._finish_stream(stream_id)  # (fed from another host, this is how a drain begins)
 
     # ------------------------------------------------------------ receive
     def _receive_batch(self) -> list[FrameMessage]:
@@ -386,18 +409,40 @@ class StageRunner:
             log.error("%s: the supervisor (pid %d) is gone: stopping", self.label, self.parent_pid)
             self.stopping = self.released = self.orphaned = True
         self._last_beat = now
-        problem = self.handshakes.problem() if self.handshakes is not None else None
+        problem = self._watch_links(now)
         if problem is not None and self.fatal is None:
             self.fatal, self.unreachable = StageFatalError(problem), True
             log.error("%s: %s", self.label, problem)
             self.stopping = True  # ends the loops; run() raises it: exit 3, the run stops with this line
         beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
-                "ended": sorted(self.ended), **self.metrics.snapshot(now), **self.stage.counters,
+                "ended": sorted(self.ended), **self._link_state(), **self.metrics.snapshot(now), **self.stage.counters,
                 **self.stage.status()}
         try:
             self.control.send_string(json.dumps(beat), zmq.NOBLOCK)
         except zmq.Again:
             pass  # supervisor busy or absent: never block the data path on it
+
+    def _watch_links(self, now: float) -> str | None:
+        """Log what changed on the links to other hosts; the downstream's refusal, if any, as a line."""
+        for watch in (self.in_watch, self.out_watch):
+            for note in watch.notes() if watch is not None else ():
+                log.info("%s: %s", self.label, note)
+        watch = self.in_watch
+        if watch is not None and not watch.connected and now - self.sender_noted >= NO_SENDER_NOTE_S:
+            self.sender_noted = now
+            log.info("%s: waiting for a sender on %s (%s runs on another host)", self.label, watch.address,
+                     self.cfg.upstream(self.stage.name))
+        return self.out_watch.problem() if self.out_watch is not None else None
+
+    def _link_state(self) -> dict:
+        """Beat fields of the links to other hosts: how many senders feed this stage, whether its
+        downstream is connected."""
+        state = {}
+        if self.in_watch is not None:
+            state["senders"] = len(self.in_watch.peers)
+        if self.out_watch is not None and self.remote_downstream:
+            state["downstream_connected"] = self.out_watch.connected
+        return state
 
 
 def _books_problem(msg: FrameMessage) -> str | None:

@@ -24,11 +24,12 @@ from pipeline.runtime.registry import stage_name
 from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
-from pipeline.runtime.transport import close_context, open_socket, remove_ipc_sockets
+from pipeline.runtime.transport import Endpoint, close_context, connect_problem, open_socket, remove_ipc_sockets
 
 log = logging.getLogger("pipeline.runtime.supervisor")
 EXIT_BAD_INPUT = 3  # a stage's exit code for bad input or a fatal error (StageFatalError): no restart
 STARTUP_GRACE_S = 60.0  # model loading may take a while before the first heartbeat
+REMOTE_NOTE_S = 5.0  # while the other host's stage is not up, say so this often
 
 
 @dataclass
@@ -78,7 +79,7 @@ class StageProcess:
             self.proc.send_signal(sig)
 
 
-GAUGES = {"t", "pid", "fps", "next_frame", "frames_total", "clients"}  # states, not counts: never summed
+GAUGES = {"t", "pid", "fps", "next_frame", "frames_total", "clients", "senders"}  # states, not counts: never summed
 
 
 def _is_counter(key: str, value) -> bool:
@@ -101,6 +102,33 @@ def write_run_config(cfg: PipelineConfig) -> Path:
     if not written:
         raise ConfigError(f"output_dir {out}: the disk is full (cannot write run_config.yaml)")
     return path
+
+
+def wait_for_remote_side(cfg: PipelineConfig) -> None:
+    """Either host of a split may start first: the sending side waits, saying so, until the stage it
+    sends to on the other host listens, for at most transport.remote_wait_s (then ConfigError)."""
+    pending = {key: Endpoint.parse(cfg.endpoint(key)) for key in cfg.remote_links()}
+    pending = {key: ep for key, ep in pending.items() if ep.is_tcp}
+    started, noted = time.monotonic(), None
+    while pending:
+        problems = {key: connect_problem(ep) for key, ep in pending.items()}
+        waited = time.monotonic() - started
+        for key in [k for k, problem in problems.items() if problem is None]:
+            if noted is not None:
+                log.info("%s is up (after %.0f s)", pending[key].address, waited)
+            del pending[key]
+        if not pending:
+            return
+        key, problem = next((k, problems[k]) for k in pending)
+        where = f"{pending[key].address} (endpoints.{key}: {key[:-3]} runs on another host)"
+        if waited >= cfg.transport.remote_wait_s:
+            raise ConfigError(f"config key 'endpoints.{key}': {pending[key].address} still unreachable after "
+                              f"{waited:.0f} s ({problem}): is the pipeline on that host running? "
+                              "(transport.remote_wait_s)")
+        if noted is None or time.monotonic() - noted >= REMOTE_NOTE_S:
+            noted = time.monotonic()
+            log.warning("waiting for %s: %s; %.0f of %.0f s", where, problem, waited, cfg.transport.remote_wait_s)
+        time.sleep(0.5)
 
 
 BEAT_NUMBERS = ("t", "pid", "fps", "latency_ms_p50", "latency_ms_p99", "received", "processed", "sent",
@@ -171,14 +199,16 @@ class Supervisor:
         cfg = self.cfg
         base = [sys.executable, "-m", "pipeline", "stage"]
         plan = []
+        # frames carry this run's id: a recorder on another host that restarts knows its books go on
+        session = [f"--session={os.urandom(6).hex()}"]
         for name in reversed(cfg.path_names):  # receivers first, so their sockets are bound early
             if name not in cfg.run_stages:
                 continue
             if cfg.stage_class(name).role == "source":
-                plan += [StageProcess(f"{name}:{s.id}", base + [name, str(self.run_config), "--source", s.id],
-                                      name, True) for s in cfg.sources]
+                plan += [StageProcess(f"{name}:{s.id}", [*base, name, str(self.run_config), "--source", s.id,
+                                                         *session], name, True) for s in cfg.sources]
             else:
-                plan.append(StageProcess(name, base + [name, str(self.run_config)], name))
+                plan.append(StageProcess(name, base + [name, str(self.run_config), *session], name))
         for name in dict.fromkeys(stage_name(ref) for ref in cfg.consumers):
             cls = cfg.stage_class(name)
             # a consumer runs where it is listed, or by default beside the stage it follows
@@ -238,10 +268,15 @@ class Supervisor:
             self._begin_drain()
 
     def _begin_drain(self) -> None:
+        """Sources stop first; a stage fed from another host ends its streams itself (this host may
+        run no source at all), and every stage after them finishes as the ends of stream arrive."""
         self.stopping = True
         for sp in self.stages:
-            if sp.is_source:
+            if sp.is_source or self._fed_from_elsewhere(sp):
                 sp.signal(signal.SIGTERM)
+
+    def _fed_from_elsewhere(self, sp: StageProcess) -> bool:
+        return sp.stage in self.cfg.path_names and self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage))
 
     def _terminate_rest(self) -> None:
         for sp in self.stages:
@@ -447,6 +482,10 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
             text += f" restarts={b['restarts']}"
         if b.get("stream") and b.get("stream") != "up":
             text += f" [{b['stream']}]"
+        if b.get("downstream_connected") is False:  # its downstream on another host is not connected
+            text += " [remote down]"
+        if b.get("senders") == 0:  # fed from another host, and no sender there yet
+            text += " [no sender]"
         parts.append(text)
     return " | ".join(reversed(parts))
 

@@ -106,7 +106,10 @@ def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: 
 def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes) -> None:
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.LINGER, 2000)
+    # a receiver keeps what a sender that has gone (an edge at the end of its replay, a fuzzer) had
+    # delivered into its queue until it is read: libzmq discards it once the receiving socket's linger
+    # passes (closing an input, a stage passes linger 0 itself)
+    sock.setsockopt(zmq.LINGER, -1 if endpoint.pattern == "pull" else 2000)
     if endpoint.is_tcp and curve is not None:
         _apply_curve(sock, endpoint, curve)
     if endpoint.pattern == "sub":
@@ -204,35 +207,80 @@ def refused_clients() -> int:
     return _AllowedClients.refused
 
 
-class HandshakeWatch:
-    """A Curve client socket's handshakes, watched: a server that does not admit this client (or whose
-    key is not the one configured) becomes a one-line problem instead of a silent hang."""
+class LinkWatch:
+    """A tcp socket's peers, watched through ZeroMQ's monitor events, so a link to another host has a
+    visible state: who is connected, who left, and, on a Curve client, a server that does not admit
+    this client (or is not the configured one) as a one-line problem instead of a silent hang.
 
-    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    ``side`` is "client" (a connecting sender: its one server) or "server" (a bound receiver: the
+    senders that completed the handshake). ``notes()`` returns the changes since the last call, as
+    lines to log.
+    """
 
-    def __init__(self, sock: zmq.Socket, address: str):
-        self.address = address
+    EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+
+    def __init__(self, sock: zmq.Socket, address: str, side: str = "client"):
+        self.address, self.side = address, side
         self.monitor = sock.get_monitor_socket(self.EVENTS)
-        self.admitted = False
+        self.peers: set[int] = set()  # file descriptors of the peers that completed the handshake
+        self.pending: list[int] = []  # connections (fds) whose handshake has not succeeded yet
+        self.admitted = False         # client: the server took us in at least once
+        self._notes: list[str] = []
+        self._problem: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.peers)
 
     def problem(self) -> str | None:
-        """Read the handshake events so far; the first failure, as a line, or None."""
+        """Read the events so far; the first handshake failure of a client, as a line, or None."""
         from zmq.utils.monitor import recv_monitor_message
 
-        while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.admitted = True
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                return (f"not admitted by {self.address}: its transport.curve.client_public is not this host's "
-                        "client key (transport.curve.client_secret)")
-            elif not self.admitted:
-                return (f"the Curve handshake with {self.address} failed: is transport.curve.server_public "
-                        "the key of the server there?")
-        return None
+        while self._problem is None and self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            self._on_event(event["event"], event["value"])
+        return self._problem
+
+    def notes(self) -> list[str]:
+        self.problem()
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _on_event(self, event: int, fd: int) -> None:
+        # libzmq reports the fd with CONNECTED/ACCEPTED/DISCONNECTED, but 0 with HANDSHAKE_SUCCEEDED:
+        # a handshake completes the oldest connection still waiting for one
+        if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+            self.pending.append(fd)
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.peers.add(self.pending.pop(0) if self.pending else -1)
+            self._notes.append(f"connected to {self.address}" if self.side == "client" else
+                               f"a sender connected on {self.address} ({len(self.peers)} now)")
+            self.admitted = True
+        elif event == zmq.EVENT_DISCONNECTED and fd in self.pending:
+            self.pending.remove(fd)  # never admitted (a refused key): not a peer that left
+        elif event == zmq.EVENT_DISCONNECTED and self.peers:
+            self.peers.discard(fd if fd in self.peers else next(iter(self.peers)))
+            self._notes.append(f"lost the connection to {self.address}; reconnecting" if self.side == "client"
+                               else f"a sender left {self.address} ({len(self.peers)} now)")
+        elif self.side == "client" and event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._problem = (f"not admitted by {self.address}: its transport.curve.client_public is not this "
+                             "host's client key (transport.curve.client_secret)")
+        elif self.side == "client" and event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not self.admitted:
+            self._problem = (f"the Curve handshake with {self.address} failed: is transport.curve.server_public "
+                             "the key of the server there?")
 
     def close(self) -> None:
         self.monitor.close(0)
+
+
+def connect_problem(ep: "Endpoint", timeout_s: float = 2.0) -> str | None:
+    """One TCP connection attempt to a tcp endpoint's host and port: None if it opened, else why not."""
+    try:
+        socket.create_connection(ep.host_port, timeout=timeout_s).close()
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 _authenticators: dict[int, object] = {}  # one ZAP handler thread per context

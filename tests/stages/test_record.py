@@ -296,6 +296,33 @@ def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_pat
     third.close()
 
 
+def test_a_new_run_here_goes_on_with_the_books_of_a_source_that_kept_running_elsewhere(tmp_path):
+    """The GPU host went down and came back while the edge's capture went on (same session): frames
+    that died in the killed host's queues are lost, the edge's live drops stay drops; frames of
+    another capture session start new books."""
+    cfg = make_cfg(tmp_path, video=False)
+    cfg.mode = "live"
+
+    def frame(i: int, session: str, dropped: int = 0):
+        msg = gray_frame(i)
+        msg.meta.update(session=session, dropped_upstream=dropped)
+        return msg
+
+    first = RecordStage(cfg)
+    for i in range(10):
+        first.process(frame(i, "edge-a", dropped=5))
+    first.close()
+    (tmp_path / "out" / "run_config.yaml").write_text("{}")  # the GPU host's new run
+    second = RecordStage(cfg)
+    second.process(frame(16, "edge-a", dropped=7))  # 10-15 missing: 2 dropped at the edge, 4 lost here
+    assert second.counters["frames_missing"] == 4 and second.counters["frames_dropped_upstream"] == 2
+    second.close()
+    third = RecordStage(cfg)
+    third.process(frame(0, "edge-b"))  # the edge restarted too: its frame 0 is a new frame
+    assert third.counters["frames_recorded"] == 1 and third.counters["duplicates"] == 0
+    third.close()
+
+
 def test_live_drops_upstream_are_not_losses(tmp_path):
     cfg = make_cfg(tmp_path, video=False)
     cfg.mode = "live"

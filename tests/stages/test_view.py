@@ -222,7 +222,7 @@ def view_factory(run_dir):
     def start(side_kwargs=None, **view):
         port = free_port()
         config = write_run_config(tmp, ipc_dir, port, **view)
-        cfg = load_config(config, check_network=False)
+        cfg = load_config(config)
         side = PipelineSide(cfg, **(side_kwargs or {}))
         side.start()
         side.ready.wait(5)

@@ -315,3 +315,12 @@ def test_replay_onto_a_full_disk_stops_with_one_line_not_a_hang(tmp_path, small_
     assert code != 0
     assert "error: record: disk full under" in err and "replay's recording would be incomplete" in err, err
     assert "Traceback" not in err, err
+
+
+def test_the_status_line_shows_a_link_to_another_host_that_is_down():
+    from pipeline.runtime.supervisor import format_status
+
+    line = format_status({"preprocess": {"fps": 0.0, "downstream_connected": False},
+                          "detect": {"fps": 0.0, "senders": 0}, "track": {"fps": 2.0}}, {})
+    assert line == "track 2.0fps 0ms | detect 0.0fps 0ms [no sender] | preprocess 0.0fps 0ms [remote down]"
+    assert "[" not in format_status({"preprocess": {"downstream_connected": True}, "detect": {"senders": 1}}, {})

@@ -5,7 +5,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from pipeline.runtime.transport import (CurveKeys, Endpoint, EndpointError, HandshakeWatch, close_context, open_socket,
+from pipeline.runtime.transport import (CurveKeys, Endpoint, EndpointError, LinkWatch, close_context, open_socket,
                                         refused_clients, remove_ipc_sockets)
 from pipeline.runtime.transport import _ipc_listening
 from tests.conftest import free_port
@@ -132,15 +132,15 @@ def test_an_ipc_folder_others_can_write_is_refused(tmp_path):
 
 def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
     """The edge of a two-host split with the wrong client key: refused by the server's ZAP handler
-    (logged and counted there) and, on the client, a HandshakeWatch problem instead of a silent hang."""
+    (logged and counted there) and, on the client, a LinkWatch problem instead of a silent hang."""
     server_pub, client_sec, stranger_sec, server_ctx, client_ctx, port, server = _admitting_server(tmp_path)
     refused_before = refused_clients()
     stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
                            curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
     good = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
                        curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
-    watches = {"stranger": HandshakeWatch(stranger, f"tcp://127.0.0.1:{port}"),
-               "good": HandshakeWatch(good, f"tcp://127.0.0.1:{port}")}
+    watches = {"stranger": LinkWatch(stranger, f"tcp://127.0.0.1:{port}"),
+               "good": LinkWatch(good, f"tcp://127.0.0.1:{port}")}
     try:
         deadline = time.time() + 5
         problem = None
@@ -157,3 +157,32 @@ def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
             s.close(0)
         close_context(server_ctx)
         client_ctx.term()
+
+
+def test_a_bound_socket_watch_counts_its_senders_and_says_who_left():
+    ctx = zmq.Context()
+    server = open_socket(ctx, "pull+bind:tcp://127.0.0.1:0")
+    address = server.getsockopt_string(zmq.LAST_ENDPOINT)
+    watch = LinkWatch(server, address, side="server")
+    clients = [open_socket(ctx, f"push+connect:{address}") for _ in range(2)]
+    notes: list[str] = []
+
+    def settle(peers: int) -> None:
+        deadline = time.time() + 5
+        while len(watch.peers) != peers and time.time() < deadline:
+            notes.extend(watch.notes())
+            time.sleep(0.05)
+        notes.extend(watch.notes())
+        assert len(watch.peers) == peers, notes
+
+    try:
+        settle(2)
+        assert notes[-1] == f"a sender connected on {address} (2 now)"
+        clients.pop().close(0)
+        settle(1)
+        assert notes[-1] == f"a sender left {address} (1 now)" and watch.connected
+    finally:
+        watch.close()
+        for sock in (server, *clients):
+            sock.close(0)
+        ctx.term()

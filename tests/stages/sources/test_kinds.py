@@ -35,7 +35,7 @@ def test_cameras_are_endless_and_files_finite():
 def test_a_source_that_can_never_open_is_refused_at_load(tmp_path, uri, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict({"sources": [{"id": "a", "uri": uri}], "output_dir": str(tmp_path),
-                          "base_dir": str(tmp_path)}, check_network=False)
+                          "base_dir": str(tmp_path)})
 
 
 class Pattern(SourceKind):
