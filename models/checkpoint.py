@@ -134,9 +134,10 @@ def load_weights_into(path, model: nn.Module, class_names) -> dict:
     if list(meta["class_names"]) != [str(c) for c in class_names]:
         raise CheckpointError(f"{path}: classes {meta['class_names']} differ from {list(class_names)}")
     if meta["name"] != model.model_name:
-        if meta["name"] != baseline_name(model.model_name):
-            raise CheckpointError(f"{path}: holds {meta['name']}, neither {model.model_name} nor its "
-                                  f"baseline {baseline_name(model.model_name)}")
+        if meta["name"] != baseline_name(model.model_name) or "-gssam-" not in model.model_name:
+            raise CheckpointError(f"{path}: holds {meta['name']}, not {model.model_name}"
+                                  + (f" nor its baseline {baseline_name(model.model_name)}"
+                                     if "-gssam-" in model.model_name else ""))
         state = twin_state_dict(state, model)
     _match_weights(path, model, state)
     return meta

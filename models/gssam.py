@@ -20,8 +20,8 @@ Variants (``VARIANTS``):
 
 The two "...id" variants are this project's departure from the paper (see ``Gssam``): at
 initialisation they return F exactly, so a GSSAM twin can start from a trained plain YOLOX
-(``models.yolox_gssam.load_baseline_into``) with equal outputs, and the affine lets the attention
-fall below the input (sigmoid(D/N) alone lives in [0.5, 1) because D >= 0).
+(``models.yolox_gssam.twin_state_dict``, ``models.load_weights_into``) with equal outputs, and the
+affine lets the attention fall below the input (sigmoid(D/N) alone lives in [0.5, 1) because D >= 0).
 
 The paper's rule "receptive field of the conv stack >= pooling kernel" is 2n + 1 >= r;
 a configuration that breaks it raises ``GssamConfigError``.
@@ -307,13 +307,13 @@ class Gssam(nn.Module):
         if self.mean_contrast:
             contrast = contrast / num_points(c.shape[2], c.shape[3], self.pool)
         if self.variant == "sigresid":
-            contrast = contrast * self.contrast_scale + self.contrast_shift
+            contrast = contrast * self.contrast_scale.to(contrast.dtype) + self.contrast_shift.to(contrast.dtype)
         return torch.sigmoid(contrast)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         attention = self.attention(features)
-        if self.identity_start:
-            attention = attention * self.gate  # g = 0: F * 1 exactly, the input unchanged
+        if self.identity_start:  # g = 0: F * 1 exactly, the input unchanged (in the features' dtype)
+            attention = attention * self.gate.to(attention.dtype)
         if self.residual:
             attention = attention + 1  # F + F*A as one multiply over C channels
         return features * attention

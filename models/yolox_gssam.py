@@ -2,8 +2,9 @@
 
 Names: ``yolox-{nano,tiny,s,m,l,x}`` (plain YOLOX, the yolox package's named configs: nano is
 depthwise with width 0.25 / depth 0.33, tiny 0.375/0.33, s 0.5/0.33, m 0.75/0.67, l 1/1, x 1.25/1.33)
-and ``yolox-SIZE-gssam-VARIANT-pPOSITION`` with VARIANT in std, sig, sigres, conv, convres and
-POSITION 1 or 2, e.g. ``yolox-nano-gssam-sigres-p1``.
+and ``yolox-SIZE-gssam-VARIANT-pPOSITION`` with VARIANT in std, sig, sigres, conv, convres (the
+paper's) or sigresid, convresid (identity start: see models/gssam.py) and POSITION 1 or 2, e.g.
+``yolox-nano-gssam-sigres-p1``.
 
 The model is the yolox package's ``YoloxModule`` (a plain nn.Module):
 

@@ -22,26 +22,38 @@ def _stop_waiting(signum, frame):
     raise KeyboardInterrupt
 
 
+def _waited_for_remote_side(cfg: PipelineConfig) -> bool:
+    """False when Ctrl-C or SIGTERM ended the wait for the other host (nothing was started)."""
+    from pipeline.runtime.supervisor import wait_for_remote_side
+
+    previous = signal.signal(signal.SIGTERM, _stop_waiting)
+    try:
+        wait_for_remote_side(cfg)
+        return True
+    except KeyboardInterrupt:
+        return False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline run", description="Run the whole pipeline.")
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--no-progress", action="store_true", help="status lines instead of a progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    from pipeline.runtime.supervisor import Supervisor, wait_for_remote_side
+    from pipeline.runtime.supervisor import Supervisor
 
     try:
         cfg = load_config(args.config)
         for name in cfg.run_stages:  # e.g. a wrong weights file stops here, before any stage starts
             cfg.stage_class(name).preflight(cfg)
-        signal.signal(signal.SIGTERM, _stop_waiting)  # the Supervisor installs its own drain handlers
-        wait_for_remote_side(cfg)
+        if not _waited_for_remote_side(cfg):
+            print("stopped while waiting for the other host; no stage was started", file=sys.stderr)
+            return 0
         supervisor = Supervisor(cfg, progress=not args.no_progress)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while waiting for the other host: nothing ran
-        print("stopped while waiting for the other host; no stage was started", file=sys.stderr)
-        return 0
     code = supervisor.run()
     if code == 0:
         print(f"outputs (annotated video, tracks.jsonl per stream): {cfg.resolve(cfg.output_dir)}")

@@ -44,23 +44,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_name(model: str, seed: int) -> str:
-    return f"{'twin' if 'gssam' in model else 'base'}-s{seed}"
+    return f"{model}-s{seed}"
 
 
 def train(args, model: str, seed: int) -> Path:
     out = args.out / run_name(model, seed)
+    command = ["--model", model, "--init", str(args.init), "--seed", str(seed), "--epochs", str(args.epochs),
+               "--epoch-steps", str(args.epoch_steps), "--out", str(out), "--keep-epochs", *args.train_args.split()]
+    _same_command(out, command)  # a run kept from an earlier call must be this study's
     log = out / "log.json"
     if log.is_file() and json.loads(log.read_text()).get("status") == "done":
         return out
-    command = [sys.executable, "-m", "pipeline", "train", "--model", model, "--init", str(args.init),
-               "--seed", str(seed), "--epochs", str(args.epochs), "--epoch-steps", str(args.epoch_steps),
-               "--out", str(out), *args.train_args.split()]
+    command = [sys.executable, "-m", "pipeline", "train", *command]
     if (out / "last.pt").is_file():
         command.append("--resume")
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "a") as log_file:
         subprocess.run(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, check=True)
     return out
+
+
+def _same_command(out: Path, command: list[str]) -> None:
+    recorded = out / "study_command.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != command:
+        raise SystemExit(f"error: {out} was trained with another command ({recorded}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(command) + "\n")
 
 
 def score(args, weights: Path, out: Path) -> dict:
@@ -102,6 +110,7 @@ def spread(values: list[float]) -> str:
 def summarise(rows: list[dict], start: dict, args) -> str:
     lines = [f"Start: `{args.init.name}` (test mAP50:95 {100 * start['map50_95']:.1f}, AP tiny "
              f"{100 * start['ap_tiny']:.1f}); both arms continue it for the same steps, seeds {args.seeds}.", "",
+             "Cells: mean ± half the range over the seeds, in points.", "",
              "| step | arm | seeds | val mAP50:95 | test mAP50:95 | AP tiny | AP small | mAP50 |",
              "|---|---|---|---|---|---|---|---|"]
     for step in sorted({r["step"] for r in rows}):
@@ -133,6 +142,9 @@ def summarise(rows: list[dict], start: dict, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.report and not (args.out / "test-start" / "report.json").is_file():
+        print(f"error: {args.out} holds no study yet (no test-start/report.json)", file=sys.stderr)
+        return 2
     start = score(args, args.init, args.out / "test-start") if not args.report else \
         json.loads((args.out / "test-start" / "report.json").read_text())
     rows = []

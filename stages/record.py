@@ -39,7 +39,7 @@ from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
-from pipeline.runtime.books import DROPPED, FrameBooks
+from pipeline.runtime.books import DROPPED, REMOTE_DROPPED, FrameBooks
 from pipeline.runtime.records import SESSION, frame_record, frame_session, last_record, mot_lines
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
@@ -334,10 +334,12 @@ class RecordStage(Stage):
                          "frames_dropped_upstream": 0, "frames_unrecorded": 0}
         self.books = FrameBooks()
         self.last_index: dict[str, int] = {}
+        self.sessions: dict[str, str | None] = {}  # per stream, the capture session of its frames
         self.disk_full_since: float | None = None   # live: recording paused by a full disk since then
         self.next_disk_try = 0.0
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
+        self._new_session(msg)
         if msg.stream_id not in self.last_index:
             self._resume(msg)
         last = self.last_index.get(msg.stream_id, -1)
@@ -369,21 +371,32 @@ class RecordStage(Stage):
         self._retain()
         return []
 
+    def _new_session(self, msg: FrameMessage) -> None:
+        """A source that restarted on another host numbers its frames from 0 again: new books."""
+        session, known = frame_session(msg), self.sessions.get(msg.stream_id)
+        if None not in (session, known) and session != known:
+            log.info("stream %s: a new capture session: its frame numbering starts again", msg.stream_id)
+            self.last_index.pop(msg.stream_id, None)
+            self.books.last.pop(msg.stream_id, None)
+        self.sessions[msg.stream_id] = session or known
+
     def _resume(self, msg: FrameMessage) -> None:
         """A recorder continues where the records of the same frames end: a restarted one after its
         predecessor's (this run), or a new run on this host while the source on another host went on
         (the same capture session). Frames that died in a killed queue show as lost, frames already
         recorded as duplicates."""
         record = last_record(self.root / msg.stream_id / "tracks.jsonl")
-        if record is None:
+        last = _count(record.get("frame_index")) if record is not None else None
+        if last is None:
             return
-        same_source = frame_session(msg) is not None and record.get(SESSION) == frame_session(msg)
-        if not same_source and not (self.restarts and self._this_run(record)):
+        this_run, recorded, incoming = self._this_run(record), record.get(SESSION), frame_session(msg)
+        same = recorded == incoming if None not in (recorded, incoming) else bool(self.restarts) and this_run
+        if not same:
             return  # the folder holds earlier runs' records of other frames
-        last = record["frame_index"]
         self.last_index[msg.stream_id] = last
-        dropped = record.get(DROPPED)
-        self.books.resume(msg.stream_id, last, dropped if isinstance(dropped, int) and dropped >= 0 else 0)
+        # this host's own stages count their drops from 0 in a new run; the other host's go on
+        base = _count(record.get(DROPPED if this_run else REMOTE_DROPPED)) or 0
+        self.books.resume(msg.stream_id, last, base)
         log.info("stream %s: resuming after frame %d, the last one recorded", msg.stream_id, last)
 
     def _this_run(self, record: dict) -> bool:
@@ -447,3 +460,8 @@ class RecordStage(Stage):
                 fatal = fatal or error
         if fatal is not None:
             raise fatal
+
+
+def _count(value) -> int | None:
+    """A frame index or count read back from a file: a whole number in range, else None."""
+    return value if type(value) is int and 0 <= value < 2 ** 53 else None

@@ -31,6 +31,7 @@ import zmq
 from pipeline.runtime.books import DROPPED, FrameBooks
 from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.messages import FrameMessage
+from pipeline.runtime.records import frame_session
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage, curve_keys
@@ -144,6 +145,10 @@ class TrackIds:
     def first_id(self, stream_id: str) -> int:
         return self.first_free.get(stream_id, 0) + 1
 
+    def start_after_reserved(self, stream_id: str) -> None:
+        """A new tracker of the stream in this process starts after the last reserved block."""
+        self.first_free[stream_id] = self.reserved.get(stream_id, 0)
+
     def handed_out(self, stream_id: str, highest: int) -> None:
         """Ids up to ``highest`` are in use: reserve the block holding it if it is not yet."""
         if highest <= self.reserved.get(stream_id, 0):
@@ -158,8 +163,9 @@ class TrackIds:
 class StreamState:
     """One stream's tracker, track lives and drawing."""
 
-    def __init__(self, settings: TrackConfig, first_id: int = 1):
+    def __init__(self, settings: TrackConfig, first_id: int = 1, session: str | None = None):
         self.first_id = first_id  # the tracker counts from 0: its ids are shifted to start here
+        self.session = session  # the capture session of its frames (records.SESSION)
         self.tracker = make_tracker(settings)
         self.lives: dict[int, TrackLife] = {}
         self.last_index: int | None = None
@@ -242,17 +248,25 @@ class TrackStage(Stage):
             return "meta 'class_names' must be a list of strings"
         return None
 
-    def _stream(self, stream_id: str) -> StreamState:
+    def _stream(self, msg: FrameMessage) -> StreamState:
+        stream_id, session = msg.stream_id, frame_session(msg)
+        state = self.streams.get(stream_id)
+        if state is not None and None not in (session, state.session) and session != state.session:
+            # its source restarted on another host and numbers its frames from 0 again: new frames
+            log.info("stream %s: a new capture session: tracking starts again", stream_id)
+            self.books.last.pop(stream_id, None)
+            del self.streams[stream_id]
+            self.ids.start_after_reserved(stream_id)  # the new tracker's ids follow every id handed out
         if stream_id not in self.streams:
             first_id = self.ids.first_id(stream_id)
-            self.streams[stream_id] = StreamState(self.settings, first_id)
+            self.streams[stream_id] = StreamState(self.settings, first_id, session)
             if first_id > 1:  # ids of an earlier track process exist in this output folder
                 self.sink.event({"type": "tracker_restarted", "stream_id": stream_id, "t": time.time(),
                                  "first_track_id": first_id})
         return self.streams[stream_id]
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
-        state = self._stream(msg.stream_id)
+        state = self._stream(msg)
         dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
         class_names = state.class_names = list(msg.meta.get("class_names") or state.class_names)
         if state.last_index is not None and msg.frame_index <= state.last_index:

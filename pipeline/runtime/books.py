@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DROPPED = "dropped_upstream"  # meta key: frames of this stream dropped on purpose so far, before here
+# meta key: the part of DROPPED made on another host (stamped by the stage fed from there); a host
+# that restarts counts its own drops from 0 again, the other host's go on
+REMOTE_DROPPED = "dropped_remote"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.runtime.books import DROPPED
+from pipeline.runtime.books import DROPPED, REMOTE_DROPPED
 from pipeline.runtime.messages import FrameMessage
 
 # meta key the source stamps on every frame: the id of the supervisor run that captured it. Frame
@@ -27,7 +27,9 @@ def frame_record(msg: FrameMessage) -> dict:
     dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
     return {"stream_id": msg.stream_id, "frame_index": msg.frame_index, "source_ts": round(msg.source_ts, 4),
             "capture_wall": msg.capture_wall, "recorded_wall": time.time(),  # capture-to-record latency
-            "session": frame_session(msg), DROPPED: msg.meta.get(DROPPED, 0),  # where resumed books go on
+            # where the books of a restarted recorder go on from (pipeline.runtime.books)
+            "session": frame_session(msg), DROPPED: msg.meta.get(DROPPED, 0),
+            REMOTE_DROPPED: msg.meta.get(REMOTE_DROPPED, 0),
             "detections": dets.tolist(),  # full precision: scored later
             "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
             "track_class_ids": msg.meta.get("track_class_ids", []),

@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator
 
 import zmq
 
-from pipeline.runtime.books import DROPPED, stamp
+from pipeline.runtime.books import DROPPED, REMOTE_DROPPED, stamp
 from pipeline.runtime.config import PipelineConfig, connect_side
 from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
@@ -214,14 +214,21 @@ class StageRunner:
             if self.out is not None and not self.remote_downstream:
                 self._await_release()
         finally:
-            self._beat(force=True, state="exiting")
+            # a downstream on another host: delivering the queued frames may take up to the drain
+            # timeout, and the supervisor allows it that long without a beat
+            self._beat(force=True, state="delivering" if self.remote_downstream else "exiting")
             try:
                 self.stage.close()
             finally:
-                self._close_sockets()
+                delivered = self._close_sockets()
+        if not delivered:
+            raise StageFatalError(f"frames or ends of stream queued for {self.cfg.downstream(self.stage.name)} "
+                                  "on the other host were not taken within supervisor.drain_timeout_s: "
+                                  "the remote side may have missed them")
         return 0
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self) -> bool:
+        """Close everything; False when a downstream on another host did not take what was queued."""
         # queued output (the stream's last frames and its EOS) must still reach a downstream stage
         # that is slow to start: linger as long as the drain may take, never forever; nothing can
         # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
@@ -236,20 +243,18 @@ class StageRunner:
         started = time.monotonic()
         close_context(self.ctx)  # returns once ZeroMQ has handed every queued message to its peer
         if self.remote_downstream and not self.unreachable and linger_ms:
-            self._report_remote_delivery(time.monotonic() - started, linger_ms / 1000)
+            return self._report_remote_delivery(time.monotonic() - started, linger_ms / 1000)
+        return True
 
-    def _report_remote_delivery(self, took_s: float, linger_s: float) -> None:
+    def _report_remote_delivery(self, took_s: float, linger_s: float) -> bool:
         """A downstream on another host has no supervisor here to say it is done: the frames and EOS
         queued for it are delivered when ZeroMQ's context ends before the linger does, else some were
         left behind (the remote side was down or too slow), which must not pass unnoticed."""
-        downstream = self.cfg.downstream(self.stage.name)
-        if took_s < linger_s * 0.98:
-            log.info("%s: every queued frame and end of stream went to %s on the other host (%.1f s)",
-                     self.label, downstream, took_s)
-        else:
-            log.error("%s: frames or ends of stream queued for %s on the other host were not taken within "
-                      "supervisor.drain_timeout_s (%.0f s): the remote side may have missed them",
-                      self.label, downstream, linger_s)
+        if took_s >= linger_s * 0.98:
+            return False
+        log.info("%s: every queued frame and end of stream went to %s on the other host (%.1f s)",
+                 self.label, self.cfg.downstream(self.stage.name), took_s)
+        return True
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
@@ -366,6 +371,8 @@ class StageRunner:
 
     def _send(self, msg: FrameMessage) -> None:
         if not msg.is_eos:
+            if self.in_watch is not None:  # fed from another host: what was dropped before this host
+                msg.meta[REMOTE_DROPPED] = msg.meta.get(DROPPED, 0)
             stamp(msg.meta, self.drops.get(msg.stream_id, 0))
         parts = msg.encode()
         if self.cfg.live and not msg.is_eos:
@@ -385,7 +392,8 @@ class StageRunner:
             self._beat(state="blocked")
             # stopping: frames go at once; an EOS waits for a live downstream, not for a dead one
             ending = self.stopping or self.fatal is not None
-            if ending and (not msg.is_eos or self.orphaned or time.time() > give_up):
+            gone = self.orphaned or self.downstream_gone or self.unreachable
+            if ending and (not msg.is_eos or gone or time.time() > give_up):
                 self.metrics.count("dropped_full")
                 return
 
@@ -394,7 +402,7 @@ class StageRunner:
             return
         self._emit(self.stage.end_stream(stream_id, frame_count))
         self.frame_counts[stream_id] = frame_count
-        if self.out is not None:
+        if self.out is not None and not self.unreachable:
             self._send(FrameMessage.end_of_stream(stream_id, frame_count))
         log.info("%s: stream %s ended", self.label, stream_id)
 

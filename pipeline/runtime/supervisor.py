@@ -323,6 +323,11 @@ class Supervisor:
         is up), ask the upstream stage to send the EOS of every stream it finished again (SIGUSR2;
         a second EOS is ignored). An upstream already gone cannot: the run fails instead of hanging."""
         sp.upstream_eos_due = False
+        if self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage)) and not self.cfg.live:
+            log.warning("%s restarted; its upstream runs on another host, which cannot be asked to send the "
+                        "end of stream again: if that host had finished its replay, stop this run with SIGTERM",
+                        sp.label)
+            return
         upstream = [u for u in self.stages if self.cfg.downstream(u.stage) == sp.stage]
         if not self.cfg.live and any(u.exit_code == 0 for u in upstream):  # live runs end by signal anyway
             self.failed = f"{sp.label} restarted after its upstream had finished: the end of stream was lost"
@@ -340,6 +345,8 @@ class Supervisor:
             if code is None:
                 silent_for = now - (sp.last_beat_time or sp.started)
                 limit = self.cfg.supervisor.heartbeat_timeout_s + (0 if sp.last_beat_time else STARTUP_GRACE_S)
+                if sp.last_beat.get("state") == "delivering":  # its last frames go to another host
+                    limit += self.cfg.supervisor.drain_timeout_s
                 if silent_for > limit and not self.stopping:
                     log.error("%s sent no heartbeat for %.0f s: killing it", sp.label, silent_for)
                     sp.proc.kill()

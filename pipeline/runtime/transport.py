@@ -106,10 +106,10 @@ def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: 
 def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes) -> None:
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    # a receiver keeps what a sender that has gone (an edge at the end of its replay, a fuzzer) had
-    # delivered into its queue until it is read: libzmq discards it once the receiving socket's linger
-    # passes (closing an input, a stage passes linger 0 itself)
-    sock.setsockopt(zmq.LINGER, -1 if endpoint.pattern == "pull" else 2000)
+    sock.setsockopt(zmq.LINGER, 2000)
+    if endpoint.is_tcp:  # a peer gone without a goodbye (power cut, cable) is noticed within seconds
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10_000)
     if endpoint.is_tcp and curve is not None:
         _apply_curve(sock, endpoint, curve)
     if endpoint.pattern == "sub":

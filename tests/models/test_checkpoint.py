@@ -170,7 +170,7 @@ def test_weights_of_the_baseline_load_into_its_gssam_twin(tmp_path):
 
 
 @pytest.mark.parametrize("model_name,classes,problem", [
-    ("yolox-tiny-gssam-sigresid-p1", CLASSES, "neither yolox-tiny-gssam-sigresid-p1 nor its baseline yolox-tiny"),
+    ("yolox-tiny-gssam-sigresid-p1", CLASSES, "not yolox-tiny-gssam-sigresid-p1 nor its baseline yolox-tiny"),
     ("yolox-nano-gssam-sigresid-p1", ["drone", "plane"], "differ from"),
 ])
 def test_weights_into_an_unrelated_model_are_one_line(saved, model_name, classes, problem):

@@ -38,7 +38,15 @@ def test_study_trains_both_arms_scores_each_epoch_and_pairs_them(tmp_path):
         for seed in (0, 1) for step in (1, 2)}
     text = (tmp_path / "study" / "summary.md").read_text()
     assert "| 2 | mean (" in text and "| 1 | 1 |" in text
+    assert twin_study.main(["--out", str(tmp_path / "none"), "--report"]) == 2
 
-    stamp = (tmp_path / "study" / "twin-s1" / "test-epoch-2" / "report.json").stat().st_mtime_ns
+    study = tmp_path / "study"
+    files = (*study.glob("*/log.json"), *study.glob("*/*/report.json"), study / "test-start" / "report.json")
+    kept = {path: path.stat().st_mtime_ns for path in files}
+    assert len(kept) == 4 + 8 + 1  # four runs, two scored epochs each, the start
     assert twin_study.main(argv) == 0  # a second call trains and scores nothing again
-    assert (tmp_path / "study" / "twin-s1" / "test-epoch-2" / "report.json").stat().st_mtime_ns == stamp
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
+    changed = list(argv)
+    changed[changed.index("--epoch-steps") + 1] = "2"
+    with pytest.raises(SystemExit, match="was trained with another command"):
+        twin_study.main(changed)  # a study never mixes in runs of another recipe

@@ -298,28 +298,30 @@ def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_pat
 
 def test_a_new_run_here_goes_on_with_the_books_of_a_source_that_kept_running_elsewhere(tmp_path):
     """The GPU host went down and came back while the edge's capture went on (same session): frames
-    that died in the killed host's queues are lost, the edge's live drops stay drops; frames of
-    another capture session start new books."""
+    that died in the killed host's queues are lost, the edge's live drops stay drops (this host's
+    own drop counts start at 0 in its new run); frames of another capture session start new books."""
     cfg = make_cfg(tmp_path, video=False)
     cfg.mode = "live"
 
-    def frame(i: int, session: str, dropped: int = 0):
+    def frame(i: int, session: str, edge_drops: int = 0, gpu_drops: int = 0):
         msg = gray_frame(i)
-        msg.meta.update(session=session, dropped_upstream=dropped)
+        msg.meta.update(session=session, dropped_upstream=edge_drops + gpu_drops, dropped_remote=edge_drops)
         return msg
 
     first = RecordStage(cfg)
     for i in range(10):
-        first.process(frame(i, "edge-a", dropped=5))
+        first.process(frame(i, "edge-a", edge_drops=5, gpu_drops=3))
     first.close()
     (tmp_path / "out" / "run_config.yaml").write_text("{}")  # the GPU host's new run
     second = RecordStage(cfg)
-    second.process(frame(16, "edge-a", dropped=7))  # 10-15 missing: 2 dropped at the edge, 4 lost here
+    second.process(frame(16, "edge-a", edge_drops=7))  # 10-15 missing: 2 dropped at the edge, 4 lost here
     assert second.counters["frames_missing"] == 4 and second.counters["frames_dropped_upstream"] == 2
+    second.process(frame(0, "edge-b"))  # the edge restarted too: its frame 0 is a new frame
+    assert second.counters["frames_recorded"] == 2 and second.counters["duplicates"] == 0
     second.close()
     third = RecordStage(cfg)
-    third.process(frame(0, "edge-b"))  # the edge restarted too: its frame 0 is a new frame
-    assert third.counters["frames_recorded"] == 1 and third.counters["duplicates"] == 0
+    third.process(frame(1, "edge-b"))  # resumes after edge-b's frame 0, not after edge-a's 16
+    assert third.counters["frames_recorded"] == 1 and third.counters["frames_missing"] == 0
     third.close()
 
 

@@ -194,6 +194,23 @@ def test_resent_frames_get_no_track_ids_and_do_not_rewind_the_tracker(tmp_path):
         stage.close()
 
 
+def test_a_source_restarted_on_another_host_is_tracked_again_from_its_frame_0(tmp_path):
+    _, stage = make_stage(tmp_path)
+
+    def in_session(msg: FrameMessage, session: str) -> FrameMessage:
+        msg.meta["session"] = session
+        return msg
+
+    try:
+        for i in range(10):
+            first_ids = stage.process(in_session(frame(i, [small_target(i)]), "edge-a"))[0].track_ids
+        for i in range(5):  # without the session these would all be resent frames, never tracked
+            again = stage.process(in_session(frame(i, [small_target(i)]), "edge-b"))[0].track_ids
+        assert again[0] > first_ids[0] >= 1 and stage.counters["frames_out_of_order"] == 0
+    finally:
+        stage.close()
+
+
 def test_a_full_disk_keeps_events_flowing_and_counts_what_was_not_logged(small_disk):
     cfg, stage = make_stage(small_disk, events_hwm=1000)
     fill_disk(small_disk)

@@ -4,7 +4,7 @@ A lean loop around the yolox model's own train-mode loss (SimOTA), on CPU or CUD
 not used because it assumes CUDA. Frames are decoded once into memory (uint8, on the GPU when it fits),
 crops are cut and augmented on the training device, so data loading stays off the critical path.
 Every epoch: validation mAP50:95 on the val split with the EMA weights, ``last.pt`` (exact-resume state)
-and ``best.pt`` / ``epoch-N.pt`` (model checkpoints, models.save_checkpoint) in ``--out``; also ``log.json``
+and ``best.pt`` (``epoch-N.pt`` too with --keep-epochs; models.save_checkpoint) in ``--out``; also ``log.json``
 and ``curve.png``.
 
 Where things are:

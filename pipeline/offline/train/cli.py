@@ -48,7 +48,7 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--amp", choices=("fp16", "bf16", "off"), default="fp16", help="CUDA autocast dtype")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, epoch-N.pt, log.json, curve.png")
+    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.json, curve.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same model, or "
                    "the plain YOLOX a GSSAM model is the twin of): a fresh schedule on top of an earlier run")
@@ -76,6 +76,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-epochs", action="store_true", help="keep every epoch's weights as epoch-N.pt "
+                   "(a study scores each step count; ~2 MiB each for nano, ~200 MB for yolox-x)")
     p.add_argument("--prepare-only", action="store_true", help="decode/render into --cache, then exit")
 
 

@@ -183,8 +183,8 @@ def _end_epoch(trainer: Trainer, settings: TrainSettings) -> None:
     if metrics["map50_95"] > trainer.best:
         trainer.best = metrics["map50_95"]
         _save_weights(trainer, trainer.out / "best.pt", metrics, epoch)
-    # every epoch's weights stay (~2 MiB each), so a study can score any step count afterwards
-    _save_weights(trainer, trainer.out / f"epoch-{epoch}.pt", metrics, epoch)
+    if settings.keep_epochs:  # a study scores every step count afterwards
+        _save_weights(trainer, trainer.out / f"epoch-{epoch}.pt", metrics, epoch)
     _save_last(trainer)
     write_curve(trainer.history, trainer.out / "curve.png", settings.model)
     log.info("%s epoch %d step %d/%d: loss %.3f val mAP50:95 %.4f mAP50 %.4f (best %.4f) %.0fs",

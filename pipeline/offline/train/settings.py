@@ -70,6 +70,7 @@ class TrainSettings:
     threads: int | None = None
     no_progress: bool = False
     prepare_only: bool = False
+    keep_epochs: bool = False   # every epoch's weights as epoch-N.pt, not only the best
 
     def __post_init__(self):
         self._check()

@@ -80,6 +80,11 @@ class Trainer:
         if meta["name"] != self.settings.model:
             log.info("%s: baseline weights of %s from %s (GSSAM parameters at their initial values)",
                      self.settings.model, meta["name"], path)
+            from models.gssam import IDENTITY_START
+
+            if models.parse_model_name(self.settings.model).variant not in IDENTITY_START:
+                log.warning("%s is not an identity-start variant (%s): it does not start where the baseline "
+                            "is", self.settings.model, ", ".join(IDENTITY_START))
         else:
             log.info("%s: weights from %s", self.settings.model, path)
 

@@ -42,7 +42,7 @@ def test_ten_thousand_malformed_messages_change_nothing_and_are_all_counted(tmp_
     clip = tmp_path / "long.mp4"
     _concat(synthetic_clip.video, clip, times=30)  # 900 frames: 30 s paced; the fuzzing ends by 17 s (14 + 3)
     clean = _start(tmp_path, _config(tmp_path, "clean", clip, random_weights, pace=False))
-    clean_err = clean.communicate(timeout=240)[1]
+    clean_err = clean.communicate(timeout=480)[1]
     assert clean.returncode == 0, clean_err[-3000:]
     fuzzed = _start(tmp_path, _config(tmp_path, "fuzzed", clip, random_weights, pace=True))
     deadline = time.time() + 120
@@ -50,7 +50,7 @@ def test_ten_thousand_malformed_messages_change_nothing_and_are_all_counted(tmp_
         time.sleep(0.1)  # every stage is up once the supervisor writes status
     run_config = yaml.safe_load((tmp_path / "fuzzed" / "run_config.yaml").read_text())
     sent = fuzz_run(run_config, BAD_MESSAGES, seconds=14.0)  # ~7 s on a quiet 2-core machine
-    err = fuzzed.communicate(timeout=240)[1]
+    err = fuzzed.communicate(timeout=480)[1]
     assert fuzzed.returncode == 0, err[-3000:]
     assert sent == BAD_MESSAGES
     status = json.loads((tmp_path / "fuzzed" / "status.json").read_text())
