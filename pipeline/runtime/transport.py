@@ -107,9 +107,6 @@ def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys 
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 2000)
-    if endpoint.is_tcp:  # a peer gone without a goodbye (power cut, cable) is noticed within seconds
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10_000)
     if endpoint.is_tcp and curve is not None:
         _apply_curve(sock, endpoint, curve)
     if endpoint.pattern == "sub":

@@ -68,7 +68,10 @@ GPU_HOST = "127.0.0.2"
 class Side:
     """One host's `pipeline run`, its stderr collected line by line as it comes."""
 
+    started: list["Side"] = []  # every side of the test, for the message when one hangs
+
     def __init__(self, config: str):
+        Side.started.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", config, "--no-progress"], cwd=REPO_ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
@@ -87,7 +90,11 @@ class Side:
             time.sleep(0.1)
 
     def finish(self, timeout: float = 120) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logs = "\n----\n".join(side.log[-3000:] for side in Side.started)
+            pytest.fail(f"still running after {timeout} s; the logs of this test's sides:\n{logs}")
         self.reader.join(timeout=5)
         return code
 
@@ -190,7 +197,7 @@ def test_frames_lost_when_the_gpu_side_is_killed_are_counted_by_its_successor(tm
             time.sleep(0.2)
         first = set(_recorded(tmp_path))
         gpu = Side(gpu_config)
-        assert gpu.finish() == 0, gpu.log[-3000:]
+        assert gpu.finish() == 0, gpu.log[-3000:] + edge.log[-3000:]
         assert edge.finish() == 0, edge.log[-3000:]
     finally:
         for side in (gpu, edge):
