@@ -189,6 +189,7 @@ def main() -> int:
     parser.add_argument("--rtsp", action="store_true", help="second camera: the rehearsal RTSP camera")
     parser.add_argument("--rtsp-port", type=int, default=8554)
     args = parser.parse_args()
+    args.out, args.clip = args.out.resolve(), args.clip.resolve()  # the config resolves paths against its folder
     if not args.clip.is_file():
         print(f"error: {args.clip} is missing: run `make demo` first (or give --clip)", file=sys.stderr)
         return 2
