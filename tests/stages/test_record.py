@@ -344,3 +344,19 @@ def test_a_stalled_source_clock_cannot_grow_the_pre_roll_without_bound():
     for i in range(5000):
         gate.push(10.0, i, triggered=False)  # the same source time over and over
     assert len(gate.ring) <= MAX_SOURCE_FPS + 2 and gate.ring[-1][1] == 4999
+
+
+@pytest.mark.parametrize("bad_index", [True, -3, 2 ** 70, "9"])
+def test_a_forged_last_record_does_not_steer_the_books(tmp_path, bad_index):
+    """tracks.jsonl is read back on resume: an index out of range is ignored, not trusted (a huge one
+    would make every later frame a duplicate)."""
+    cfg = make_cfg(tmp_path, video=False)
+    folder = tmp_path / "out" / "cam0"
+    folder.mkdir(parents=True)
+    (folder / "tracks.jsonl").write_text(json.dumps({"frame_index": bad_index, "session": "s"}) + "\n")
+    stage = RecordStage(cfg)
+    msg = gray_frame(0)
+    msg.meta["session"] = "s"
+    stage.process(msg)
+    assert stage.counters["frames_recorded"] == 1 and stage.counters["duplicates"] == 0
+    stage.close()
