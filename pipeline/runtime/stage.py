@@ -24,12 +24,15 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
-from pipeline.runtime.transport import CurveKeys, Endpoint, LinkWatch, close_context, open_socket
+from pipeline.runtime.transport import CurveKeys, Endpoint, close_context, open_socket, open_watched_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
 FATAL_EOS_WAIT_S = 5.0  # how long a failed source waits for a downstream to take its EOS
 MALFORMED_LOGGED = 20  # malformed messages logged one by one; after that every 1000th
 NO_SENDER_NOTE_S = 30.0  # a stage fed from another host says this often that no sender is there yet
+
+
+CONTROL_LINGER_MS = 500  # the last beat (final counters, "exiting") still reaches a live supervisor
 
 
 class StageFatalError(RuntimeError):
@@ -150,17 +153,21 @@ class StageRunner:
         self.unreachable = False  # the downstream refused us: nothing queued for it can ever go
         if stage.role != "source":
             in_spec = cfg.endpoint(input_key(stage.name))
-            self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve, max_message_bytes=cfg.max_message_bytes)
             if cfg.runs_elsewhere(cfg.upstream(stage.name)) and Endpoint.parse(in_spec).is_tcp:
-                self.in_watch = LinkWatch(self.inp, in_spec.split(":", 1)[1], side="server")
+                self.inp, self.in_watch = open_watched_socket(self.ctx, in_spec, "server", hwm=hwm, curve=curve,
+                                                              max_message_bytes=cfg.max_message_bytes)
+            else:
+                self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve,
+                                       max_message_bytes=cfg.max_message_bytes)
         downstream = cfg.downstream(stage.name)
         self.remote_downstream = cfg.runs_elsewhere(downstream)
         if downstream is not None:
             out_spec = connect_side(cfg.endpoint(input_key(downstream)))
-            self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
             # a link to another host: its state is logged, a receiver that does not admit us is exit 3
             if Endpoint.parse(out_spec).is_tcp and (self.remote_downstream or curve is not None):
-                self.out_watch = LinkWatch(self.out, out_spec.split(":", 1)[1], side="client")
+                self.out, self.out_watch = open_watched_socket(self.ctx, out_spec, "client", hwm=hwm, curve=curve)
+            else:
+                self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         self.drops: dict[str, int] = {}  # per stream, frames this stage let go by the live policy
@@ -239,7 +246,8 @@ class StageRunner:
                 watch.close()
         for sock in (self.inp, self.out, self.control):
             if sock is not None:
-                sock.close(linger=linger_ms if sock is self.out and not self.unreachable else 0)
+                sock.close(linger=linger_ms if sock is self.out and not self.unreachable else
+                           CONTROL_LINGER_MS if sock is self.control else 0)
         started = time.monotonic()
         close_context(self.ctx)  # returns once ZeroMQ has handed every queued message to its peer
         if self.remote_downstream and not self.unreachable and linger_ms:
@@ -288,6 +296,7 @@ class StageRunner:
         poller = zmq.Poller()
         poller.register(self.inp, zmq.POLLIN)
         interval_ms = int(self.cfg.supervisor.heartbeat_interval_s * 1000)
+        self._beat()  # up: the supervisor starts the sources once every stage has beaten
         while not self.stopping and self.ended != self.streams:
             if poller.poll(interval_ms):
                 self._handle(self._receive_batch())

@@ -91,16 +91,36 @@ def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: 
                 subscribe: bytes = b"", max_message_bytes: int | None = None) -> zmq.Socket:
     """``max_message_bytes``: a peer sending a larger message part is disconnected by ZeroMQ before the
     part is taken in (an untrusted sender cannot make a receiver hold gigabytes)."""
+    return _open(ctx, spec, hwm, curve, subscribe, max_message_bytes, watch_side=None)[0]
+
+
+def open_watched_socket(ctx: zmq.Context, spec: str | Endpoint, side: str, *, hwm: int = 4,
+                        curve: CurveKeys | None = None, max_message_bytes: int | None = None
+                        ) -> tuple[zmq.Socket, "LinkWatch"]:
+    """``open_socket`` with a LinkWatch (``side``: "client" or "server") attached before the bind or
+    connect: a handshake that fails at once, as a refused key does, happens before a monitor attached
+    afterwards could hear it, and libzmq does not retry it, so the failure would go unseen."""
+    sock, watch = _open(ctx, spec, hwm, curve, b"", max_message_bytes, watch_side=side)
+    return sock, watch
+
+
+def _open(ctx: zmq.Context, spec: str | Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes,
+          max_message_bytes: int | None, watch_side: str | None) -> tuple[zmq.Socket, "LinkWatch | None"]:
     endpoint = spec if isinstance(spec, Endpoint) else Endpoint.parse(spec)
     sock = ctx.socket(PATTERNS[endpoint.pattern])
+    watch = None
     try:
         if max_message_bytes is not None:
             sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+        if watch_side is not None:
+            watch = LinkWatch(sock, endpoint.address, side=watch_side)
         _configure(sock, endpoint, hwm, curve, subscribe)
     except BaseException:
+        if watch is not None:
+            watch.close()
         sock.close(0)  # an open socket would keep ctx.term() waiting
         raise
-    return sock
+    return sock, watch
 
 
 def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes) -> None:

@@ -48,11 +48,19 @@ def test_an_edge_with_a_key_the_gpu_side_refuses_exits_3_with_one_line(tmp_path,
                 break
             except OSError:
                 __import__("time").sleep(0.2)
-        result = subprocess.run([sys.executable, "-m", "pipeline", "run", edge, "--no-progress"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=120)
+        try:
+            result = subprocess.run([sys.executable, "-m", "pipeline", "run", edge, "--no-progress"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired as hung:
+            result = hung
     finally:
         gpu_proc.terminate()
         gpu_err = gpu_proc.communicate(timeout=60)[1]
+    if isinstance(result, subprocess.TimeoutExpired):
+        edge_err = (result.stderr or b"").decode(errors="replace")
+        gpu_log = "\n".join(line for line in gpu_err.splitlines() if " INFO " in line or " WARNING " in line
+                             or " ERROR " in line)
+        pytest.fail(f"the edge hung; its stderr:\n{edge_err[:3000]}\n...\nthe GPU side's log:\n{gpu_log[-4000:]}")
     assert result.returncode == 3, result.stderr[-2000:]
     assert (f"error: preprocess: not admitted by tcp://127.0.0.1:{port}: its transport.curve.client_public is not "
             "this host's client key (transport.curve.client_secret)") in result.stderr

@@ -5,8 +5,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from pipeline.runtime.transport import (CurveKeys, Endpoint, EndpointError, LinkWatch, close_context, open_socket,
-                                        refused_clients, remove_ipc_sockets)
+from pipeline.runtime.transport import (CurveKeys, Endpoint, EndpointError, close_context, open_socket,
+                                        open_watched_socket, refused_clients, remove_ipc_sockets)
 from pipeline.runtime.transport import _ipc_listening
 from tests.conftest import free_port
 
@@ -135,13 +135,13 @@ def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
     (logged and counted there) and, on the client, a LinkWatch problem instead of a silent hang."""
     server_pub, client_sec, stranger_sec, server_ctx, client_ctx, port, server = _admitting_server(tmp_path)
     refused_before = refused_clients()
-    stranger = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
-                           curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
-    good = open_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}",
-                       curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
-    watches = {"stranger": LinkWatch(stranger, f"tcp://127.0.0.1:{port}"),
-               "good": LinkWatch(good, f"tcp://127.0.0.1:{port}")}
+    stranger, stranger_watch = open_watched_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}", "client",
+                                                   curve=CurveKeys(server_public=server_pub, client_secret=stranger_sec))
+    good, good_watch = open_watched_socket(client_ctx, f"push+connect:tcp://127.0.0.1:{port}", "client",
+                                           curve=CurveKeys(server_public=server_pub, client_secret=client_sec))
+    watches = {"stranger": stranger_watch, "good": good_watch}
     try:
+        time.sleep(0.5)  # the refusal is over before the first look: libzmq does not retry it, the watch kept it
         deadline = time.time() + 5
         problem = None
         while problem is None and time.time() < deadline:
@@ -161,9 +161,9 @@ def test_a_client_the_server_does_not_admit_is_told_in_one_line(tmp_path):
 
 def test_a_bound_socket_watch_counts_its_senders_and_says_who_left():
     ctx = zmq.Context()
-    server = open_socket(ctx, "pull+bind:tcp://127.0.0.1:0")
-    address = server.getsockopt_string(zmq.LAST_ENDPOINT)
-    watch = LinkWatch(server, address, side="server")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    server, watch = open_watched_socket(ctx, f"pull+bind:{address}", "server")
     clients = [open_socket(ctx, f"push+connect:{address}") for _ in range(2)]
     notes: list[str] = []
 
