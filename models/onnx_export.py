@@ -1,28 +1,29 @@
 """ONNX export (GSSAM inside, opset 17) with the head's box decoding kept out of the graph.
 
-The graph returns the head's undecoded outputs (B x A x (5 + C), sigmoids applied); ``decode`` runs
-the yolox head's own ``decode_outputs`` on them, so ONNX Runtime + decode equals eager torch.
-Exported files are cached by the weights file's content hash, this package's code, input size and opset.
+The graph returns the head's undecoded outputs (B x A x (5 + C), sigmoids applied), as every backend
+does; models.postprocess decodes them. Exported files are cached by the weights file's content hash,
+the code that shapes the graph (GRAPH_SOURCES), the torch and yolox releases, input size and opset. Finding a cached file imports no torch:
+only an export does.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import os
 import warnings
 from pathlib import Path
-
-import torch
-from torch import nn
-
-from .yolox_gssam import gssam_modules
 
 OPSET = 17
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "onnx"
 
 
-def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int = OPSET) -> Path:
-    """Export an eval copy of ``model`` for inputs N x 3 x H x W (dynamic batch) to ``path``."""
+def export_onnx(model, path, input_size: tuple[int, int], opset: int = OPSET) -> Path:
+    """Export an eval copy of ``model`` (an nn.Module) for inputs N x 3 x H x W (dynamic batch) to ``path``."""
+    import torch
+
+    from .yolox_gssam import gssam_modules
+
     path = Path(path)
     export_model = copy.deepcopy(model).float().cpu().eval()
     for _, gssam in gssam_modules(export_model):  # ONNX Runtime cannot fold the BNs of the 1-channel 3-D convs;
@@ -43,14 +44,8 @@ def export_onnx(model: nn.Module, path, input_size: tuple[int, int], opset: int 
     return path
 
 
-def decode(head: nn.Module, raw: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    """Decode undecoded head outputs for an input size with the yolox head's own decoder."""
-    height, width = input_size
-    head.hw = [(height // s, width // s) for s in head.strides]
-    return head.decode_outputs(raw, dtype=raw.type())
-
-
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, 16 hex digits."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -58,11 +53,25 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+GRAPH_SOURCES = ("gssam.py", "yolox_gssam.py", "simota.py", "checkpoint.py", "onnx_export.py")  # the graph's code
+
+
+def package_version(name: str) -> str:
+    """The installed release of ``name``, or "absent" (a host that carries cached exports may lack torch)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def _code_digest() -> str:
-    """Changes whenever the code that shapes the graph (this package, torch) changes."""
-    digest = hashlib.sha256(torch.__version__.encode())
-    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(source.read_bytes())
+    """Changes whenever the code that shapes the graph changes: these modules, torch, yolox."""
+    digest = hashlib.sha256()
+    for package in ("torch", "pixeltable-yolox"):
+        digest.update(package_version(package).encode())
+    here = Path(__file__).resolve().parent
+    for source in GRAPH_SOURCES:
+        digest.update((here / source).read_bytes())
     return digest.hexdigest()[:8]
 
 
@@ -71,27 +80,15 @@ def cached_onnx_path(weights, input_size: tuple[int, int], cache_dir=None, opset
     weights = Path(weights)
     cache = Path(cache_dir or os.environ.get("MODELS_ONNX_CACHE", DEFAULT_CACHE_DIR))
     h, w = input_size
-    return cache / f"{weights.stem}-{_file_digest(weights)}-{_code_digest()}-{h}x{w}-opset{opset}.onnx"
+    return cache / f"{weights.stem}-{file_digest(weights)}-{_code_digest()}-{h}x{w}-opset{opset}.onnx"
 
 
-def ensure_onnx(weights, model: nn.Module, input_size: tuple[int, int], cache_dir=None) -> Path:
-    """The cached export of ``weights``, exporting it first if absent (about a second)."""
+def ensure_onnx(weights, input_size: tuple[int, int], cache_dir=None) -> Path:
+    """The cached export of ``weights``, exporting it first if absent (torch and about 4 s)."""
     path = cached_onnx_path(weights, input_size, cache_dir)
     if not path.is_file():
+        from .checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(weights, device="cpu")
         export_onnx(model, path, input_size)
     return path
-
-
-def onnx_session(path, threads: int = 2):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads.
-
-    Its threads keep spinning a while after each run (ONNX Runtime's default): measured here, a lone
-    nano session runs in 14.8 ms spinning vs 20.5 ms sleeping. Two sessions run in turn steal each
-    other's CPU that way (scripts/model_report.py times them in blocks for this reason)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

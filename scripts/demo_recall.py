@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.backends import BACKENDS  # noqa: E402
 import models  # noqa: E402
 from pipeline.offline.eval import clip_recall  # noqa: E402
 from pipeline.offline.data.synthetic import make_clip  # noqa: E402
@@ -23,7 +24,7 @@ from pipeline.offline.data.synthetic import make_clip  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(models.DEFAULT_WEIGHTS))
-    p.add_argument("--backend", default="onnx", choices=("torch", "onnx"))
+    p.add_argument("--backend", default="onnx", choices=BACKENDS)
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--class-aware-nms", action="store_true",

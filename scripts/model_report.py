@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import build_model, export_onnx  # noqa: E402
 from models.gssam import VARIANTS, num_points, sampled_contrast_broadcast, sampled_contrast_exact  # noqa: E402
-from models.onnx_export import onnx_session  # noqa: E402
+from models.backends.onnxruntime_backend import onnx_session  # noqa: E402
 from models.yolox_gssam import (  # noqa: E402
     SIZES, STAGES, count_parameters, feature_sides, fuse_for_inference, stage_plan,
 )

@@ -99,7 +99,8 @@ def main() -> int:
         f"## Test split ({report.get('images', report.get('num_images', '?'))} images)",
         *metric_rows(reports),
         "",
-        f"Latency per image (ms, this evaluation's machine and backend): {latency_line(report)}.",
+        f"Latency per image (ms, backend `{report.get('backend', '?')}` on {report.get('device', '?')}, this "
+        f"evaluation's machine): {latency_line(report)}.",
         "",
         f"Reproduce: `{args.eval_command}`" + (" (add `--visible-boxes tight` for the second column)"
                                                  if args.tight_report else ""),

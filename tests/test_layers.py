@@ -21,7 +21,8 @@ RULES = [
 ]
 RULES = [(prefix, tuple(allowed)) for prefix, allowed in RULES]
 TORCH_FREE = ("pipeline/runtime/", "stages/", "models/__init__.py", "models/letterbox.py", "models/meta.py",
-              "models/backends.py")
+              "models/backends/__init__.py", "models/backends/onnxruntime_backend.py",
+              "models/backends/openvino_backend.py", "models/postprocess.py", "models/detector.py", "models/quantize.py")
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -224,7 +224,7 @@ class Supervisor:
         log.info("started %d stage processes; outputs in %s", len(self.stages), self.cfg.resolve(self.cfg.output_dir))
         last_status, drain_deadline = 0.0, None
         while any(sp.alive() for sp in self.stages):
-            self._read_heartbeats(timeout_ms=200)
+            self._read_heartbeats(timeout_ms=self._poll_ms())
             self._check_processes()
             self._release_flushed()
             if self.failed and not self.stopping:
@@ -236,7 +236,7 @@ class Supervisor:
             if time.time() - last_status >= self.cfg.supervisor.status_interval_s:
                 self._report()
                 last_status = time.time()
-        self._read_heartbeats(timeout_ms=100)
+        self._read_heartbeats(timeout_ms=20)  # the last beats are in already: each stage beats before it exits
         self._report(final=True)
         self.control.close(0)
         self.status_pub.close(0)
@@ -361,6 +361,10 @@ class Supervisor:
             sp.exit_code = code
             if code == 0:
                 continue
+            if sp.release_sent:  # released: its downstream had read all it sent, so nothing is lost and a
+                log.warning("%s exited with code %d after its output was delivered: counted as done",
+                            sp.label, code)  # restart would wait for ends of stream nobody sends again
+                continue
             if code in (2, EXIT_BAD_INPUT):
                 self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
                 self.failed_code = code
@@ -368,16 +372,27 @@ class Supervisor:
                 self._restart(sp, f"exit code {code}")
 
     def _release_flushed(self) -> None:
-        """A stage that sent all its EOS waits, output open, until its downstream stage has exited
-        (see StageRunner._await_release); tell it when that happened."""
+        """A stage that sent all its EOS waits, output open, until its downstream stage has taken them
+        (see StageRunner._await_release); tell it when that happened: the downstream has exited, or has
+        itself sent the EOS of every stream, which it does only after reading every frame and EOS
+        before them. So the whole frame path exits at once, not one stage after the other."""
         for sp in self.stages:
             if not sp.alive() or sp.last_beat.get("state") != "flushed" or sp.release_sent:
                 continue
             downstream = self.cfg.downstream(sp.stage)
             peers = [d for d in self.stages if d.label == downstream]
-            if peers and all(d.proc is not None and d.exit_code is not None for d in peers):
+            if peers and all(d.proc is not None and (d.exit_code is not None or d.last_beat.get("state") == "flushed")
+                             for d in peers):
                 sp.signal(signal.SIGUSR1)
                 sp.release_sent = True
+
+    def _poll_ms(self) -> int:
+        """How long to wait for heartbeats: short once the run is ending (every source done, or a drain;
+        an exit sends no beat), so the run ends soon after its last stage does."""
+        sources = [sp for sp in self.stages if sp.is_source]
+        ending = self.stopping or (bool(sources) and all(
+            sp.exit_code is not None or sp.last_beat.get("state") in ("flushed", "exiting") for sp in sources))
+        return 20 if ending else 200
 
     def _restart(self, sp: StageProcess, why: str) -> None:
         if sp.restarts >= self.cfg.supervisor.max_restarts:
@@ -487,14 +502,30 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
             text += f" unrecorded={b['frames_unrecorded']}"
         if b.get("restarts"):
             text += f" restarts={b['restarts']}"
+        if b.get("undelivered"):  # a consumer's alerts that could not be delivered
+            text += f" undelivered={b['undelivered']}"
         if b.get("stream") and b.get("stream") != "up":
             text += f" [{b['stream']}]"
         if b.get("downstream_connected") is False:  # its downstream on another host is not connected
             text += " [remote down]"
         if b.get("senders") == 0:  # fed from another host, and no sender there yet
             text += " [no sender]"
+        text += _tiling_text(b.get("tiling"))
         parts.append(text)
     return " | ".join(reversed(parts))
+
+
+def _tiling_text(rows) -> str:
+    """The detect stage's tiled streams: share of the tiles examined per frame and the longest a tile
+    waited, e.g. `` tiles[cam]=25%/5f`` (rows as stages.tiling.TilePlanner.coverage gives them)."""
+    if not isinstance(rows, list):
+        return ""
+    texts = []
+    for row in rows[:8]:
+        if (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9 for v in row[1:])):
+            texts.append(f" tiles[{row[0][:24]}]={100 * row[3]:.0f}%/{int(row[4])}f")
+    return "".join(texts)
 
 
 class _Progress:

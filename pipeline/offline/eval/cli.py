@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.backends import BACKENDS
 from pipeline.offline.data.dataset import DEFAULT_ROOT, MODALITIES, DatasetError
 from pipeline.offline.eval.settings import METRIC_LIBRARIES, EvalError, EvalSettings
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a split of configs/splits.json, or all = every clip under --data")
     parser.add_argument("--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped default model)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--conf", type=float, default=0.001, help="score threshold (low: mAP needs the full PR curve)")
     parser.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold")
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score against the dataset's visible-camera boxes as labeled (loose) or tightened "
                              "to the object (pipeline.offline.data.tighten, what --visible-boxes tight trains on)")
     parser.add_argument("--metrics", choices=METRIC_LIBRARIES, default="faster", help="COCO metrics library")
+    parser.add_argument("--tiling", choices=("off", "on", "auto"), default="auto",
+                        help="tiled detection as the pipeline runs it (models.tiling; auto: frames larger than the "
+                             "model input by more than 1.5x); the dataset's 640x512 clips are never tiled in auto")
     parser.add_argument("--through-pipeline", action="store_true",
                         help="replay the clips through the ZeroMQ pipeline and score what it emitted")
     parser.add_argument("--pipeline-timeout", type=float, default=3600, help="seconds (with --through-pipeline)")

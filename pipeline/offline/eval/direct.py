@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.tiling import DEFAULT_AUTO_FACTOR, detect_tiled, wants_tiles
 from pipeline.offline.data import dataset
 from pipeline.offline.data.dataset import DatasetError
 from pipeline.offline.eval.coco import Detections
@@ -46,19 +47,30 @@ def _expected_images(clip: dataset.Clip, stride: int, max_frames: int | None) ->
     return expected if max_frames is None else min(expected, max_frames)
 
 
-def _detect_clip(detector, clip: dataset.Clip, run: DirectRun, stride: int, max_frames, cache_dir) -> None:
+def _detect_image(detector, image: np.ndarray, tiling: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """One image's detections and its (preprocess, inference, postprocess) ms; a tiled image's time is
+    all counted as inference (its steps interleave per batch of tiles)."""
+    start = time.perf_counter()
+    if wants_tiles(tiling, image.shape[:2], detector.input_size, DEFAULT_AUTO_FACTOR):
+        dets = detect_tiled(detector, image, class_agnostic=detector.class_agnostic_nms)
+        return dets, (0.0, (time.perf_counter() - start) * 1e3, 0.0)
+    chw, ratio = detector.preprocess(image)
+    prepared = time.perf_counter()
+    raw = detector.infer(chw[None])
+    inferred = time.perf_counter()
+    dets = detector.postprocess(raw, [ratio], [image.shape])[0]
+    done = time.perf_counter()
+    return dets, ((prepared - start) * 1e3, (inferred - prepared) * 1e3, (done - inferred) * 1e3)
+
+
+def _detect_clip(detector, clip: dataset.Clip, run: DirectRun, stride: int, max_frames, cache_dir,
+                 tiling: str = "off") -> None:
     dataset.read_labels(clip)  # an unusable label file skips the clip before any compute
     expected = _expected_images(clip, stride, max_frames)
     last_index, seen = -1, 0
     for frame_index, image in dataset.iter_frames(clip, stride, cache_dir=cache_dir, max_frames=max_frames):
-        start = time.perf_counter()
-        chw, ratio = detector.preprocess(image)
-        prepared = time.perf_counter()
-        raw = detector.infer(chw[None])
-        inferred = time.perf_counter()
-        run.detections[(clip.name, frame_index)] = detector.postprocess(raw, [ratio], [image.shape])[0]
-        done = time.perf_counter()
-        run.timings_ms.append(((prepared - start) * 1e3, (inferred - prepared) * 1e3, (done - inferred) * 1e3))
+        run.detections[(clip.name, frame_index)], timing = _detect_image(detector, image, tiling)
+        run.timings_ms.append(timing)
         last_index, seen = frame_index, seen + 1
     if seen < expected:
         log.warning("%s: truncated or corrupt video: decoded %d of %d expected images; scoring frames 0-%d only",
@@ -67,13 +79,15 @@ def _detect_clip(detector, clip: dataset.Clip, run: DirectRun, stride: int, max_
     run.images += seen
 
 
-def run_detector(detector, clips, stride: int = 1, max_frames: int | None = None, cache_dir=None) -> DirectRun:
-    """Detections for every stride-th frame; a clip whose video or labels are unusable is skipped and listed."""
+def run_detector(detector, clips, stride: int = 1, max_frames: int | None = None, cache_dir=None,
+                 tiling: str = "off") -> DirectRun:
+    """Detections for every stride-th frame, tiled as ``tiling`` says (models.tiling.wants_tiles); a
+    clip whose video or labels are unusable is skipped and listed."""
     run = DirectRun()
     started = time.perf_counter()
     for clip in clips:
         try:
-            _detect_clip(detector, clip, run, stride, max_frames, cache_dir)
+            _detect_clip(detector, clip, run, stride, max_frames, cache_dir, tiling)
         except DatasetError as exc:
             log.warning("skipping clip: %s", exc)
             run.skipped.append({"clip": clip.name, "reason": str(exc)})

@@ -12,9 +12,10 @@ from pipeline.offline.eval.settings import EvalError
 RECALL_SIZE_BINS_PX = (0, 12, 20, 30, 50, 10_000)   # longest box side
 
 
-def recall_by_size(truth: list[np.ndarray], found: list[np.ndarray], ious: tuple[float, ...] = (0.5, 0.3)) -> dict:
+def recall_by_size(truth: list[np.ndarray], found: list[np.ndarray], ious: tuple[float, ...] = (0.5, 0.3),
+                   bins: tuple[float, ...] = RECALL_SIZE_BINS_PX) -> dict:
     """Share of true boxes (per image, K x 4 xyxy) that some found box (M x 4+) overlaps at each IoU in
-    ``ious``, overall and by the longest side of the true box (``RECALL_SIZE_BINS_PX``). Each true box
+    ``ious``, overall and by the longest side of the true box (``bins``: bin edges in px). Each true box
     takes its best overlap (not a one-to-one matching: at a low IoU one wide box could cover two
     adjacent targets; at 0.5 that needs near-identical targets)."""
     import supervision as sv
@@ -34,7 +35,7 @@ def recall_by_size(truth: list[np.ndarray], found: list[np.ndarray], ious: tuple
         return {str(t): float((best[mask] >= t).mean()) if mask.any() else 0.0 for t in ious}
 
     report = {"boxes": len(sides), "recall": shares(np.ones(len(sides), bool)), "by_size": []}
-    for low, high in zip(RECALL_SIZE_BINS_PX, RECALL_SIZE_BINS_PX[1:]):
+    for low, high in zip(bins, bins[1:]):
         inside = (sides >= low) & (sides < high)
         if inside.any():
             report["by_size"].append({"side_px": [low, high], "boxes": int(inside.sum()), "recall": shares(inside)})

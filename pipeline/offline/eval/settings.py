@@ -24,7 +24,7 @@ class EvalSettings:
     split: str = "test"                     # train | val | test | all
     modality: tuple[str, ...] = MODALITIES
     weights: Path | None = None             # None: the shipped default model
-    backend: str = "torch"                  # torch | onnx
+    backend: str = "torch"                  # one of models.backends.BACKENDS
     device: str = "cpu"
     conf: float = 0.001                     # low: mAP needs the whole PR curve
     nms: float = 0.65
@@ -34,6 +34,7 @@ class EvalSettings:
     cache_dir: Path | None = None           # dataset.iter_frames' lossless frame cache
     visible_boxes: str = "dataset"          # dataset | tight (pipeline.offline.data.tighten)
     metrics: str = "faster"                 # one of METRIC_LIBRARIES
+    tiling: str = "auto"                    # off | on | auto: the pipeline's stages.detect.tiling.mode
     through_pipeline: bool = False
     pipeline_timeout: float = 3600          # seconds, with through_pipeline
 

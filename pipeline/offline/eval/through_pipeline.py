@@ -68,7 +68,8 @@ def _pipeline_config(clips, settings: EvalSettings, output_dir: Path) -> dict:
             "stages": {"detect": {"weights": str(settings.weights) if settings.weights else "default",
                                   "backend": settings.backend, "device": settings.device, "batch_size": 1,
                                   "conf_threshold": settings.conf, "nms_threshold": settings.nms,
-                                  "class_agnostic_nms": False},   # COCO scoring: what direct evaluation runs
+                                  "class_agnostic_nms": False,   # COCO scoring: what direct evaluation runs
+                                  "tiling": {"mode": settings.tiling}},
                        "track": {"annotate": False}, "record": {"annotated": False}}}
 
 

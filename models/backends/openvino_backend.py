@@ -1,0 +1,64 @@
+"""``openvino``: OpenVINO's CPU plugin on the cached ONNX export, fp32; ``openvino-bf16``: the same
+with bf16 inference precision (CPUs with AVX-512 BF16 or AMX); ``openvino-int8``: NNCF's INT8 model
+(models.quantize; made once by ``python -m pipeline quantize``). Compiled blobs are cached beside
+the exports, so a restart compiles nothing."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from models.backends import Backend
+from models.quantize import QuantizedModel
+
+
+def _content_digest(path: Path) -> str:
+    """Digest of a model file and, for OpenVINO IR, of its weights file beside it."""
+    from models.onnx_export import file_digest
+
+    parts = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return hashlib.sha256("".join(file_digest(part) for part in parts).encode()).hexdigest()[:16]
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    package = "openvino"
+    precision = "f32"
+    summary = "OpenVINO fp32 on the CPU"
+
+    def __init__(self, weights, input_size, **options):
+        super().__init__(weights, input_size, **options)
+        import openvino as ov
+
+        from models.onnx_export import ensure_onnx
+
+        self.onnx_path = ensure_onnx(self.weights, self.input_size, self.cache_dir)
+        path = self.model_path()
+        # OpenVINO names its compiled blobs by the model's path and options, not its content: a model
+        # remade in place (python -m pipeline quantize again) gets a folder of its own
+        blobs = path.parent / "openvino" / _content_digest(path)
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": self.precision, "CACHE_DIR": str(blobs)}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def model_path(self):
+        return self.onnx_path
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: batch})[0], dtype=np.float32)
+
+
+class OpenVinoBf16Backend(OpenVinoBackend):
+    name = "openvino-bf16"
+    precision = "bf16"
+    cpu_flags = ("avx512_bf16", "amx_bf16")
+    agreement = (0.9, 0.8)  # measured 86-94 %: below the fp32 bar of 95 % (docs/benchmarks.md)
+    summary = "OpenVINO with bf16 inference precision"
+
+
+class OpenVinoInt8Backend(QuantizedModel, OpenVinoBackend):
+    name = "openvino-int8"
+    agreement = (0.5, 0.5)  # far from fp32: 26 % at IoU 0.9, mAP50:95 halved (docs/benchmarks.md)
+    summary = "OpenVINO on NNCF's INT8 model (GSSAM and the head's outputs in float)"
