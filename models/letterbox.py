@@ -39,12 +39,18 @@ def resized_size(image_hw, ratio: float) -> tuple[int, int]:
     return max(1, int(image_hw[0] * ratio)), max(1, int(image_hw[1] * ratio))  # a sliver keeps one pixel
 
 
-def letterbox(image: np.ndarray, input_size) -> tuple[np.ndarray, float]:
-    """uint8 H x W x 3 -> (uint8 input_h x input_w x 3, ratio): bilinear resize, top-left, padded."""
+def letterbox(image: np.ndarray, input_size, max_ratio: float | None = None) -> tuple[np.ndarray, float]:
+    """uint8 H x W x 3 -> (uint8 input_h x input_w x 3, ratio): bilinear resize, top-left, padded.
+    ``max_ratio``: scale by at most this (a tile at the edge of a frame keeps its tiles' scale)."""
     ratio = letterbox_ratio(image.shape[:2], input_size)
+    if max_ratio is not None:
+        ratio = min(ratio, max_ratio)
     h, w = resized_size(image.shape[:2], ratio)
     padded = np.full((*input_size, 3), PAD_VALUE, dtype=np.uint8)
-    padded[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    if (h, w) == image.shape[:2]:
+        padded[:h, :w] = image  # a tile at the input's own scale: no resampling
+    else:
+        padded[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
     return padded, float(ratio)
 
 

@@ -1,24 +1,44 @@
-"""Detect: YOLOX-GSSAM on letterboxed frames, batched across streams.
+"""Detect: YOLOX-GSSAM on letterboxed frames, batched across streams, tiled where a source is large.
 
 Frames normally arrive letterboxed by the preprocess stage (buffer ``input``, ``meta["ratio"]``); a
-frame path without preprocess is letterboxed here. The class names sent on with every frame are the
-checkpoint's own, so the track stage never guesses them. Only this process imports torch.
+frame path without preprocess is letterboxed here. A frame larger than the model input (see
+``stages.detect.tiling``, stages.tiling) is also examined in tiles at the source's own scale; the
+whole-frame pass and the tiles of all frames of a batch go through the model together, and their
+detections are merged into one set in source pixels (models.tiling). The class names sent on with
+every frame are the checkpoint's own, so the track stage never guesses them. Only this process
+loads a model runtime (models.backends); the ONNX-based backends need no torch once their export is
+cached, so the process is up in well under a second.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 import models
-from models.backends import BACKENDS, BackendError, check_backend
+from models.backends import BACKENDS, BackendError, backend_class, check_available, check_backend
 from models.letterbox import letterbox
+from models.tiling import merge_regions, region_input, tile_ratio, to_frame
 from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage
 from stages.model_input import model_input_size, weights_path, weights_problems_as_config_errors
+from stages.tiling import TilingConfig, planner_for
+
+MODEL_BATCH = 8  # inputs per model call: the whole-frame passes and tiles of a batch of frames
+MAX_TILE_MOTION = 4096  # entries of meta "tile_motion" accepted (far more than MAX_TILES_PER_FRAME)
+
+
+class Job(NamedTuple):
+    """One model input of a batch: a frame's whole-frame pass (tile None) or one of its tiles."""
+    msg: FrameMessage
+    tile: int | None
+    region: tuple
+    letterboxed: np.ndarray | None  # the whole-frame pass's input, made by preprocess; tiles are cut in _run
+    ratio: float
 
 log = logging.getLogger("stages.detect")
 
@@ -26,15 +46,20 @@ log = logging.getLogger("stages.detect")
 @dataclass
 class DetectConfig:
     weights: str = "default"  # a checkpoint path, or "default": the shipped default model
-    backend: str = setting("onnx", choices=BACKENDS)  # onnx (CPU) | torch
+    backend: str = setting("onnx", choices=BACKENDS)  # models.backends: onnx, openvino, torch (CPU or CUDA), ...
     device: str = "cpu"
     fp16: bool = False
     batch_size: int = setting(4, gt=0)
+    threads: int = setting(2, ge=1, le=256)  # intra-op threads of the CPU runtimes
+    # ONNX Runtime's threads spin between runs (faster alone, but on a small machine they take the CPU
+    # the other stages need; docs/benchmarks.md "Backends in the pipeline")
+    spin: bool = True
     conf_threshold: float = setting(0.25, ge=0.0, le=1.0)
     nms_threshold: float = setting(0.45, ge=0.0, le=1.0)
     # one box per object for the operator and the tracker: a drone that also scores as a bird at the same
     # place is kept once, as its best class (offline mAP keeps COCO's class-aware NMS)
     class_agnostic_nms: bool = True
+    tiling: TilingConfig = setting(factory=TilingConfig)
 
     def validate(self, where: str) -> None:
         try:  # what the detector would refuse only after loading the weights (and restarting)
@@ -55,9 +80,18 @@ class DetectStage(Stage):
 
     @classmethod
     def preflight(cls, cfg: PipelineConfig) -> None:
-        """The weights must hold a readable checkpoint meta (read without torch); the detect process
-        itself checks the weights against the model when it loads them."""
-        model_input_size(cfg)
+        """The weights must hold a readable checkpoint meta (read without torch) and the backend must
+        have what it runs on (an INT8 backend its quantized model); the detect process itself checks
+        the weights against the model when it loads them."""
+        input_size = model_input_size(cfg)
+        backend = cfg.stages.detect.backend
+        try:
+            check_available(backend)  # here, where detect runs: a host that only reads the config needs no runtime
+        except BackendError as exc:
+            raise ConfigError(f"config key 'stages.detect.{exc.key}': {exc}") from None
+        problem = backend_class(backend).missing(weights_path(cfg), input_size)
+        if problem is not None:
+            raise ConfigError(f"config key 'stages.detect.backend': {problem}")
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
@@ -67,13 +101,18 @@ class DetectStage(Stage):
             self.detector = models.Detector(
                 weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
                 conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
-                class_agnostic_nms=det.class_agnostic_nms, input_size=model_input_size(cfg))
+                class_agnostic_nms=det.class_agnostic_nms, input_size=model_input_size(cfg),
+                onnx_threads=det.threads, spin=det.spin)
+        self.detector.warm_up()  # before the first beat: the first frame is not the one that waits for it
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)
+        self.planner = planner_for(cfg, self.detector.input_size)
+        self.tile_scale = tile_ratio(self.planner.tile_hw, self.detector.input_size)
 
     def accept(self, msg: FrameMessage) -> str | None:
-        if "input" not in msg.buffers:
-            return None  # letterboxed here
+        problem = _motion_problem(msg.meta.get("tile_motion"))
+        if problem is not None or "input" not in msg.buffers:  # no input buffer: letterboxed here
+            return problem
         shape, ratio = msg.buffers["input"].shape, msg.meta.get("ratio")
         if msg.buffers["input"].dtype != np.uint8 or shape != (*self.detector.input_size, 3):
             return f"buffer 'input' must be uint8 {[*self.detector.input_size, 3]}, got {list(shape)}"
@@ -87,10 +126,57 @@ class DetectStage(Stage):
         return msg.buffers.pop("input")
 
     def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
-        batch = np.stack([self._input(m) for m in msgs]).transpose(0, 3, 1, 2).astype(np.float32)
-        raw = self.detector.infer(batch)
-        results = self.detector.postprocess(raw, [m.meta["ratio"] for m in msgs], [m.image.shape for m in msgs])
-        for msg, dets in zip(msgs, results):
-            msg.detections = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
+        jobs = []
+        for msg in msgs:
+            whole, letterboxed = (0, 0, msg.image.shape[1], msg.image.shape[0]), self._input(msg)
+            tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None))
+            if not tiles or self.settings.tiling.whole_frame:
+                jobs.append(Job(msg, None, whole, letterboxed, msg.meta["ratio"]))
+            jobs += [Job(msg, index, region, None, self.tile_scale) for index, region in tiles]
+        found = self._run(jobs)
+        for msg in msgs:
+            mine = [(job, dets) for job, dets in zip(jobs, found) if job.msg is msg]
+            msg.detections = self._merged(msg, mine)
             msg.meta["class_names"] = self.detector.class_names
         return msgs
+
+    def _run(self, jobs: list[Job]) -> list[np.ndarray]:
+        """Each job's detections in its frame's pixels, MODEL_BATCH inputs per model call (tiles are
+        cut per call, so a batch of large frames never holds all its tiles at once)."""
+        found = []
+        for start in range(0, len(jobs), MODEL_BATCH):
+            chunk = jobs[start:start + MODEL_BATCH]
+            inputs = [job.letterboxed if job.tile is None else
+                      region_input(job.msg.image, job.region, self.detector.input_size, job.ratio)[0] for job in chunk]
+            batch = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
+            shapes = [(r[3] - r[1], r[2] - r[0], 3) for r in (job.region for job in chunk)]
+            results = self.detector.postprocess(self.detector.infer(batch), [job.ratio for job in chunk], shapes)
+            found += [to_frame(dets, job.region) for job, dets in zip(chunk, results)]
+        return found
+
+    def _merged(self, msg: FrameMessage, mine: list) -> np.ndarray:
+        """One frame's detections: the whole-frame pass alone, or merged with its tiles' (models.tiling)."""
+        if len(mine) == 1 and mine[0][0].tile is None:
+            return np.asarray(mine[0][1], dtype=np.float32).reshape(-1, 6)
+        regions, per_region = [job.region for job, _ in mine], [dets for _, dets in mine]
+        tiling = self.settings.tiling
+        merged = merge_regions(per_region, regions, msg.image.shape[:2], tiling.merge_ios,
+                               self.settings.class_agnostic_nms, self.planner.overlap,
+                               whole_first=mine[0][0].tile is None)
+        self.planner.saw(msg.stream_id, self.planner.tiles_holding(msg.stream_id, merged))
+        return merged
+
+    def status(self) -> dict:
+        coverage = self.planner.coverage()
+        if not coverage:
+            return {}
+        return {"tiling": coverage, "tile_motion_mismatched": self.planner.motion_mismatched}
+
+
+def _motion_problem(motion) -> str | None:
+    if motion is None:
+        return None
+    if (not isinstance(motion, list) or len(motion) > MAX_TILE_MOTION
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6 for v in motion)):
+        return f"meta 'tile_motion' must be a list of at most {MAX_TILE_MOTION} numbers >= 0, got {str(motion)[:40]}"
+    return None

@@ -17,12 +17,15 @@ def weights_path(cfg: PipelineConfig) -> str:
 def weights_problems_as_config_errors():
     """A wrong or truncated weights file is a configuration problem: one line and exit 2 (no
     restarts), not a traceback in every restarted stage."""
+    from models.backends import BackendError
     from models.meta import CheckpointError
 
     try:
         yield
     except CheckpointError as exc:
         raise ConfigError(f"config key 'stages.detect.weights': {exc}") from None
+    except BackendError as exc:  # e.g. an INT8 backend whose model was never made
+        raise ConfigError(f"config key 'stages.detect.{exc.key}': {exc}") from None
 
 
 def model_input_size(cfg: PipelineConfig) -> tuple[int, int]:

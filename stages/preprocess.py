@@ -1,4 +1,6 @@
-"""Preprocess: letterbox each frame to the detector's input size (models.letterbox, yolox's rule).
+"""Preprocess: letterbox each frame to the detector's input size (models.letterbox, yolox's rule), and
+for a tiled source in live mode a motion score per tile (``meta["tile_motion"]``, stages.tiling) that
+the detect stage's pixel budget spends on.
 
 Kept as uint8 HWC, so the hop to the detector moves a quarter of the bytes of float32; the detector
 casts. Equality with yolox's own `preproc` is a test (tests/stages/test_preprocess.py). This process
@@ -13,6 +15,7 @@ from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage
 from stages.model_input import model_input_size
+from stages.tiling import MotionMeter, planner_for
 
 __all__ = ["PreprocessConfig", "PreprocessStage", "letterbox"]
 
@@ -41,7 +44,14 @@ class PreprocessStage(Stage):
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
         self.input_size = model_input_size(cfg)  # the size the detect stage runs at
+        self.planner = planner_for(cfg, self.input_size)  # the detect stage's tile grid, for motion per tile
+        self.motion = MotionMeter()
+        self.measures_motion = cfg.live and self.planner.settings.budget > 0  # replay examines every tile
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         msg.buffers["input"], msg.meta["ratio"] = letterbox(msg.image, self.input_size)
+        size = msg.image.shape[:2]
+        if self.measures_motion and self.planner.tiled(size):
+            regions = self.planner.grid(msg.stream_id, size).regions
+            msg.meta["tile_motion"] = self.motion.scores(msg.stream_id, msg.image, regions)
         return [msg]

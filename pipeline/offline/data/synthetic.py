@@ -331,21 +331,23 @@ DEFAULT_DATASET = (("V", "drone", 900, 0), ("V", "bird", 901, 1), ("IR", "drone"
 
 
 def make_dataset(root: Path | str, clips: Sequence[tuple[str, str, int, int]] = DEFAULT_DATASET,
-                 frames: int = 60, crf: int = 23) -> list[str]:
+                 frames: int = 60, crf: int = 23, size: tuple[int, int] | None = None, **render) -> list[str]:
     """Write clips in the real dataset's layout under root; returns the clip names.
 
-    Visible clips are 640x512, thermal ones 320x256, like the real cameras.
+    Visible clips are 640x512, thermal ones 320x256, like the real cameras, unless ``size`` (w, h)
+    names another (a 1920x1080 surveillance camera, say); ``render``: render_clip's options.
     """
     root = Path(root)
     names = []
     for modality, label, number, seed in clips:
         name = f"{modality}_{label.upper()}_{number:03d}"
-        size = (640, 512) if modality == "V" else (320, 256)
+        clip_size = size or ((640, 512) if modality == "V" else (320, 256))
         counts = {"n_drones": 0, "n_birds": 2} if label == "bird" else {}
+        counts.update(render)
         video_dir, labels_dir = root / f"Video_{modality}", root / f"labels_{modality}"
         video_dir.mkdir(parents=True, exist_ok=True)
         labels_dir.mkdir(parents=True, exist_ok=True)
-        boxes = _render_and_encode(video_dir / f"{name}.mp4", seed, frames, size, 30, crf,
+        boxes = _render_and_encode(video_dir / f"{name}.mp4", seed, frames, clip_size, 30, crf,
                                    modality=modality, **counts)
         with open(labels_dir / f"{name}_LABELS.csv", "w", newline="") as f:
             writer = csv.writer(f)

@@ -1,0 +1,249 @@
+"""Tiled detection: frames larger than the detector's input are examined as overlapping tiles plus one
+downscaled pass over the whole frame, and the detections merged back into one set in source pixels.
+
+Why: the letterbox shrinks a 3840x2160 frame by 6 to fit a 640x512 input, so a 20-px drone arrives as
+a 3-px speck. A tile is cut at the source's own scale by default (``tile_size`` = the model input),
+which is the scale the model was trained at (training crops are cut from frames at scale 1; see
+models/README.md, "Tiling"). The whole-frame pass keeps objects larger than a tile.
+
+A *region* is (x0, y0, x1, y1) in source pixels. Every region, tile or whole frame, goes through the
+one letterbox rule (models.letterbox), so a tile of the input's size passes at ratio 1 and a larger
+``tile_size`` is scaled down like the whole frame is.
+
+Merge rule (``merge``): detections of all regions, those drawn at a scale that suits them first
+(a tile's uncut boxes, and the whole-frame pass's boxes of objects at least ``overlap`` long, which
+no tile is sure to hold whole), each group by score; a detection suppresses every later one of
+another region whose overlap with it covers at least ``ios_threshold`` of the smaller box
+(intersection over smaller, so the part of an object cut by a tile border, inside the whole
+object's box, counts as the same object), provided the smaller box has at least MIN_AREA_RATIO of
+the larger's area or one was cut (a drone in front of an airplane stays two objects). A kept box
+takes the best score of its class among those it suppressed; one that was itself cut by an interior
+tile border is widened to their union. So a small drone keeps its sharp tile box even when the
+blurred whole-frame box scored higher, and a large airplane split by tiles keeps the whole-frame
+box. Class-agnostic unless told otherwise. No torch here.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .letterbox import letterbox
+
+TILING_MODES = ("off", "on", "auto")
+CUT_MARGIN_PX = 2.0  # a box edge this close to an interior tile border was cut by it
+# the defaults of stages.detect.tiling, which the offline eval uses too (one copy of each)
+DEFAULT_MODE = "auto"
+DEFAULT_AUTO_FACTOR = 1.5  # auto: tile a frame larger than the input by more than this along a side
+DEFAULT_OVERLAP = 64  # px shared by neighbouring tiles: an object this large lies whole in one of them
+DEFAULT_MERGE_IOS = 0.5
+MAX_MERGED = 1000  # detections per frame that take part in the merge (best scores first)
+# a frame that would need more tiles gets the whole-frame pass alone: 4K makes 35 tiles of 640x512;
+# 8K would make 140, ~3 s of model time per frame here, and a batch of four such frames would outlast
+# the supervisor's heartbeat timeout (set a larger tile_size for 8K: 1024x1280 tiles at 0.5 make 35)
+MAX_TILES_PER_FRAME = 64
+# two overlapping boxes of different regions are one object only if the smaller has at least this share
+# of the larger's area (or one was cut by a tile border): a drone in front of an airplane stays two
+MIN_AREA_RATIO = 0.2
+
+
+def axis_starts(length: int, tile: int, min_overlap: int) -> list[int]:
+    """Start offsets of tiles covering [0, length): evenly spread, first at 0, last ending at length,
+    neighbours overlapping by at least ``min_overlap``, at most half a tile (more would examine every
+    pixel more than twice); one tile where the axis fits in one."""
+    if length <= tile:
+        return [0]
+    overlap = min(min_overlap, tile // 2)
+    step = tile - overlap
+    count = math.ceil((length - overlap) / step)
+    count = max(count, 2)
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_grid(image_hw, tile_hw, min_overlap: int) -> list[tuple[int, int, int, int]]:
+    """Regions (x0, y0, x1, y1) of the tiles covering an image, row by row; a tile is clipped to the
+    image where the image is smaller than the tile along an axis."""
+    height, width = int(image_hw[0]), int(image_hw[1])
+    tile_h, tile_w = int(tile_hw[0]), int(tile_hw[1])
+    return [(x0, y0, min(x0 + tile_w, width), min(y0 + tile_h, height))
+            for y0 in axis_starts(height, tile_h, min_overlap)
+            for x0 in axis_starts(width, tile_w, min_overlap)]
+
+
+def effective_overlap(tile_hw, min_overlap: int) -> int:
+    """The overlap tile_grid keeps on both axes: the configured one, at most half the shorter tile side."""
+    return min(int(min_overlap), min(int(tile_hw[0]), int(tile_hw[1])) // 2)
+
+
+def tile_count(image_hw, tile_hw, min_overlap: int) -> int:
+    """How many tiles tile_grid makes for a frame, without making them (a guard against forged sizes)."""
+    rows = len(axis_starts(int(image_hw[0]), int(tile_hw[0]), min_overlap))
+    return rows * len(axis_starts(int(image_hw[1]), int(tile_hw[1]), min_overlap))
+
+
+def wants_tiles(mode: str, image_hw, input_hw, auto_factor: float) -> bool:
+    """Whether a frame of ``image_hw`` is tiled: always (on), never (off), or when it is larger than the
+    input by more than ``auto_factor`` along either axis (auto)."""
+    if mode == "auto":
+        return max(image_hw[0] / input_hw[0], image_hw[1] / input_hw[1]) > auto_factor
+    return mode == "on"
+
+
+def region_input(image: np.ndarray, region, input_hw, max_ratio: float | None = None) -> tuple[np.ndarray, float]:
+    """The detector input for one region of a frame, and its letterbox ratio; a tile passes
+    ``max_ratio`` = its tiles' scale (``tile_ratio``) so one clipped at the frame's edge is not enlarged."""
+    x0, y0, x1, y1 = region
+    return letterbox(image[y0:y1, x0:x1], input_hw, max_ratio)
+
+
+def tile_ratio(tile_hw, input_hw) -> float:
+    """The scale tiles of ``tile_hw`` source pixels are fed to an input of ``input_hw`` at (1: native)."""
+    return min(input_hw[0] / tile_hw[0], input_hw[1] / tile_hw[1])
+
+
+def to_frame(dets: np.ndarray, region) -> np.ndarray:
+    """Detections in a region's own pixels (K x 6) -> the frame's pixels (a new array)."""
+    out = np.array(dets, dtype=np.float32).reshape(-1, 6)
+    out[:, [0, 2]] += region[0]
+    out[:, [1, 3]] += region[1]
+    return out
+
+
+def cut_mask(dets: np.ndarray, region, image_hw) -> np.ndarray:
+    """Which detections of a region touch one of its borders that lies inside the frame."""
+    x0, y0, x1, y1 = region
+    height, width = image_hw[:2]
+    near = CUT_MARGIN_PX
+    cut = np.zeros(len(dets), dtype=bool)
+    for inner, coord, edge in ((x0 > 0, 0, x0), (y0 > 0, 1, y0), (x1 < width, 2, x1), (y1 < height, 3, y1)):
+        if inner:
+            cut |= np.abs(dets[:, coord] - edge) <= near
+    return cut
+
+
+def intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """len(a) x len(b): each pair's intersection over the smaller box's area."""
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
+
+
+def merge(dets: np.ndarray, cut: np.ndarray, ios_threshold: float = DEFAULT_MERGE_IOS,
+          class_agnostic: bool = True, trusted: np.ndarray | None = None,
+          region_ids: np.ndarray | None = None) -> np.ndarray:
+    """One box per object from the detections of overlapping regions (K x 6, frame pixels); see the
+    module docstring for the rule. ``cut``: per detection, whether a tile border cut it; ``trusted``
+    (default all): detections drawn at a scale that suits their size, which go first, by score,
+    before the others; ``region_ids`` (default all different): boxes of one region were already
+    NMSed there and never merge with each other. Only the MAX_MERGED best-scoring detections take
+    part (COCO scores 100 per image; a low threshold on a frame of many tiles would otherwise make
+    the pairwise overlaps cost seconds). A kept box takes the best score of its class in its group."""
+    dets = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
+    trusted = np.ones(len(dets), dtype=bool) if trusted is None else np.asarray(trusted, dtype=bool)
+    regions = np.arange(len(dets)) if region_ids is None else np.asarray(region_ids)
+    best = np.argsort(-dets[:, 4], kind="stable")[:MAX_MERGED]
+    order = best[np.argsort(~trusted[best], kind="stable")]  # trusted first, each part by score
+    dets, cut, regions = dets[order], np.asarray(cut, dtype=bool)[order], regions[order]
+    same = _same_object(dets, cut, regions, ios_threshold, class_agnostic)
+    alive = np.ones(len(dets), dtype=bool)
+    kept = []
+    for i in range(len(dets)):
+        if not alive[i]:
+            continue
+        group = alive & same[i]
+        group[i] = True
+        box = dets[i].copy()
+        if cut[i]:
+            box[:2], box[2:4] = dets[group, :2].min(axis=0), dets[group, 2:4].max(axis=0)
+        box[4] = dets[group & (dets[:, 5] == box[5]), 4].max()
+        kept.append(box)
+        alive &= ~group
+    return np.stack(kept) if kept else np.zeros((0, 6), dtype=np.float32)
+
+
+def _same_object(dets: np.ndarray, cut: np.ndarray, regions: np.ndarray, ios_threshold: float,
+                 class_agnostic: bool) -> np.ndarray:
+    """K x K: which pairs of boxes stand for one object (the merge rule's test)."""
+    same = intersection_over_smaller(dets, dets) >= ios_threshold
+    same &= regions[:, None] != regions[None, :]
+    area = (dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1])
+    ratio = np.minimum(area[:, None], area[None, :]) / np.maximum(np.maximum(area[:, None], area[None, :]), 1e-6)
+    same &= (ratio >= MIN_AREA_RATIO) | cut[:, None] | cut[None, :]
+    if not class_agnostic:
+        same &= dets[:, None, 5] == dets[None, :, 5]
+    return same
+
+
+def frame_tiles(image_hw, tile_hw, min_overlap: int) -> list[tuple[int, int, int, int]]:
+    """The tiles of a frame, less one that would be the whole frame (the whole-frame pass sees it)."""
+    whole = (0, 0, int(image_hw[1]), int(image_hw[0]))
+    return [r for r in tile_grid(image_hw, tile_hw, min_overlap) if r != whole]
+
+
+def frame_regions(image_hw, input_hw, tile_hw, min_overlap: int, whole_frame: bool = True) -> list[tuple]:
+    """The regions a fully tiled frame is examined in: the whole frame first (if asked), then the
+    tiles; the whole frame alone where it would need more than MAX_TILES_PER_FRAME tiles."""
+    whole = [(0, 0, int(image_hw[1]), int(image_hw[0]))]
+    if tile_count(image_hw, tile_hw or input_hw, min_overlap) > MAX_TILES_PER_FRAME:
+        return whole
+    return (whole if whole_frame else []) + frame_tiles(image_hw, tile_hw or input_hw, min_overlap)
+
+
+def region_inputs(image: np.ndarray, regions, input_hw, tile_hw=None, whole_first: bool = True
+                  ) -> list[tuple[np.ndarray, float]]:
+    """(detector input, ratio) of each region: the whole-frame pass (``regions[0]`` when
+    ``whole_first``) letterboxed, a tile at its tiles' scale."""
+    cap = tile_ratio(tile_hw or input_hw, input_hw)
+    return [region_input(image, r, input_hw, None if whole_first and i == 0 else cap) for i, r in enumerate(regions)]
+
+
+def detect_regions(detector, image: np.ndarray, regions, tile_hw=None, batch_size: int = 8,
+                   whole_first: bool = True) -> list[np.ndarray]:
+    """Detections (frame pixels) of each region of one image, the regions run through ``detector``
+    (models.Detector: ``input_size``, ``infer``, ``postprocess``) in batches; ``regions[0]`` is the
+    whole-frame pass when ``whole_first``."""
+    results = []
+    for start in range(0, len(regions), batch_size):
+        chunk = regions[start:start + batch_size]
+        inputs = region_inputs(image, chunk, detector.input_size, tile_hw, whole_first and start == 0)
+        batch = np.stack([padded for padded, _ in inputs]).transpose(0, 3, 1, 2).astype(np.float32)
+        shapes = [(r[3] - r[1], r[2] - r[0], 3) for r in chunk]
+        found = detector.postprocess(detector.infer(batch), [ratio for _, ratio in inputs], shapes)
+        results += [to_frame(dets, region) for dets, region in zip(found, chunk)]
+    return results
+
+
+def trusted_mask(dets: np.ndarray, whole: bool, cut: np.ndarray, min_overlap: int) -> np.ndarray:
+    """Which detections of a region were drawn at a scale that suits them: a tile's whole (uncut)
+    boxes; the whole-frame pass's (``whole``) boxes of objects at least ``min_overlap`` long, which no
+    tile is sure to hold whole (a smaller object lies whole in some tile, seen there at full resolution)."""
+    if not whole:
+        return ~cut
+    return np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1]) >= min_overlap
+
+
+def merge_regions(per_region: list[np.ndarray], regions, image_hw, ios_threshold: float = DEFAULT_MERGE_IOS,
+                  class_agnostic: bool = True, min_overlap: int = DEFAULT_OVERLAP,
+                  whole_first: bool = True) -> np.ndarray:
+    """The merged detections of a frame from its regions' detections (``detect_regions``);
+    ``min_overlap``: the tiles' effective overlap (``effective_overlap``)."""
+    if not per_region:
+        return np.zeros((0, 6), dtype=np.float32)
+    cuts = [cut_mask(d, r, image_hw) for d, r in zip(per_region, regions)]
+    trusted = [trusted_mask(d, whole_first and i == 0, c, min_overlap) for i, (d, c) in enumerate(zip(per_region, cuts))]
+    region_ids = np.concatenate([np.full(len(d), i) for i, d in enumerate(per_region)])
+    return merge(np.concatenate(per_region), np.concatenate(cuts), ios_threshold, class_agnostic,
+                 np.concatenate(trusted), region_ids)
+
+
+def detect_tiled(detector, image: np.ndarray, tile_hw=None, min_overlap: int = DEFAULT_OVERLAP,
+                 whole_frame: bool = True, batch_size: int = 8, ios_threshold: float = DEFAULT_MERGE_IOS,
+                 class_agnostic: bool = True) -> np.ndarray:
+    """Every tile of one frame plus the whole-frame pass, merged (what replay mode and eval run)."""
+    regions = frame_regions(image.shape[:2], detector.input_size, tile_hw, min_overlap, whole_frame)
+    whole_first = whole_frame or len(regions) == 1  # a frame with too many tiles: the whole frame alone
+    per_region = detect_regions(detector, image, regions, tile_hw, batch_size, whole_first)
+    overlap = effective_overlap(tile_hw or detector.input_size, min_overlap)
+    return merge_regions(per_region, regions, image.shape[:2], ios_threshold, class_agnostic, overlap, whole_first)

@@ -1,0 +1,172 @@
+"""Tiled detection in the detect stage: its config section (``stages.detect.tiling``) and the planner
+that says, per frame, which tiles of a stream to examine.
+
+The tiles are cut from the frame the detect stage already holds (every frame travels whole down the
+frame path for the annotation and the recorder): at the model's own scale a tile is a slice, so no
+resampling is paid for it, and only model-sized inputs reach the network. The preprocess stage does
+the costly parts: the downscaled whole-frame pass (its usual letterbox) and, in live mode, a motion
+score per tile (``meta["tile_motion"]``) for the schedule (stages.tile_schedule). The geometry and the
+merge rule are models.tiling's, shared with the offline eval and scripts/bench_tiling.py.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.tiling import (DEFAULT_AUTO_FACTOR, DEFAULT_MERGE_IOS, DEFAULT_MODE, DEFAULT_OVERLAP, TILING_MODES,
+                           MAX_TILES_PER_FRAME, effective_overlap, frame_tiles, tile_count, wants_tiles)
+from pipeline.runtime.config import ConfigError
+from pipeline.runtime.schema import setting
+from pipeline.runtime.zones import Zones
+from stages.tile_schedule import TileSchedule
+
+MOTION_SCALE = 4  # motion is measured on the frame shrunk this many times (cheap, and noise averages out)
+MOTION_LAG = 5  # ... against the frame this many frames back (slow targets, frames dropped before detect)
+MIN_TILE_SIDE = 32  # px: smaller tiles would make thousands of model calls per frame
+GRIDS_PER_STREAM = 4  # frame sizes whose grid and schedule a stream keeps
+
+
+@dataclass
+class TilingConfig:
+    # off | on | auto: tile a source larger than the model input by more than auto_factor along a side
+    mode: str = setting(DEFAULT_MODE, choices=TILING_MODES)
+    auto_factor: float = setting(DEFAULT_AUTO_FACTOR, gt=0)
+    tile_size: list[int] | None = None  # [h, w] in source pixels; default the model input (scale 1)
+    overlap: int = setting(DEFAULT_OVERLAP, ge=0)  # pixels shared by neighbours: an object this large is whole in one
+    whole_frame: bool = True  # also one downscaled pass over the whole frame, for objects larger than a tile
+    merge_ios: float = setting(DEFAULT_MERGE_IOS, gt=0, le=1)  # models.tiling.merge: overlap that makes two boxes one
+    budget: int = setting(3, ge=0)  # live mode: tiles per frame and stream besides the whole frame (0: all)
+    every: int = setting(5, ge=1)  # live mode: each tile is examined at least every this many frames
+    hold_frames: int = setting(10, ge=0)  # a tile with a detection is examined every frame for this long
+    motion_threshold: float = setting(8.0, ge=0)  # grey-level change (frame shrunk 4x) that marks a tile moving
+
+    def validate(self, where: str) -> None:
+        if self.tile_size is not None:
+            if len(self.tile_size) != 2 or min(self.tile_size) < MIN_TILE_SIDE:
+                raise ConfigError(f"config key '{where}.tile_size' must be [height, width], each >= {MIN_TILE_SIDE}, "
+                                  f"got {self.tile_size}")
+            if self.overlap > min(self.tile_size) // 2:
+                raise ConfigError(f"config key '{where}.overlap' must be at most half the tile's shorter side "
+                                  f"{self.tile_size}, got {self.overlap}")
+
+
+def planner_for(cfg, input_hw) -> TilePlanner:
+    """The run's planner: its tiling settings, its mode, and its sources' zones (a tile an ignore zone
+    covers entirely is never examined; a detection there does not make its tile hot)."""
+    detect = cfg.stages.get("detect")  # absent where the frame path has no detect stage: nothing is tiled
+    zones = {src.id: Zones(src.zones) for src in cfg.sources if src.zones}
+    return TilePlanner(detect.tiling if detect is not None else TilingConfig(mode="off"), input_hw, cfg.live, zones)
+
+
+@dataclass
+class StreamGrid:
+    regions: list  # the tiles examined at all: the frame's tiles less those an ignore zone covers
+    schedule: TileSchedule
+
+
+class TilePlanner:
+    """Per stream: its tile grid and schedule per frame size (a few sizes kept, so a stream whose size
+    flips keeps its schedule's state); which tiles each frame examines."""
+
+    def __init__(self, settings: TilingConfig, input_hw, live: bool, zones: dict | None = None):
+        self.settings, self.input_hw, self.live = settings, tuple(input_hw), live
+        self.tile_hw = tuple(settings.tile_size or input_hw)
+        self.overlap = effective_overlap(self.tile_hw, settings.overlap)
+        self.zones = zones or {}  # stream id -> pipeline.runtime.zones.Zones
+        self.grids: dict[str, OrderedDict] = {}  # stream id -> frame (h, w) -> StreamGrid, last used last
+        self.current: dict[str, tuple] = {}  # stream id -> the frame size it had last
+        self.motion_mismatched = 0  # tile_motion lists whose length did not match the grid (ignored)
+
+    def tiled(self, image_hw) -> bool:
+        """Whether a frame of this size is examined in tiles: as the mode says, unless it would need
+        more than MAX_TILES_PER_FRAME (then the whole-frame pass alone, as models.tiling does)."""
+        return (wants_tiles(self.settings.mode, image_hw, self.input_hw, self.settings.auto_factor)
+                and tile_count(image_hw, self.tile_hw, self.settings.overlap) <= MAX_TILES_PER_FRAME)
+
+    def grid(self, stream_id: str, image_hw) -> StreamGrid:
+        sizes = self.grids.setdefault(stream_id, OrderedDict())
+        size = self.current[stream_id] = tuple(int(v) for v in image_hw[:2])
+        if size not in sizes:
+            zones = self.zones.get(stream_id)
+            regions = [r for r in frame_tiles(size, self.tile_hw, self.settings.overlap)
+                       if zones is None or not zones.covers(r)]
+            s = self.settings
+            budget = s.budget if self.live else 0  # replay examines every tile of every frame
+            sizes[size] = StreamGrid(regions, TileSchedule(len(regions), s.every, budget, s.hold_frames,
+                                                           s.motion_threshold))
+            while len(sizes) > GRIDS_PER_STREAM:
+                sizes.popitem(last=False)
+        sizes.move_to_end(size)
+        return sizes[size]
+
+    def plan(self, stream_id: str, image_hw, motion=None) -> list[tuple[int, tuple]]:
+        """(tile index, region) of the tiles to examine in this frame; [] for a frame not tiled."""
+        if not self.tiled(image_hw):
+            return []
+        grid = self.grid(stream_id, image_hw)
+        if motion is not None and len(motion) != len(grid.regions):
+            self.motion_mismatched += 1  # preprocess tiled with other settings, or a forged list
+            motion = None
+        return [(i, grid.regions[i]) for i in grid.schedule.choose(motion)]
+
+    def _current(self, stream_id: str) -> StreamGrid | None:
+        size = self.current.get(stream_id)
+        return self.grids[stream_id].get(size) if size is not None else None
+
+    def saw(self, stream_id: str, tile_indices) -> None:
+        grid = self._current(stream_id)
+        if grid is not None:
+            grid.schedule.saw(tile_indices)
+
+    def tiles_holding(self, stream_id: str, dets: np.ndarray) -> list[int]:
+        """Tiles of a stream's current grid whose area holds the centre of one of ``dets`` (frame
+        pixels) that its ignore zones keep (a steady false box in an ignored corner heats nothing)."""
+        grid = self._current(stream_id)
+        if grid is None or not len(dets):
+            return []
+        if stream_id in self.zones:
+            dets = dets[self.zones[stream_id].keep_mask(dets)]
+        cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
+        return [i for i, (x0, y0, x1, y1) in enumerate(grid.regions)
+                if np.any((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1))]
+
+    def coverage(self) -> list[list]:
+        """[stream, tiles, tiles examined per frame, share of tile area per frame, longest gap in frames]
+        of each stream's current grid."""
+        rows = []
+        for stream_id in sorted(self.current):
+            grid = self._current(stream_id)
+            if grid is not None:
+                c = grid.schedule.coverage()
+                rows.append([stream_id, c["tiles"], c["tiles_per_frame"], c["share_per_frame"], c["longest_gap"]])
+        return rows
+
+
+class MotionMeter:
+    """Preprocess side, live mode: per tile, the strongest grey-level change (frame shrunk
+    MOTION_SCALE times) against the stream's frame MOTION_LAG frames back: a slow drone moves a pixel
+    or less per frame, and the detect stage drops stale frames, so the frame just before would miss
+    both; a frame size change starts over."""
+
+    def __init__(self):
+        self.history: dict[str, deque] = {}  # stream id -> its last MOTION_LAG small grey frames
+
+    def scores(self, stream_id: str, image: np.ndarray, regions) -> list[float]:
+        small = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY),
+                           (max(1, image.shape[1] // MOTION_SCALE), max(1, image.shape[0] // MOTION_SCALE)),
+                           interpolation=cv2.INTER_AREA)
+        history = self.history.setdefault(stream_id, deque(maxlen=MOTION_LAG))
+        if history and history[0].shape != small.shape:
+            history.clear()
+        reference = history[0] if history else None
+        history.append(small)
+        if reference is None:
+            return [0.0] * len(regions)
+        change = cv2.absdiff(small, reference)
+        k = MOTION_SCALE
+        # the strongest local change in a tile, not its mean: a 10-px drone is a speck in a 640x512 tile
+        return [float(change[y0 // k:max(y1 // k, y0 // k + 1), x0 // k:max(x1 // k, x0 // k + 1)].max())
+                for x0, y0, x1, y1 in regions]

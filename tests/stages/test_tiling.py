@@ -1,0 +1,251 @@
+"""Tiled detection in the stages: the planner's grid and schedule, motion per tile, the detect stage
+against models.tiling, bad input, and a replay of a 1920x1080 clip whose small drones only tiling finds."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.runtime.config import ConfigError, config_from_dict
+from pipeline.runtime.messages import FrameMessage
+from stages.tile_schedule import TileSchedule
+from stages.tiling import MotionMeter, TilingConfig, TilePlanner
+from tests.conftest import REPO_ROOT
+
+
+def _cfg(tmp_path, run_mode="replay", **tiling):
+    return config_from_dict({"sources": [{"id": "a", "uri": "a.mp4"}], "output_dir": str(tmp_path), "mode": run_mode,
+                             "stages": {"detect": {"tiling": tiling}}}, check_files=False)
+
+
+# ---------------------------------------------------------------- the schedule
+@pytest.mark.parametrize("tiles,every,budget", [(12, 5, 3), (35, 5, 7), (12, 3, 1), (5, 5, 1)])
+def test_every_tile_is_examined_at_least_every_k_frames_even_with_hot_tiles(tiles, every, budget):
+    schedule = TileSchedule(tiles, every, budget, hold=10)
+    last_seen = np.full(tiles, -1)
+    for frame in range(200):
+        chosen = schedule.choose()
+        schedule.saw([0, 1])  # two tiles with a target all the time: they are examined every frame
+        # hot from frame 1 on: never skipped for a due tile (as many hot tiles as the budget allows)
+        assert len({0, 1} & set(chosen)) >= min(2, budget) or frame == 0
+        gaps = frame - last_seen[chosen]
+        assert (gaps[last_seen[chosen] >= 0] <= every).all()
+        last_seen[chosen] = frame
+        assert len(chosen) <= max(budget, -(-tiles // every) + 1 + min(2, budget))
+    assert (frame - last_seen < every).all()
+    assert schedule.coverage()["longest_gap"] <= every
+
+
+def test_hot_then_moving_tiles_come_first_within_the_budget():
+    schedule = TileSchedule(12, 100, 2, hold=3)  # nothing due for a long time: priority decides
+    for _ in range(100):
+        schedule.choose()
+    schedule.saw([7])
+    motion = np.zeros(12)
+    motion[4] = 50
+    assert schedule.choose(motion) == [4, 7]
+    for _ in range(3):
+        schedule.choose()
+    assert 7 not in schedule.choose(np.zeros(12))  # the heat wore off after `hold` frames
+
+
+def test_budget_zero_examines_every_tile_and_reports_full_coverage():
+    schedule = TileSchedule(12, 5, 0)
+    assert all(schedule.choose() == list(range(12)) for _ in range(4))
+    assert schedule.coverage() == {"tiles": 12, "tiles_per_frame": 12.0, "share_per_frame": 1.0, "longest_gap": 1}
+
+
+# ---------------------------------------------------------------- the planner and motion
+def test_replay_examines_every_tile_and_live_mode_keeps_to_the_budget(tmp_path):
+    replay = TilePlanner(TilingConfig(), (512, 640), live=False)
+    live = TilePlanner(TilingConfig(budget=3), (512, 640), live=True)
+    assert len(replay.plan("a", (1080, 1920))) == 12 and len(live.plan("a", (1080, 1920))) <= 3
+    assert replay.plan("a", (512, 640)) == [] and replay.plan("a", (720, 960)) == []  # auto: not large enough
+    on = TilePlanner(TilingConfig(mode="on"), (512, 640), live=False)
+    assert on.plan("a", (512, 640)) == []  # its one tile would be the whole frame, which the whole pass sees
+    assert len(on.plan("a", (600, 800))) == 4
+    assert TilePlanner(TilingConfig(mode="off"), (512, 640), live=False).plan("a", (2160, 3840)) == []
+
+
+def test_a_stream_whose_frame_size_changes_gets_a_new_grid():
+    planner = TilePlanner(TilingConfig(), (512, 640), live=False)
+    assert len(planner.plan("a", (1080, 1920))) == 12
+    assert len(planner.plan("a", (2160, 3840))) == 35
+    assert planner.coverage() == [["a", 35, 35.0, 1.0, 0]]
+
+
+def test_a_stream_whose_size_flips_keeps_each_sizes_schedule_and_examines_every_tile():
+    planner = TilePlanner(TilingConfig(budget=3, every=5), (512, 640), live=True)
+    seen = {1080: set(), 1088: set()}
+    for frame in range(40):
+        height = 1080 if frame % 2 else 1088
+        seen[height] |= {i for i, _ in planner.plan("a", (height, 1920))}
+    assert seen[1080] == seen[1088] == set(range(12))
+
+
+def test_a_due_tile_that_is_also_hot_is_counted_once():
+    schedule = TileSchedule(12, 5, 3)
+    schedule.saw([0, 5, 10])  # the three tiles due in the first frame are hot as well
+    assert schedule.choose() == [0, 5, 10]
+
+
+def test_motion_marks_the_tile_where_something_moved():
+    planner = TilePlanner(TilingConfig(), (512, 640), live=True)
+    regions = planner.grid("a", (1080, 1920)).regions
+    meter = MotionMeter()
+    frame = np.full((1080, 1920, 3), 120, np.uint8)
+    assert meter.scores("a", frame, regions) == [0.0] * 12  # no previous frame
+    moved = frame.copy()
+    moved[900:912, 1700:1712] = 30  # a 12-px dark drone appears in the bottom-right tile only
+    scores = meter.scores("a", moved, regions)
+    assert scores[11] > TilingConfig().motion_threshold and max(scores[:8]) == 0.0
+
+
+def test_tile_settings_are_checked_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.overlap' must be at most half"):
+        _cfg(tmp_path, tile_size=[256, 256], overlap=129)
+    with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.tile_size' must be \[height, width\], each >= 32"):
+        _cfg(tmp_path, tile_size=[8, 8], overlap=0)
+    with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.mode' must be one of"):
+        _cfg(tmp_path, mode="sometimes")
+    with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.every' must be >= 1"):
+        _cfg(tmp_path, every=0)
+
+
+# ---------------------------------------------------------------- the detect stage
+@pytest.fixture(scope="module")
+def hd_frames():
+    from pipeline.offline.data.synthetic import render_clip
+
+    return list(render_clip(2, frames=2, size=(1920, 1080), n_drones=4, n_birds=0, background="sky"))
+
+
+def _through(cfg, images):
+    from stages.detect import DetectStage
+    from stages.preprocess import PreprocessStage
+
+    pre, det = PreprocessStage(cfg), DetectStage(cfg)
+    msgs = [pre.process(FrameMessage("a", i, i / 25, time.time(), {"image": im}))[0] for i, im in enumerate(images)]
+    return det, det.process_batch(msgs)
+
+
+def test_the_stage_gives_what_models_tiling_gives_on_each_frame(tmp_path, hd_frames):
+    from models.tiling import detect_tiled
+
+    det, out = _through(_cfg(tmp_path), [im for im, _ in hd_frames])
+    for msg, (image, _) in zip(out, hd_frames):
+        expected = detect_tiled(det.detector, image)
+        np.testing.assert_allclose(msg.detections[np.lexsort(msg.detections.T[:2])],
+                                   expected[np.lexsort(expected.T[:2])], rtol=1e-4, atol=1e-2)
+        assert len(expected) >= 4 and "tile_motion" not in msg.meta
+    assert det.status() == {"tiling": [["a", 12, 12.0, 1.0, 1]], "tile_motion_mismatched": 0}
+
+
+def test_live_frames_carry_motion_and_the_stage_examines_the_moving_tile_first(tmp_path):
+    from stages.detect import DetectStage
+    from stages.preprocess import PreprocessStage
+
+    cfg = _cfg(tmp_path, run_mode="live", budget=1, every=100)  # after the first frames nothing is due
+    still = np.full((1080, 1920, 3), 128, np.uint8)  # an empty sky: nothing found, no tile hot
+    moved = still.copy()
+    moved[900:912, 1700:1712] = 0  # something dark appears in the bottom-right tile (index 11)
+    pre, det = PreprocessStage(cfg), DetectStage(cfg)
+    chosen = []
+    for i, image in enumerate([still] * 13 + [moved]):  # each tile is first due in frame 1 + i: all seen by 13
+        msg = pre.process(FrameMessage("a", i, i / 25, time.time(), {"image": image}))[0]
+        assert len(msg.meta["tile_motion"]) == 12
+        chosen.append(det.planner.plan("a", (1080, 1920), msg.meta.pop("tile_motion")))
+    assert [i for i, _ in chosen[-1]] == [11]  # the one tile the budget allows goes where something moved
+    det.process_batch([pre.process(FrameMessage("a", 14, 14 / 25, time.time(), {"image": moved}))[0]])
+    (stream, tiles, per_frame, _, _), = det.status()["tiling"]
+    assert stream == "a" and tiles == 12 and per_frame == 1.0  # one tile per frame, as budgeted
+
+
+def test_a_motion_list_that_does_not_fit_the_grid_is_ignored_and_counted():
+    planner = TilePlanner(TilingConfig(budget=3), (512, 640), live=True)
+    assert len(planner.plan("a", (1080, 1920), [99.0] * 5)) <= 3
+    assert planner.motion_mismatched == 1
+
+
+def test_a_frame_that_would_need_too_many_tiles_gets_the_whole_frame_pass_alone(tmp_path):
+    planner = TilePlanner(TilingConfig(), (512, 640), live=False)
+    assert planner.plan("a", (1, 2_000_000)) == []  # a forged size: 3,473 tiles would stall the detector
+    assert len(planner.plan("a", (2160, 3840))) == 35 and planner.plan("a", (4320, 7680)) == []
+
+
+@pytest.mark.parametrize("motion", ["x", [1, "a"], [float("nan")], [-1.0], [True], list(range(5000))])
+def test_a_bad_motion_list_is_refused_as_malformed(tmp_path, motion):
+    from stages.detect import DetectStage
+
+    stage = DetectStage(_cfg(tmp_path))
+    msg = FrameMessage("a", 0, 0.0, 0.0, {"image": np.zeros((1080, 1920, 3), np.uint8)}, meta={"tile_motion": motion})
+    assert "tile_motion" in stage.accept(msg)
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_replay_of_a_1080p_clip_finds_its_small_drones_only_with_tiling(tmp_path):
+    from pipeline.offline.data.synthetic import make_clip
+
+    clip = make_clip(tmp_path / "clip", seed=2, frames=6, size=(1920, 1080), fps=25, n_drones=4, n_birds=0,
+                     background="sky")
+    truth = json.loads(clip.coco.read_text())
+    found = {mode: _recall(_replay(tmp_path / mode, clip.video, mode), truth) for mode in ("off", "auto")}
+    assert found["auto"] >= 0.9 and found["off"] <= 0.3, found
+
+
+def _replay(out, video, mode):
+    cfg = {"sources": [{"id": "hd", "uri": str(video)}], "output_dir": str(out / "out"),
+           "stages": {"detect": {"backend": "onnx", "tiling": {"mode": mode}}}, "consumers": []}
+    out.mkdir(parents=True)
+    (out / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(out / "cfg.yaml"), "--no-progress"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (out / "out" / "hd" / "tracks.jsonl").read_text().splitlines()]
+
+
+def _recall(rows, truth, iou=0.3) -> float:
+    from tests.models.test_tiling import _matches
+
+    by_frame = {r["frame_index"]: np.array(r["detections"], np.float32).reshape(-1, 6) for r in rows}
+    images = {im["id"]: im for im in truth["images"]}
+    hits = total = 0
+    for ann in truth["annotations"]:
+        x, y, w, h = ann["bbox"]
+        frame = images[ann["image_id"]].get("frame_index", ann["image_id"])
+        hits += int(_matches(by_frame[frame], np.array([[x, y, x + w, y + h]], np.float32))[0] > 0)
+        total += 1
+    return hits / total
+
+
+def test_tiles_inside_an_ignore_zone_are_never_examined(tmp_path):
+    from stages.tiling import planner_for
+
+    sky_only = [[0, 0], [1920, 0], [1920, 1080], [0, 1080]]
+    cfg = config_from_dict({"sources": [{"id": "a", "uri": "a.mp4", "zones": [
+        {"kind": "ignore", "polygon": [[0, 500], [1920, 500], [1920, 1080], [0, 1080]]}]},
+        {"id": "b", "uri": "b.mp4", "zones": [{"kind": "require", "polygon": sky_only}]}],
+        "output_dir": str(tmp_path)}, check_files=False)
+    planner = planner_for(cfg, (512, 640))
+    regions = [r for _, r in planner.plan("a", (1080, 1920))]
+    assert len(regions) == 8 and all(y1 <= 796 for _, _, _, y1 in regions)  # the bottom row lies in the zone
+    assert len(planner.plan("b", (1080, 1920))) == 12  # a require zone hides nothing
+
+
+def test_motion_of_a_slow_target_adds_up_over_the_lag_and_a_new_size_starts_over():
+    from stages.tiling import MOTION_LAG
+
+    planner = TilePlanner(TilingConfig(), (512, 640), live=True)
+    regions = planner.grid("a", (1080, 1920)).regions
+    meter = MotionMeter()
+    scores = []
+    for step in range(MOTION_LAG + 1):  # a dark 8-px target creeping 1 px per frame
+        frame = np.full((1080, 1920, 3), 120, np.uint8)
+        frame[900:908, 1700 + step:1708 + step] = 40
+        scores.append(meter.scores("a", frame, regions)[11])
+    assert scores[1] < scores[-1]  # one frame back the change is a 1-px sliver; MOTION_LAG back, more
+    assert meter.scores("a", np.full((1088, 1920, 3), 120, np.uint8), regions) == [0.0] * 12
