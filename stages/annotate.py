@@ -5,6 +5,9 @@ alert track and a HUD line, all sized from the frame so the picture reads the sa
 An 8-pixel drone is a speck on a monitor; the inset shows a square around it enlarged with nearest
 neighbour (pixels stay sharp, nothing is invented), stacked down the right edge with a thin line to
 the target.
+
+The stream's zones (pipeline.runtime.zones) are drawn first, under everything else: ignore zones
+greyed out, require zones outlined.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import cv2
 import numpy as np
 import supervision as sv
 
+from pipeline.runtime.zones import Zones
 
 REFERENCE_HEIGHT = 512  # the annotation settings' pixel sizes are for a frame this high
 CLASS_COLORS = ("#FF4040", "#4CFB12", "#00C4FF", "#FFB633", "#CD3AFF", "#FFFFFF")  # drone, bird, airplane, heli
@@ -44,10 +48,12 @@ def hud_text(stream_id: str, fps: float, latency_ms: float, dropped: int, wall: 
 
 class FrameAnnotator:
     """One stream's drawing state (supervision's trace history is per annotator, so one per stream).
-    ``settings``: the stages.track.annotation section (stages.track.AnnotateConfig)."""
+    ``settings``: the stages.track.annotation section (stages.track.AnnotateConfig); ``zones``: the
+    stream's source's zones, drawn on every frame."""
 
-    def __init__(self, settings, class_names: list[str], shape: tuple[int, ...]):
+    def __init__(self, settings, class_names: list[str], shape: tuple[int, ...], zones: Zones | None = None):
         self.settings, self.class_names = settings, list(class_names)
+        self.zones = zones if zones is not None else Zones()
         self.insets_on_left = False     # the inset column starts at the right edge
         self.scale = ui_scale(shape)
         self.thickness = max(1, round(1.5 * self.scale))
@@ -66,6 +72,7 @@ class FrameAnnotator:
         """A new annotated image; `image` itself is left untouched (it is recorded raw too)."""
         s = self.settings
         scene = image.copy()
+        self.zones.draw(scene, self.scale)  # under the boxes: a target at a zone's edge stays visible
         shown = self._sv_detections(facts, pad=round(s.box_padding_px * self.scale))
         tracked = shown[shown.tracker_id >= 0]
         if s.trace_length > 0:

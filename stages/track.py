@@ -5,8 +5,10 @@ Tracking is `trackers.ByteTrackTracker` (supervision moved ByteTrack there in 0.
 the frame's time as ``frame_index / frame_rate``: frame indices count source frames, so a gap left by
 frames dropped upstream is passed as real elapsed time and the Kalman filter predicts across it.
 
-``msg.detections`` stays exactly what the detector said (offline scoring reads it back); the tracker's
-ids (1-based, -1 = none) go to ``msg.track_ids`` aligned with it, and ``msg.meta`` gets
+``msg.detections`` stays exactly what the detector said (offline scoring reads it back), less the
+boxes whose centre lies in one of the stream's ``ignore`` zones (``sources[].zones``; counted as
+``detections_ignored``, never tracked, drawn or recorded); the tracker's ids (1-based, -1 = none) go
+to ``msg.track_ids`` aligned with it, and ``msg.meta`` gets
 ``track_class_ids`` (the voted class per detection, -1 = none) and ``alert_track_ids`` (confirmed
 alert-class tracks in view: the recorder's event trigger).
 
@@ -14,6 +16,12 @@ Side channel (the ``events`` PUB endpoint, bound here, never blocking): ``frame/
 annotated frame as buffer ``image``, and ``event`` with JSON ``track_confirmed`` (once per track,
 when its vote makes it an alert class; with a JPEG thumbnail) and ``track_lost`` (for confirmed
 tracks). Events are also appended to ``<output_dir>/events.jsonl``.
+
+Where a stream has ``require`` zones, a track alerts only while its box centre is in one of them: a
+track whose vote reaches an alert class outside all of them is counted once as
+``alerts_outside_zones`` and sends nothing; if it later enters a require zone (still voted an alert
+class) its ``track_confirmed`` fires then, once, and from then on it is an alert track wherever it
+flies (``alert_track_ids``, insets, ``track_lost``). Tracks that never alerted are not reported lost.
 """
 from __future__ import annotations
 
@@ -37,10 +45,12 @@ from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage, curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
 from pipeline.runtime.transport import close_context, open_socket
+from pipeline.runtime.zones import Zones
 
 log = logging.getLogger("stages.track")
 # supervision and trackers are imported where they are used: this module is read by every process
 # that loads the config (for the sections below), and only the track process needs them
+NO_ZONES = Zones()  # of a stream that no configured source names
 
 
 @dataclass
@@ -112,6 +122,7 @@ class TrackLife:
     last_box: list[float] = field(default_factory=list)
     last_confidence: float = 0.0
     confirmed: bool = False  # track_confirmed was sent
+    held_outside: bool = False  # its alert waits for a require zone (counted once in alerts_outside_zones)
 
     @property
     def voted_class(self) -> int:
@@ -234,13 +245,17 @@ class TrackStage(Stage):
 
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
+        import supervision  # noqa: F401  (loaded now, before this process's first beat, not at its first frame:
+        import trackers  # noqa: F401   the supervisor starts the sources once every stage beats)
+
         self.meter = Meter(())  # per-stream frame rate for the HUD
         self.streams: dict[str, StreamState] = {}
         self.sink = EventSink(cfg, self.settings.events_hwm)
         self.ids = TrackIds(cfg.resolve(cfg.output_dir) / "track_ids.json")
         self.books = FrameBooks()
+        self.zones = {src.id: Zones(src.zones) for src in cfg.sources}  # stream id -> its source's zones
         self.counters = {"tracks_confirmed": 0, "tracks_lost": 0, "frames_missing": 0, "frames_dropped_upstream": 0,
-                         "frames_out_of_order": 0}
+                         "frames_out_of_order": 0, "detections_ignored": 0, "alerts_outside_zones": 0}
 
     def accept(self, msg: FrameMessage) -> str | None:
         names = msg.meta.get("class_names", [])
@@ -267,7 +282,7 @@ class TrackStage(Stage):
 
     def process(self, msg: FrameMessage) -> list[FrameMessage]:
         state = self._stream(msg)
-        dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
+        dets = self._outside_ignore_zones(msg)
         class_names = state.class_names = list(msg.meta.get("class_names") or state.class_names)
         if state.last_index is not None and msg.frame_index <= state.last_index:
             self.counters["frames_out_of_order"] += 1  # a resent frame: the tracker's clock cannot go back
@@ -294,6 +309,18 @@ class TrackStage(Stage):
                                          msg.track_ids, msg.meta))
         return [msg]
 
+    def _outside_ignore_zones(self, msg: FrameMessage) -> np.ndarray:
+        """The frame's detections less those in its stream's ignore zones (also taken out of ``msg``)."""
+        dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
+        keep = self._zones(msg.stream_id).keep_mask(dets)
+        if not keep.all():
+            self.counters["detections_ignored"] += int((~keep).sum())
+            dets = msg.detections = dets[keep]
+        return dets
+
+    def _zones(self, stream_id: str) -> Zones:
+        return self.zones.get(stream_id, NO_ZONES)
+
     def _count_gap(self, state: StreamState, msg: FrameMessage) -> None:
         gap = self.books.arrive(msg.stream_id, msg.frame_index, msg.meta.get(DROPPED, 0))
         state.frames_missing += gap.lost + gap.dropped  # what the operator did not see, for the HUD
@@ -316,11 +343,19 @@ class TrackStage(Stage):
             life.last_confidence = float(dets[row, 4])
             if (not life.confirmed and life.observations >= self.settings.vote_min_frames
                     and life.voted_class in alert_ids):
-                life.confirmed = True
-                self._confirmed(msg, track_id, life, class_names)
+                self._alert(msg, track_id, life, class_names)
         alive = {t.tracker_id + state.first_id for t in state.tracker.tracks if t.tracker_id >= 0}
         for track_id in [t for t in state.lives if t not in alive]:
             self._lost(msg.stream_id, track_id, state.lives.pop(track_id), class_names, msg.frame_index, "expired")
+
+    def _alert(self, msg: FrameMessage, track_id: int, life: TrackLife, class_names: list[str]) -> None:
+        """An alert-class track alerts now, or waits (checked again every frame) until it is in a require zone."""
+        if self._zones(msg.stream_id).allows_alert(life.last_box):
+            life.confirmed = True
+            self._confirmed(msg, track_id, life, class_names)
+        elif not life.held_outside:
+            life.held_outside = True
+            self.counters["alerts_outside_zones"] += 1
 
     def _confirmed(self, msg: FrameMessage, track_id: int, life: TrackLife, class_names: list[str]) -> None:
         self.counters["tracks_confirmed"] += 1
@@ -357,7 +392,8 @@ class TrackStage(Stage):
         from stages.annotate import FrameAnnotator, FrameFacts, hud_text
 
         if state.annotator is None:
-            state.annotator = FrameAnnotator(self.settings.annotation, class_names, msg.image.shape)
+            state.annotator = FrameAnnotator(self.settings.annotation, class_names, msg.image.shape,
+                                             self._zones(msg.stream_id))
         drops = state.frames_missing
         facts = FrameFacts(dets, msg.track_ids, display, msg.meta["alert_track_ids"],
                            hud_text(msg.stream_id, self.meter.fps(msg.stream_id), msg.age_ms(), drops))

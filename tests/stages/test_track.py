@@ -16,15 +16,18 @@ from pipeline.runtime.config import config_from_dict, connect_side
 from pipeline.offline.data.dataset import CLASSES
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.transport import open_socket
-from stages.annotate import REFERENCE_HEIGHT, ui_scale
+from pipeline.runtime.zones import REQUIRE_OUTLINE_BGR
+from stages.annotate import REFERENCE_HEIGHT, UNTRACKED_COLOR, ui_scale
 from stages.track import TrackStage
 from tests.conftest import fill_disk
 
 DRONE, BIRD = CLASSES.index("drone"), CLASSES.index("bird")
 
 
-def make_stage(tmp_path, **track):
-    cfg = config_from_dict({"sources": [{"id": "cam0", "uri": "unused.mp4"}], "output_dir": str(tmp_path / "out"),
+def make_stage(tmp_path, zones=(), **track):
+    """A TrackStage of one source, cam0, with ``zones`` (its sources[].zones entries)."""
+    source = {"id": "cam0", "uri": "unused.mp4", "zones": list(zones)}
+    cfg = config_from_dict({"sources": [source], "output_dir": str(tmp_path / "out"),
                             "transport": {"ipc_dir": str(tmp_path / "ipc")}, "stages": {"track": track}},
                            check_files=False)
     return cfg, TrackStage(cfg)
@@ -261,3 +264,89 @@ def test_an_unreadable_track_id_file_is_one_line_and_ids_start_over(tmp_path, ca
         assert ids == {1} and "track_ids.json is unreadable" in caplog.text
     finally:
         stage.close()
+
+
+# ---------------------------------------------------------------- zones (sources[].zones)
+def box_rectangle(x0, y0, x1, y1) -> list[list[float]]:
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def process_and_listen(cfg, stage, frames) -> tuple[list[FrameMessage], list[dict]]:
+    """What the stage returns for each of ``frames`` of cam0, and the events it publishes (to the stream's end)."""
+    ctx, sub = subscriber(cfg)
+    try:
+        outputs = [stage.process(msg)[0] for msg in frames]
+        stage.end_stream("cam0")
+        return outputs, [json.loads(m[1]) for m in received(sub) if m[0] == b"event"]
+    finally:
+        stage.close()
+        sub.close(0)
+        ctx.term()
+
+
+def test_a_detection_in_an_ignore_zone_never_becomes_a_track_and_is_counted(tmp_path):
+    trees = {"kind": "ignore", "polygon": [[300, 0], [640, 0], [640, 150], [450, 260], [300, 150]]}  # concave
+    cfg, stage = make_stage(tmp_path, zones=[trees], events_hwm=1000)
+
+    def in_trees(i: int) -> list:  # swaying leaves the detector calls a drone
+        return small_target(i, x0=400, y0=40, vx=1)
+
+    def outside(i: int) -> list:
+        return small_target(i, x0=60, y0=300)
+
+    outputs, events = process_and_listen(cfg, stage, [frame(i, [in_trees(i), outside(i)]) for i in range(30)])
+    for i, out in enumerate(outputs):  # only the box outside is kept, tracked and recorded
+        np.testing.assert_array_equal(out.detections, np.array([outside(i)], np.float32))
+        assert out.track_ids.shape == (1,) and len(out.meta["track_class_ids"]) == 1
+    assert {int(out.track_ids[0]) for out in outputs[5:]} == {1}
+    assert stage.counters["detections_ignored"] == 30
+    assert [(e["type"], e["track_id"]) for e in events] == [("track_confirmed", 1), ("track_lost", 1)]
+    assert events[0]["box"][0] < 300  # the alert is the target outside the trees
+
+
+def test_alerts_fire_only_inside_a_require_zone_and_once_when_a_track_enters_one(tmp_path):
+    runway = {"kind": "require", "polygon": box_rectangle(320, 0, 640, 512), "name": "runway"}
+    cfg, stage = make_stage(tmp_path, zones=[runway], events_hwm=1000)
+    targets = {"outside": lambda i: small_target(i, x0=60, y0=100, vx=1),
+               "inside": lambda i: small_target(i, x0=400, y0=300, vx=1),
+               "entering": lambda i: small_target(i, x0=250, y0=420, vx=4)}  # its centre crosses x=320 at frame 17
+    outputs, events = process_and_listen(cfg, stage, [frame(i, [t(i) for t in targets.values()]) for i in range(40)])
+    ids = dict(zip(targets, outputs[-1].track_ids.tolist()))
+    assert -1 not in ids.values() and len(set(ids.values())) == 3  # all three are tracked all the same
+    confirmed = {e["track_id"]: e for e in events if e["type"] == "track_confirmed"}
+    assert sorted(confirmed) == sorted([ids["inside"], ids["entering"]])
+    assert len([e for e in events if e["type"] == "track_confirmed"]) == 2  # once each
+    entered = confirmed[ids["entering"]]
+    assert entered["frame_index"] >= 17 and (entered["box"][0] + entered["box"][2]) / 2 >= 320
+    assert confirmed[ids["inside"]]["frame_index"] < 17
+    assert stage.counters["alerts_outside_zones"] == 2  # the one outside, and the other before it entered
+    assert stage.counters["tracks_confirmed"] == 2
+    assert ids["outside"] not in outputs[-1].meta["alert_track_ids"]
+    lost = sorted(e["track_id"] for e in events if e["type"] == "track_lost")
+    assert lost == sorted([ids["inside"], ids["entering"]])  # a track that never alerted is not reported lost
+
+
+@pytest.mark.parametrize("size", [(640, 512), (1920, 1080)])
+def test_annotation_draws_the_zones_under_the_boxes(tmp_path, size):
+    zones = [{"kind": "ignore", "polygon": box_rectangle(40, 200, 160, 300)},
+             {"kind": "require", "polygon": box_rectangle(200, 150, 420, 400), "name": "runway"}]
+    _, stage = make_stage(tmp_path, zones=zones)
+    try:
+        msg = frame(0, [[410, 250, 418, 258, 0.8, DRONE]], size=size)  # its padded box crosses the zone's right side
+        raw = msg.image.copy()
+        annotated = stage.process(msg)[0].buffers["annotated"]
+    finally:
+        stage.close()
+    np.testing.assert_array_equal(msg.image, raw)  # drawn on a copy only
+    scale = ui_scale(annotated.shape)
+    outline = (annotated == REQUIRE_OUTLINE_BGR).all(axis=2)
+    assert outline[300, 190:230].sum() >= max(1, round(scale))  # the left side, as thick as the scale says
+    assert outline[150:401, 200].all() and outline[150, 200:421].all() and outline[400, 200:421].all()
+    assert outline[270:401, 420].all()  # the right side below the box
+    assert not outline[200:390, 210:400].any()  # a require zone's inside is not painted
+    label = slice(152, 150 + round(20 * scale)), slice(203, 203 + round(60 * scale))
+    assert (annotated[label] != raw[label]).any()  # "runway" by its first corner
+    assert (annotated[220:280, 60:140] < raw[220:280, 60:140]).all()  # the ignore zone is greyed out
+    assert (annotated[220:280, 170:190] == raw[220:280, 170:190]).all()  # between the zones: untouched
+    box_bottom = 258 + round(3 * scale)  # the detection's box, padded (its label sits on top), drawn over the outline
+    assert (annotated[box_bottom, 420] == UNTRACKED_COLOR.as_bgr()).all() and outline[box_bottom + 1, 420]
