@@ -23,7 +23,6 @@ import binascii
 import hmac
 import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -41,14 +40,13 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import cv2
 import numpy as np
-import zmq
 
-from pipeline.runtime.config import ConfigError, PipelineConfig, check_file, connect_side, is_loopback
-from pipeline.runtime.messages import FrameMessage, MessageError
+from pipeline.runtime.config import ConfigError, PipelineConfig, check_file, is_loopback
+from pipeline.runtime.messages import FrameMessage, MessageError, decode_json_message
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.schema import setting
-from pipeline.runtime.stage import Stage, curve_keys
-from pipeline.runtime.transport import close_context, open_socket
+from pipeline.runtime.side_channels import SideChannels, run_is_over
+from pipeline.runtime.stage import Stage
 
 log = logging.getLogger("stages.view")
 STATIC_DIR = Path(__file__).resolve().parent / "view_static"
@@ -59,7 +57,6 @@ RECORDING_TYPES = {".mp4": "video/mp4", ".mkv": "video/x-matroska", ".ts": "vide
 RECORDING_NAME = re.compile(r"^(segment_\d{5}\.(mp4|mkv|ts)|tracks\.jsonl)$")
 FRAME_HWM = 2  # frames queued for us: old frames are worthless
 EVENT_HWM = 1000  # events and status have their own subscription, so a flood of frames never drops one
-MAX_JSON_BYTES = 1 << 20
 MAX_THUMB_BYTES = 512 << 10
 COOKIE = "view_token"
 @dataclass
@@ -249,13 +246,6 @@ class ViewState:
             return {"stages": self.snapshot, "status_age_s": round(time.time() - self.snapshot_time, 1)
                     if self.snapshot_time else None,
                     "tracks": list(reversed(self.tracks.values())), "events": list(self.events)}
-
-
-def run_is_over(snapshot: dict) -> bool:
-    """The supervisor reports every other stage of this host as exited: nothing more will come (and
-    the supervisor, which only asks sources to stop, is waiting for us)."""
-    others = [beat for label, beat in snapshot.items() if label != "view" and isinstance(beat, dict)]
-    return bool(others) and all(beat.get("alive") is False for beat in others)
 
 
 def _int(value) -> int:
@@ -583,74 +573,47 @@ class ViewStage(Stage):
                         "(set stages.view.tls_cert and tls_key)")
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
-        ctx = zmq.Context()
-        curve = curve_keys(self.cfg)
-        events = connect_side(self.cfg.endpoint("events"))
-        limit = self.cfg.max_message_bytes
-        subs = [open_socket(ctx, events, hwm=FRAME_HWM, curve=curve, subscribe=b"frame/", max_message_bytes=limit),
-                open_socket(ctx, events, hwm=EVENT_HWM, curve=curve, subscribe=b"event", max_message_bytes=limit),
-                open_socket(ctx, connect_side(self.cfg.endpoint("status")), hwm=EVENT_HWM, curve=curve,
-                            max_message_bytes=limit)]
-        control = open_socket(ctx, connect_side(self.cfg.endpoint("control")), hwm=16, curve=curve)
+        channels = SideChannels(self.cfg, self.name, [("events", b"frame/", FRAME_HWM),
+                                                      ("events", b"event", EVENT_HWM), ("status", b"", EVENT_HWM)])
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         thread.start()
         log.info("serving the live view at %s%s", self.url, " (token required)" if self.settings.token else "")
         try:
-            self._follow(subs, control)
+            self._follow(channels)
         finally:
-            self._beat(control, "exiting")
+            channels.beat("exiting", self._beat_fields())
             self.hub.close()
             server.shutdown()
             server.server_close()
-            for sock in subs + [control]:
-                sock.close(linger=0)
-            close_context(ctx)
+            channels.close()
         return 0
 
     def _on_term(self, signum, frame) -> None:
         self.stopping = True
 
-    def _follow(self, subs: list[zmq.Socket], control: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        for sock in subs:
-            poller.register(sock, zmq.POLLIN)
-        last_beat = 0.0
+    def _follow(self, channels: SideChannels) -> None:
         while not self.stopping:
-            for sock, _ in poller.poll(100):
-                self._drain(sock)
-            if time.time() - last_beat >= self.cfg.supervisor.heartbeat_interval_s:
-                self._beat(control, "running")
-                last_beat = time.time()
-
-    def _drain(self, sock: zmq.Socket) -> None:
-        for _ in range(1000):  # bounded, so heartbeats keep going under a flood
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                self._handle(parts)
-            except (MessageError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-                self.stats.count("malformed")
-                log.warning("dropped a malformed side-channel message: %s", exc)
+            for parts in channels.receive(100):
+                try:
+                    self._handle(parts)
+                except (MessageError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    self.stats.count("malformed")
+                    log.warning("dropped a malformed side-channel message: %s", exc)
+            if channels.beat_due():
+                channels.beat("running", self._beat_fields())
 
     def _handle(self, parts: list) -> None:
-        topic = bytes(parts[0].buffer)
-        if topic.startswith(b"frame/"):
+        if bytes(parts[0].buffer).startswith(b"frame/"):
             self._frame(FrameMessage.decode(parts[1:]))
-        elif topic in (b"event", b"status"):
-            if len(parts) != 2 or parts[1].buffer.nbytes > MAX_JSON_BYTES:
-                raise ValueError(f"{topic.decode()} message must be one JSON part under {MAX_JSON_BYTES} bytes")
-            payload = json.loads(bytes(parts[1].buffer))
-            if not isinstance(payload, dict):
-                raise ValueError(f"{topic.decode()} payload is not a JSON object")
-            if topic == b"status":
-                self.state.set_snapshot(payload)
-                if run_is_over(payload):
-                    log.info("every frame-path stage has exited: the view closes too")
-                    self.stopping = True
-            else:
-                self.state.add_event(payload)
+            return
+        topic, payload = decode_json_message(parts)
+        if topic == "status":
+            self.state.set_snapshot(payload)
+            if run_is_over(payload, self.name):
+                log.info("every frame-path stage has exited: the view closes too")
+                self.stopping = True
+        elif topic == "event":
+            self.state.add_event(payload)
 
     def _frame(self, msg: FrameMessage) -> None:
         if msg.stream_id not in self.streams:
@@ -668,14 +631,8 @@ class ViewStage(Stage):
         self.stats.received(msg.stream_id, now)
         self.hub.put(msg.stream_id, image, msg.frame_index, msg.capture_wall)
 
-    def _beat(self, control: zmq.Socket, state: str) -> None:
-        now = time.time()
-        beat = {"stage": self.name, "pid": os.getpid(), "t": now, "state": state, "url": self.url,
-                **self.stats.snapshot(now)}
-        try:
-            control.send_string(json.dumps(beat), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # supervisor busy or absent
+    def _beat_fields(self) -> dict:
+        return {"url": self.url, **self.stats.snapshot(time.time())}
 
     # ------------------------------------------------------------ what the handlers ask for
     def known_streams(self) -> list[str]:

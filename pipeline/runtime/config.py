@@ -32,7 +32,37 @@ __all__ = ["ConfigError", "PipelineConfig", "load_config", "config_from_dict", "
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FRAME_PATH = ("capture", "preprocess", "detect", "track", "record")
-DEFAULT_CONSUMERS = ("view",)
+DEFAULT_CONSUMERS = ("view", "alerts")
+
+
+@dataclass
+class ZoneConfig:
+    """A polygon of one source's picture (pipeline.runtime.zones): ``ignore`` drops the detections whose box
+    centre lies in it, ``require`` keeps alerts to tracks inside (with any require zone, none outside)."""
+    kind: str = setting(choices=("ignore", "require"))
+    polygon: list[list[float]] = setting(ge=0)  # [[x, y], ...] in source pixels, at least 3 points
+    name: str | None = None  # drawn beside the zone in the annotated picture
+
+    def validate(self, where: str) -> None:
+        key = f"{where}.polygon"
+        if len(self.polygon) < 3:
+            raise ConfigError(f"config key '{key}' needs at least 3 points [x, y], got {_short(self.polygon)}")
+        for i, point in enumerate(self.polygon):
+            if len(point) != 2:
+                raise ConfigError(f"config key '{key}[{i}]' must be one point [x, y], got {_short(point)}")
+        if polygon_area(self.polygon) <= 0:
+            raise ConfigError(f"config key '{key}' encloses no area, got {_short(self.polygon)}")
+
+
+def polygon_area(points: list[list[float]]) -> float:
+    """The shoelace area (absolute) of a closed polygon."""
+    twice = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+    return abs(twice) / 2
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -47,6 +77,7 @@ class SourceConfig:
     reconnect_initial_s: float = setting(0.5, ge=0)
     reconnect_max_s: float = setting(10.0, ge=0)
     max_reconnects: int = setting(-1, ge=-1)  # -1: keep trying forever (live cameras)
+    zones: list[ZoneConfig] = setting(factory=list)  # ignore / require polygons (pipeline.runtime.zones)
 
 
 @dataclass

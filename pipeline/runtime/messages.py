@@ -144,6 +144,28 @@ def _parse_header(part) -> dict:
     return header
 
 
+MAX_JSON_BYTES = 1 << 20  # an event or status message: one JSON object, thumbnails included
+
+
+def decode_json_message(parts: list) -> tuple[str, dict]:
+    """A side-channel message ``[topic, JSON object]`` (events, status snapshots) as (topic, object);
+    MessageError for anything else: more parts, an oversized part, NaN/Infinity, deep nesting."""
+    if len(parts) != 2:
+        raise MessageError(f"a side-channel message has 2 parts (topic, JSON), got {len(parts)}")
+    topic, raw = bytes(_raw(parts[0])).decode("utf-8", errors="replace"), _raw(parts[1])
+    if raw.nbytes > MAX_JSON_BYTES:
+        raise MessageError(f"{topic[:40]} message of {raw.nbytes} bytes is over the {MAX_JSON_BYTES} limit")
+    try:
+        payload = json.loads(bytes(raw), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageError(f"{topic[:40]} message is not JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise MessageError(f"{topic[:40]} message is nested too deeply") from None
+    if not isinstance(payload, dict) or _depth(payload) > _MAX_DEPTH:
+        raise MessageError(f"{topic[:40]} message is not a JSON object of at most {_MAX_DEPTH} levels")
+    return topic, payload
+
+
 def _depth(value, level: int = 0) -> int:
     if level > _MAX_DEPTH:
         return level

@@ -33,6 +33,22 @@ def test_good_config_loads_with_defaults_and_resolved_endpoints(tmp_path):
     assert cfg.resolve(cfg.output_dir) == tmp_path / "out"
 
 
+def test_source_zones_load_in_source_pixels_and_default_to_none(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD + textwrap.dedent("""
+        sources:
+          - {id: cam0, uri: clip.mp4}
+          - id: cam1
+            uri: clip.mp4
+            zones:
+              - {kind: ignore, polygon: [[0, 0], [640, 0], [640, 120], [0, 120]], name: treetops}
+              - {kind: require, polygon: [[100, 200], [500, 200], [300, 500]]}
+        """)))
+    assert cfg.sources[0].zones == []
+    ignore, require = cfg.sources[1].zones
+    assert (ignore.kind, ignore.name, ignore.polygon[2]) == ("ignore", "treetops", [640.0, 120.0])
+    assert (require.kind, require.name, len(require.polygon)) == ("require", None, 3)
+
+
 @pytest.mark.parametrize("text, message", [
     (GOOD + "colour: red\n", "unknown config key 'colour'"),
     (GOOD.replace("{weights: w.pt}", "{weights: w.pt, batchsize: 4}"), "unknown config key 'stages.detect.batchsize'"),
@@ -72,6 +88,30 @@ def test_good_config_loads_with_defaults_and_resolved_endpoints(tmp_path):
     (GOOD + "sources: [{id: /tmp/x, uri: clip.mp4}]\n", "not . or .., got '/tmp/x'"),
     (GOOD + "sources: [{id: '..', uri: clip.mp4}]\n", "not . or .., got '..'"),
     (GOOD + "transport: {max_message_mb: 0}\n", "'transport.max_message_mb' must be > 0"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [9, 0], [9, 9]]},"
+            " {kind: ignore, polygon: [[0, 0], [10, 0]]}]}]\n",
+     "config key 'sources[0].zones[1].polygon' needs at least 3 points [x, y], got [[0.0, 0.0], [10.0, 0.0]]"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [10, 0], [5, 5, 1]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon[2]' must be one point [x, y], got [5.0, 5.0, 1.0]"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [10, 0], [5]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon[2]' must be one point [x, y], got [5.0]"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [10, -1], [5, 5]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon[1][1]' must be >= 0, got -1.0"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [10, .inf], [5, 5]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon[1][1]' must be a finite number, got inf"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [x, 1], [5, 5]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon[1][0]' must be float, got str 'x'"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [5, 5], [10, 10]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon' encloses no area, got [[0.0, 0.0], [5.0, 5.0], [10.0, 10.0]]"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore, polygon: [[0, 0], [9, 9], [9, 0], [0, 9]]}]}]\n",
+     "config key 'sources[0].zones[0].polygon' encloses no area"),  # a figure eight whose halves cancel
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: mask, polygon: [[0, 0], [9, 0], [9, 9]]}]}]\n",
+     "config key 'sources[0].zones[0].kind' must be one of ['ignore', 'require'], got 'mask'"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{polygon: [[0, 0], [9, 0], [9, 9]]}]}]\n",
+     "missing required config key 'sources[0].zones[0].kind'"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: [{kind: ignore}]}]\n",
+     "missing required config key 'sources[0].zones[0].polygon'"),
+    (GOOD + "sources: [{id: a, uri: clip.mp4, zones: {kind: ignore}}]\n", "config key 'sources[0].zones' must be a list"),
     ("sources: [oops\n", "malformed YAML at line"),
     ("- just\n- a list\n", "top level must be a mapping"),
 ])
