@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -88,9 +89,27 @@ def fuzz_run(run: dict, count: int, seconds: float, stages=FILTERS) -> int:
     oversized.connect(run["endpoints"]["detect_in"].split(":", 1)[1])
     oversized.send_multipart([b"{}", bytes(5 << 20)])
     # stay connected until the stages took what is queued: ZeroMQ discards what a receiver has not yet
-    # taken in when its sending peer disconnects (the reason stages wait for their downstream to exit)
-    time.sleep(3.0)
+    # taken in when its sending peer disconnects (the reason stages wait for their downstream to exit),
+    # and a stage busy with real frames on a loaded machine may take longer than any fixed wait
+    _await_taken(run, stages, sent, settle_s=3.0, timeout_s=60.0)
     for sock in socks + [control, oversized]:
         sock.close(linger=20_000)
     ctx.term()
     return sent
+
+
+def _await_taken(run: dict, stages, sent: int, settle_s: float, timeout_s: float) -> None:
+    """Wait ``settle_s``, then until the stages' status (``<output_dir>/status.json``) counts at least
+    ``sent`` malformed messages, or ``timeout_s``: what a stage had not taken in when we disconnect
+    would be discarded by ZeroMQ, neither processed nor counted."""
+    time.sleep(settle_s)
+    status_file = Path(run["output_dir"]) / "status.json"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            status = json.loads(status_file.read_text())
+            if sum(int(status.get(stage, {}).get("malformed", 0)) for stage in stages) >= sent:
+                return
+        except (OSError, ValueError):
+            pass  # not written yet, or caught mid-replace
+        time.sleep(0.2)

@@ -9,6 +9,8 @@ is the stream's frame count as its source counted it (the index after its last f
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import time
@@ -164,6 +166,23 @@ def decode_json_message(parts: list) -> tuple[str, dict]:
     if not isinstance(payload, dict) or _depth(payload) > _MAX_DEPTH:
         raise MessageError(f"{topic[:40]} message is not a JSON object of at most {_MAX_DEPTH} levels")
     return topic, payload
+
+
+MAX_THUMBNAIL_BYTES = 512 << 10  # an event's JPEG thumbnail (track_confirmed)
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def event_thumbnail(event: dict) -> bytes | None:
+    """The JPEG thumbnail of an event (``thumbnail_jpeg_b64``), or None: anything but a base64 JPEG
+    under MAX_THUMBNAIL_BYTES is never passed on to browsers or alert receivers."""
+    b64 = event.get("thumbnail_jpeg_b64")
+    if not isinstance(b64, str) or len(b64) > MAX_THUMBNAIL_BYTES * 4 // 3 + 4:
+        return None
+    try:
+        jpeg = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return jpeg if jpeg.startswith(JPEG_MAGIC) else None
 
 
 def _depth(value, level: int = 0) -> int:

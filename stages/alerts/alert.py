@@ -1,19 +1,19 @@
 """One alert: an event of the track stage (or the supervisor) as the sinks send it.
 
 Events arrive over the network and are untrusted: ``from_event`` keeps only events of a configured
-kind for a configured stream, and a thumbnail only if it is a JPEG under MAX_SNAPSHOT_BYTES.
+kind for a configured stream, and a thumbnail only if it is a small JPEG
+(``pipeline.runtime.messages.event_thumbnail``, the rule the view applies too).
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 from dataclasses import dataclass
 
-MAX_SNAPSHOT_BYTES = 512 << 10
+from pipeline.runtime.messages import event_thumbnail
+
 EVENT_KINDS = ("track_confirmed", "track_lost", "stream_down", "stream_up", "tracker_restarted")
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class AlertError(ValueError):
@@ -47,14 +47,4 @@ def from_event(event: dict, kinds: set[str], streams: set[str]) -> Alert | None:
     if stream_id not in streams:
         raise AlertError(f"a {kind} event of a stream this run does not have: {str(stream_id)[:40]!r}")
     fields = {key: value for key, value in event.items() if key != "thumbnail_jpeg_b64"}
-    return Alert(kind, stream_id, fields, _snapshot(event.get("thumbnail_jpeg_b64")))
-
-
-def _snapshot(b64) -> bytes | None:
-    if not isinstance(b64, str) or len(b64) > MAX_SNAPSHOT_BYTES * 4 // 3 + 4:
-        return None
-    try:
-        jpeg = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return jpeg if jpeg.startswith(JPEG_MAGIC) else None
+    return Alert(kind, stream_id, fields, event_thumbnail(event))
