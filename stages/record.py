@@ -40,7 +40,8 @@ from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
 from pipeline.runtime.books import DROPPED, REMOTE_DROPPED, FrameBooks
-from pipeline.runtime.records import SESSION, frame_record, frame_session, last_record, mot_lines
+from pipeline.runtime.records import (SEGMENT_INDEX, SESSION, frame_record, frame_session, last_record, mot_lines,
+                                      segment_entry)
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
 
 log = logging.getLogger("stages.record")
@@ -130,7 +131,20 @@ class SegmentWriter:
         self.segment_start, self.last_pts = source_ts, -1
         self.segments.append(path)
         self.frames_per_segment.append(0)
+        self._index(path.name, source_ts)
         log.info("recording %s", path)
+
+    def _index(self, name: str, source_ts: float) -> None:
+        """One line in segments.jsonl: where the view finds a moment of the stream (records.locate)."""
+        path = self.folder / SEGMENT_INDEX
+        try:
+            trim_partial_line(path)
+            with open(path, "a") as f:
+                f.write(segment_entry(name, source_ts) + "\n")
+        except OSError as error:
+            if not is_storage_full(error):
+                raise
+            log.warning("%s: disk full, %s not indexed (the view cannot link events into it)", path, name)
 
     def close(self) -> None:
         """Finish the open segment (a later write starts the next one)."""

@@ -1,9 +1,11 @@
 """The record formats the track and record stages write and offline work reads back: one row per frame
-in ``tracks.jsonl``, MOTChallenge rows in ``tracks_mot.txt``. Offline scoring reads them with
+in ``tracks.jsonl``, MOTChallenge rows in ``tracks_mot.txt``, the segment index ``segments.jsonl``. Offline scoring reads them with
 ``read_frame_records``, so writer and reader share this one module (never a stage's)."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from typing import Iterator
 
@@ -78,3 +80,50 @@ def last_record(path, tail_bytes: int = 1 << 16) -> dict | None:
         if isinstance(record, dict) and isinstance(record.get("frame_index"), int):
             return record
     return None
+
+
+# ---------------------------------------------------------------- the segment index
+# ``<stream>/segments.jsonl``: one line per video segment the recorder opens, with the source time of
+# its first frame, so a moment of the stream (an event's ``source_ts``) can be found in the recording:
+# segment = the last one that starts at or before it, offset = source_ts - its start (segment
+# timestamps count from the segment's first frame).
+SEGMENT_INDEX = "segments.jsonl"
+SEGMENT_NAME = re.compile(r"^(raw_)?segment_\d{5}\.(mp4|mkv|ts)$")
+
+
+def segment_entry(name: str, source_ts: float) -> str:
+    return json.dumps({"segment": name, "source_ts": round(source_ts, 4), "opened_wall": round(time.time(), 3)},
+                      separators=(",", ":"))
+
+
+def read_segment_index(path, max_bytes: int = 16 << 20) -> list[tuple[str, float]]:
+    """(segment file name, source time of its first frame) per line, in order; a line that is not one
+    (cut by a crash, edited by hand) is skipped: the index is read by the view, never trusted."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries = []
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        name, start = entry.get("segment"), entry.get("source_ts")
+        if isinstance(name, str) and SEGMENT_NAME.match(name) and isinstance(start, (int, float)) \
+                and not isinstance(start, bool) and math.isfinite(start):
+            entries.append((name, float(start)))
+    return entries
+
+
+def locate(entries: list[tuple[str, float]], source_ts: float, prefix: str = "segment") -> tuple[str, float] | None:
+    """The segment (of ``prefix``) holding the moment ``source_ts`` and the offset into it, or None.
+    A source whose clock went back starts a new segment: the last segment at or before wins."""
+    found = None
+    for name, start in entries:
+        if name.startswith(prefix + "_") and start <= source_ts + 1e-6:
+            found = (name, max(0.0, source_ts - start))
+    return found

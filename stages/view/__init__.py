@@ -35,6 +35,7 @@ from pipeline.runtime.side_channels import SideChannels, run_is_over
 from pipeline.runtime.stage import Stage
 from stages.view.access import TlsSetupError, tls_context
 from stages.view.hub import FrameHub, Notifier, ViewStats
+from stages.view.review import Reviews
 from stages.view.server import ViewServer
 from stages.view.state import ViewState
 
@@ -62,6 +63,8 @@ class ViewConfig:
     write_timeout_s: float = setting(10.0, gt=0)  # a video client that reads nothing this long is cut
     backlog: int = setting(512, gt=0)  # connections the kernel queues before the view accepts them
     session_hours: float = setting(12.0, gt=0)  # how long the cookie that ?token= gives stays valid
+    review_pre_roll_s: float = setting(2.0, ge=0)  # an event's recording plays from this long before it
+    timeline_hours: float = setting(3.0, gt=0)  # the page's per-stream timeline of drone tracks
 
     def validate(self, where: str) -> None:
         if self.enabled and not is_loopback(self.host) and not self.token:
@@ -98,6 +101,7 @@ class ViewStage(Stage):
         self.hub = FrameHub(self.settings.jpeg_quality, self.stats)
         self.state = ViewState(self.settings.max_events)
         self.output_root = cfg.resolve(cfg.output_dir).resolve()
+        self.reviews = Reviews(self.output_root, self.settings.review_pre_roll_s)
         self.streams: list[str] = list(cfg.stream_ids)
         self.clients_lock = threading.Lock()
         self.changed = Notifier()  # woken at every event and status snapshot (the /ws pushes)
@@ -213,7 +217,11 @@ class ViewStage(Stage):
                             "age_s": round(now - frame.arrived, 2) if frame else None,
                             "frame_index": frame.frame_index if frame else None,
                             "fps": round(self.stats.fps(stream_id, now), 1)})
-        return {"now": now, "streams": streams, "view": self.stats.snapshot(now), **self.state.page_data()}
+        page = {"now": now, "streams": streams, "view": self.stats.snapshot(now),
+                "timeline_s": self.settings.timeline_hours * 3600, **self.state.page_data()}
+        for row in page["tracks"]:  # each drone track links to its moment in the recording, once it is there
+            row["review"] = self.reviews.link(row["stream_id"], row.pop("source_ts"))
+        return page
 
     def recordings(self) -> dict:
         """Segments per stream under the run's output folder (links the page shows)."""

@@ -6,6 +6,7 @@ defaulted): {"type": "track_confirmed" | "track_lost" | "stream_down" | "stream_
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -50,7 +51,8 @@ class ViewState:
     def _confirm(self, event: dict, stream_id: str) -> None:
         key = (stream_id, _int(event.get("track_id")))
         row = {"id": self.next_id, "stream_id": stream_id, "track_id": key[1], "class": str(event.get("class", "")),
-               "start": _float(event.get("t"), time.time()), "end": None, "thumb": None}
+               "start": _float(event.get("t"), time.time()), "end": None, "thumb": None,
+               "source_ts": _float(event.get("source_ts"), None)}  # where the recording holds it (review)
         self.next_id += 1
         thumb = event_thumbnail(event)
         if thumb is not None:
@@ -84,18 +86,20 @@ class ViewState:
         with self.lock:
             return {"stages": self.snapshot, "status_age_s": round(time.time() - self.snapshot_time, 1)
                     if self.snapshot_time else None,
-                    "tracks": list(reversed(self.tracks.values())), "events": list(self.events)}
+                    "tracks": [dict(row) for row in reversed(self.tracks.values())], "events": list(self.events)}
 
 
 def _int(value) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
         return -1
 
 
-def _float(value, default: float) -> float:
+def _float(value, default: float | None) -> float | None:
+    """A finite number from the network, else ``default`` (1e400 parses as inf, which no page can read)."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return default
+    return number if math.isfinite(number) else default

@@ -18,7 +18,7 @@ from pipeline.runtime.config import REPO_ROOT, config_from_dict
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import StageFatalError
 from pipeline.offline.eval.track_metrics import evaluate_mot, read_mot
-from pipeline.runtime.records import read_frame_records
+from pipeline.runtime.records import locate, read_frame_records, read_segment_index
 from stages.record import RecordStage, Retention
 from stages.track import TrackStage
 from tests.conftest import fill_disk
@@ -66,6 +66,30 @@ def test_segments_count_lengths_and_every_frame_plays(tmp_path, container):
         with av.open(str(segments[0])) as c:
             assert c.streams.video[0].codec_context.name == "h264"
     assert stage.counters["frames_recorded"] == 75
+
+
+def test_the_segment_index_finds_every_moment_in_the_segment_that_holds_it(tmp_path):
+    run_stage(make_cfg(tmp_path, segment_seconds=1.0, also_raw=True), [gray_frame(i) for i in range(75)])
+    folder = tmp_path / "out" / "cam0"
+    entries = read_segment_index(folder / "segments.jsonl")
+    assert [name for name, _ in entries if name.startswith("segment_")] == [
+        "segment_00000.mp4", "segment_00001.mp4", "segment_00002.mp4"]
+    for index in (0, 29, 30, 74):  # frame i is grey 255 - 2i in the annotated video, at source time i / 30
+        name, offset = locate(entries, index / 30)
+        levels = decode_levels(folder / name)
+        assert abs(levels[round(offset * 30)] - (255 - 2 * index)) <= 3, (index, name, offset)
+    assert locate(entries, 40 / 30, prefix="raw_segment")[0] == "raw_segment_00001.mp4"
+    assert locate(entries, -1.0) is None
+
+
+def test_a_damaged_segment_index_is_read_for_what_is_whole(tmp_path):
+    index = tmp_path / "segments.jsonl"
+    index.write_text('{"segment": "segment_00000.mp4", "source_ts": 0.0}\nnot json\n[1]\n'
+                     '{"segment": "../../etc/passwd", "source_ts": 1}\n{"segment": "segment_00001.mp4", "source_ts": true}\n'
+                     '{"segment": "segment_00002.mp4", "source_ts": 1e400}\n{"segment": "segment_00003.mp4", "source_ts": 9.5}\n'
+                     '{"segment": "segment_00004.mp4", "sou')
+    assert read_segment_index(index) == [("segment_00000.mp4", 0.0), ("segment_00003.mp4", 9.5)]
+    assert read_segment_index(tmp_path / "absent.jsonl") == []
 
 
 def test_a_restarted_recorder_continues_the_numbering_and_keeps_earlier_segments(tmp_path):

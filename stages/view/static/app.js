@@ -1,5 +1,5 @@
 "use strict";
-// Operator live view: polls api/state for stream states, tracks and health; video is MJPEG in <img>.
+// Operator live view: stream states, tracks and health over a WebSocket (/ws); video is MJPEG.
 const POLL_MS = 500;
 const RECORDINGS_MS = 5000;
 const tiles = new Map();  // stream id -> {tile, img, overlay, info, state, url}
@@ -143,9 +143,68 @@ function showTracks(tracks, now) {
     const text = el("div");
     text.append(el("div", {}, `${track.class} #${track.track_id} on ${track.stream_id}`),
                 el("div", {}, `${clock(track.start)} · ${duration(track, now)}`));
+    if (track.review) text.append(reviewLink(el("a", {class: "review", href: track.review.url}, "▶ review"), track));
     item.append(text);
     return item;
   }));
+}
+
+// ---------------------------------------------------------------- review of recordings
+// A drone track links to its moment in the recording (the segment and the offset into it, from the
+// recorder's segment index); the segment plays in the page's <video> from there.
+function reviewLink(node, track) {
+  node.dataset.reviewUrl = track.review.url;
+  node.dataset.reviewT = String(track.review.t);
+  node.dataset.reviewTitle = `${track.class} #${track.track_id} on ${track.stream_id}, ${clock(track.start)}`;
+  return node;
+}
+
+function review(url, t, title) {
+  const video = document.getElementById("review-video");
+  document.getElementById("review-title").textContent = title;
+  document.getElementById("review").hidden = false;
+  video.onloadedmetadata = () => {
+    video.currentTime = t;
+    video.play().catch(() => {});  // autoplay may be refused: the controls are there
+  };
+  video.src = url;
+  window.liveView.review = {url, t};
+}
+
+document.addEventListener("click", (event) => {
+  // delegated: the lists are redrawn at every state, a handler on an item would be lost
+  const target = event.target.closest("[data-review-url]");
+  if (target) {
+    event.preventDefault();
+    review(target.dataset.reviewUrl, parseFloat(target.dataset.reviewT), target.dataset.reviewTitle);
+  } else if (event.target.id === "review-close") {
+    const video = document.getElementById("review-video");
+    video.pause();
+    video.removeAttribute("src");
+    document.getElementById("review").hidden = true;
+  }
+});
+
+function showTimeline(streams, tracks, now, span) {
+  const from = now - span;
+  const rows = streams.map((stream) => {
+    const bar = el("div", {class: "timeline-bar"});
+    for (const track of tracks) {
+      if (track.stream_id !== stream.id || track.start < from || track.start > 1e12) continue;
+      const end = track.end === null ? now : track.end;
+      const mark = el("span", {class: "mark" + (track.review ? " recorded" : ""), "data-track": track.track_id,
+                               title: `${track.class} #${track.track_id}, ${clock(track.start)}`});
+      mark.style.left = `${(100 * (track.start - from) / span).toFixed(3)}%`;
+      mark.style.width = `${Math.max(0.3, 100 * (end - track.start) / span).toFixed(3)}%`;
+      bar.append(track.review ? reviewLink(mark, track) : mark);
+    }
+    const row = el("div", {class: "timeline-row", "data-stream": stream.id});
+    row.append(el("span", {class: "timeline-name"}, stream.id), bar);
+    return row;
+  });
+  const axis = el("div", {class: "timeline-axis"});
+  axis.append(el("span", {}, clock(from)), el("span", {}, "now"));
+  document.getElementById("timeline").replaceChildren(...rows, axis);
 }
 
 function showStreamEvents(events) {
@@ -170,23 +229,53 @@ function showHealth(stages) {
   }));
 }
 
+function showState(state) {
+  state.streams.forEach(showStream);
+  ensureVideo(state.streams.map((stream) => stream.id));
+  showTracks(state.tracks, state.now);
+  showTimeline(state.streams, state.tracks, state.now, state.timeline_s);
+  showStreamEvents(state.events);
+  showHealth(state.stages);
+  const conn = document.getElementById("connection");
+  conn.textContent = state.status_age_s === null ? "no pipeline status yet" : `status ${state.status_age_s.toFixed(1)} s old`;
+  conn.className = state.status_age_s !== null && state.status_age_s < 10 ? "ok" : "bad";
+}
+
+function showUnreachable(why) {
+  document.getElementById("connection").textContent = "view unreachable: " + why;
+  document.getElementById("connection").className = "bad";
+  markAllDown("NO CONNECTION");
+}
+
+// The state comes over a WebSocket, pushed at every event and twice a second; where a WebSocket
+// cannot be had (a proxy that does not pass it) the page polls api/state instead.
+let socketFailures = 0;
+
+function followState() {
+  if (socketFailures >= 3) return poll();
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`);
+  let received = false;
+  ws.onmessage = (message) => {
+    received = true;
+    socketFailures = 0;
+    window.liveView.stateVia = "websocket";
+    try { showState(JSON.parse(message.data)); } catch (err) { /* one bad message: the next one comes soon */ }
+  };
+  ws.onclose = () => {
+    if (!received) socketFailures += 1;
+    showUnreachable("connection lost, reconnecting");
+    setTimeout(followState, 1000);
+  };
+}
+
 async function poll() {
   try {
     const response = await fetch("api/state", {cache: "no-store"});
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const state = await response.json();
-    state.streams.forEach(showStream);
-    ensureVideo(state.streams.map((stream) => stream.id));
-    showTracks(state.tracks, state.now);
-    showStreamEvents(state.events);
-    showHealth(state.stages);
-    const conn = document.getElementById("connection");
-    conn.textContent = state.status_age_s === null ? "no pipeline status yet" : `status ${state.status_age_s.toFixed(1)} s old`;
-    conn.className = state.status_age_s !== null && state.status_age_s < 10 ? "ok" : "bad";
+    showState(await response.json());
+    window.liveView.stateVia = "poll";
   } catch (err) {
-    document.getElementById("connection").textContent = "view unreachable: " + err.message;
-    document.getElementById("connection").className = "bad";
-    markAllDown("NO CONNECTION");
+    showUnreachable(err.message);
   }
   setTimeout(poll, POLL_MS);
 }
@@ -214,5 +303,5 @@ async function pollRecordings() {
   setTimeout(pollRecordings, RECORDINGS_MS);
 }
 
-poll();
+followState();
 pollRecordings();

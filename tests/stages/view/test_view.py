@@ -31,6 +31,7 @@ def test_page_shows_live_video_tracks_health_and_down_streams(view_factory, chro
     chromium.get(f"http://127.0.0.1:{port}/")
     for stream_id in STREAMS:
         wait_until(lambda: "live" in tile_class(chromium, stream_id), 15, f"{stream_id} live")
+    assert chromium.execute_script("return window.liveView.stateVia") == "websocket"
 
     # frames advance: the page decodes new frames of both streams, and the picture changes
     wait_frames(chromium, 5, 5)
@@ -238,7 +239,10 @@ def test_malformed_side_channel_messages_are_counted_and_ignored(view_factory):
     for track_id, thumbnail in [(1, base64.b64encode(b"<script>").decode()), (2, "%%%not base64")]:
         side.event({"type": "track_confirmed", "stream_id": "cam0", "track_id": track_id, "class": "drone",
                     "t": time.time(), "thumbnail_jpeg_b64": thumbnail})
-    wait_until(lambda: len(api_state(port)["tracks"]) == 2, 5, "the two tracks")
+    for huge in ('{"type": "track_confirmed", "stream_id": "cam0", "track_id": 1e400, "t": 1e400, "source_ts": 1e400}',
+                 '{"type": "track_lost", "stream_id": "cam0", "track_id": 1e400, "t": -1e400}'):
+        side.send("events", [b"event", huge.encode()])  # 1e400 parses as inf: int(inf) overflows
+    wait_until(lambda: len(api_state(port)["tracks"]) == 3, 5, "the three tracks")
     assert all(t["thumb"] is None for t in api_state(port)["tracks"]), "a non-JPEG thumbnail would be served"
     received = api_state(port)["view"]["received"]
     wait_until(lambda: api_state(port)["view"]["received"] > received, 5, "frames after the malformed ones")
@@ -329,3 +333,47 @@ def _serving(port: int) -> bool:
         return request(port, "/api/state")[0] == 200
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- review of recordings
+def record_segment(folder: Path, seconds: float = 6.0, fps: int = 10) -> None:
+    """A real recorder segment (stages.record's writer, so segments.jsonl too): grey for the first
+    half, red for the second, with the source clock starting at 100 s."""
+    from stages.record import RecordConfig, SegmentWriter, video_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = SegmentWriter(folder, RecordConfig())
+    for i in range(int(seconds * fps)):
+        image = np.full((240, 320, 3), (60, 60, 60) if i < seconds * fps / 2 else (30, 30, 220), np.uint8)
+        writer.write(video_frame(image), 100.0 + i / fps)
+    writer.close()
+
+
+@pytest.mark.slow
+def test_a_drone_event_links_to_its_moment_in_the_recording_and_plays_there(view_factory, run_dir, chromium):
+    tmp, _ = run_dir
+    record_segment(tmp / "out" / "cam1")
+    port, side, _, _ = view_factory(review_pre_roll_s=1.0)
+    t0 = time.time()
+    side.event({"type": "track_confirmed", "stream_id": "cam1", "track_id": 4, "class": "drone", "t": t0,
+                "source_ts": 104.5, "frame_index": 45, "thumbnail_jpeg_b64": thumbnail_b64()})
+    link = wait_until(lambda: api_state(port)["tracks"] and api_state(port)["tracks"][0]["review"], 5, "the link")
+    assert link == {"url": "recordings/cam1/segment_00000.mp4", "segment": "segment_00000.mp4", "t": 3.5, "at": 4.5}
+
+    chromium.get(f"http://127.0.0.1:{port}/")
+    wait_until(lambda: chromium.execute_script(
+        "return document.querySelectorAll('.timeline-row[data-stream=\"cam1\"] .mark.recorded').length"), 5,
+        "the track on cam1's timeline")
+    chromium.execute_script("document.querySelector('#tracks li[data-track=\"4\"] a.review').click()")
+    wait_until(lambda: chromium.execute_script(
+        "const v = document.getElementById('review-video'); return v.readyState >= 2 && v.currentTime >= 3.4"),
+        15, "the recording to play from the event's moment")
+    played_from = chromium.execute_script("const p = document.getElementById('review-video').played; "
+                                          "return p.length ? p.start(0) : null")
+    assert played_from is not None and played_from >= 3.4, played_from  # it seeked; it did not play from 0
+    frame = cv2.imdecode(np.frombuffer(chromium.find_element("id", "review-video").screenshot_as_png, np.uint8),
+                         cv2.IMREAD_COLOR)
+    centre = frame[frame.shape[0] // 4: 3 * frame.shape[0] // 4, frame.shape[1] // 4: 3 * frame.shape[1] // 4]
+    blue, green, red = centre.reshape(-1, 3).mean(axis=0)
+    assert red > 150 and blue < 80 and green < 80, (blue, green, red)  # the second half's red, not the grey
+    assert "drone #4 on cam1" in text_of(chromium, "#review-title")
