@@ -1,6 +1,7 @@
 """What the operator sees: supervision's annotators (box, label, trace) plus a magnified inset of each
 alert track and a HUD line, all sized from the frame so the picture reads the same at 640x512 and at
-1920x1080.
+1920x1080. Frames lower than ``upscale_below_px`` (a 320x256 thermal camera) are first enlarged by a
+whole factor, nearest neighbour, and drawn on at the enlarged size: text there would be 4 px high.
 
 An 8-pixel drone is a speck on a monitor; the inset shows a square around it enlarged with nearest
 neighbour (pixels stay sharp, nothing is invented), stacked down the right edge with a thin line to
@@ -12,7 +13,7 @@ greyed out, require zones outlined.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -36,6 +37,18 @@ class FrameFacts:
     hud: str = ""
 
 
+MAX_CANVAS_FACTOR = 4
+
+
+def canvas_factor(shape: tuple[int, ...], upscale_below_px: int) -> int:
+    """The whole factor a frame is enlarged by before drawing: 1 at or above ``upscale_below_px`` rows;
+    below, the smallest that reaches REFERENCE_HEIGHT (320x256 -> 2, 160x128 -> 4), at most 4."""
+    height = shape[0]
+    if not upscale_below_px or height >= upscale_below_px or height <= 0:
+        return 1
+    return int(min(MAX_CANVAS_FACTOR, max(1, -(-REFERENCE_HEIGHT // height))))
+
+
 def ui_scale(shape: tuple[int, ...]) -> float:
     """Multiplier for line widths and fonts: 1 at 640x512, ~2.1 at 1920x1080."""
     return max(0.5, min(shape[0] / REFERENCE_HEIGHT, shape[1] / 640))
@@ -55,6 +68,10 @@ class FrameAnnotator:
         self.settings, self.class_names = settings, list(class_names)
         self.zones = zones if zones is not None else Zones()
         self.insets_on_left = False     # the inset column starts at the right edge
+        self.factor = canvas_factor(shape, getattr(settings, "upscale_below_px", 0))
+        if self.factor > 1:  # everything is drawn on the enlarged canvas, in its pixels
+            shape = (shape[0] * self.factor, shape[1] * self.factor, *shape[2:])
+            self.zones = self.zones.scaled(self.factor)
         self.scale = ui_scale(shape)
         self.thickness = max(1, round(1.5 * self.scale))
         self.text_scale = 0.4 * self.scale
@@ -69,8 +86,12 @@ class FrameAnnotator:
                                        thickness=self.thickness, position=sv.Position.BOTTOM_CENTER)
 
     def draw(self, image: np.ndarray, facts: FrameFacts) -> np.ndarray:
-        """A new annotated image; `image` itself is left untouched (it is recorded raw too)."""
+        """A new annotated image (``factor`` times the size of ``image``); ``image`` itself is left
+        untouched (it is recorded raw too)."""
         s = self.settings
+        if self.factor > 1:
+            image = cv2.resize(image, None, fx=self.factor, fy=self.factor, interpolation=cv2.INTER_NEAREST)
+            facts = replace(facts, detections=_scaled_boxes(facts.detections, self.factor))
         scene = image.copy()
         self.zones.draw(scene, self.scale)  # under the boxes: a target at a zone's edge stays visible
         shown = self._sv_detections(facts, pad=round(s.box_padding_px * self.scale))
@@ -130,7 +151,7 @@ class FrameAnnotator:
             if not len(hits):
                 continue
             x1, y1, x2, y2 = facts.detections[hits[0], :4]
-            side = int(max(s.inset_context_px, 2 * max(x2 - x1, y2 - y1)))
+            side = int(max(s.inset_context_px * self.factor, 2 * max(x2 - x1, y2 - y1)))
             crop = crop_square(source, (x1 + x2) / 2, (y1 + y2) / 2, side)
             top = first_top + slot * (tile + margin)
             scene[top:top + tile, left:left + tile] = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_NEAREST)
@@ -140,7 +161,7 @@ class FrameAnnotator:
             start = (left, top + tile // 2) if on_right else (left + tile - 1, top + tile // 2)
             end = (int(x2) + 2, int((y1 + y2) / 2)) if on_right else (int(x1) - 2, int((y1 + y2) / 2))
             cv2.line(scene, start, end, color, 1, cv2.LINE_AA)
-            zoom = tile / side
+            zoom = tile * self.factor / side  # against the source pixels, whatever the canvas
             self._text(scene, f"#{track_id} x{zoom:.0f}", (left + margin, top + tile - margin), color)
 
     def _inset_column(self, boxes: np.ndarray, width: int, tile: int, margin: int) -> int:
@@ -175,6 +196,12 @@ class FrameAnnotator:
     def _text(self, scene: np.ndarray, text: str, origin: tuple[int, int], color) -> None:
         cv2.putText(scene, text, origin, cv2.FONT_HERSHEY_SIMPLEX, self.text_scale, color, self.text_thickness,
                     cv2.LINE_AA)
+
+
+def _scaled_boxes(dets: np.ndarray, factor: int) -> np.ndarray:
+    scaled = np.array(dets, np.float32, copy=True).reshape(-1, 6)
+    scaled[:, :4] *= factor
+    return scaled
 
 
 def crop_square(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:

@@ -66,6 +66,10 @@ class AnnotateConfig:
     max_insets: int = setting(4, ge=0)
     hud: bool = True  # stream, wall time, fps, latency, dropped frames
     box_padding_px: int = setting(3, ge=0)  # boxes drawn this far outside the target so lines do not cover it
+    # frames lower than this are drawn on a canvas enlarged by a whole factor (nearest neighbour, at most
+    # 4x), so a 320x256 thermal camera's text, lines and insets read as on a 640x512 one; the annotated
+    # video and the view get the enlarged picture, the raw frame and every box stay in source pixels. 0: off
+    upscale_below_px: int = setting(480, ge=0)
 
 
 @dataclass

@@ -100,6 +100,10 @@ class Zones:
     def __bool__(self) -> bool:
         return bool(self.ignore or self.require)
 
+    def scaled(self, factor: float) -> "Zones":
+        """The same zones in the pixels of a picture ``factor`` times larger (an upscaled drawing canvas)."""
+        return Zones(Zone(z.kind, z.polygon * factor, z.name) for z in [*self.ignore, *self.require])
+
     def keep_mask(self, dets: np.ndarray) -> np.ndarray:
         """Per detection (K x 6 [x1, y1, x2, y2, score, class]), False where its box centre is in an ignore zone."""
         dets = np.asarray(dets).reshape(-1, 6) if np.size(dets) else np.zeros((0, 6))

@@ -162,6 +162,41 @@ def test_annotation_draws_boxes_hud_and_a_magnified_inset(tmp_path, size):
         stage.close()
 
 
+def hud_rows(annotated: np.ndarray) -> int:
+    """Rows of the HUD's black box from the top (its left column stays black below the text)."""
+    black = (annotated[:, 1] == 0).all(axis=1)
+    return int(np.argmin(black)) if not black.all() else len(black)
+
+
+@pytest.mark.parametrize("size", [(320, 256), (640, 512), (1920, 1080)])
+def test_annotation_reads_the_same_at_every_frame_size(tmp_path, size):
+    """The thermal camera's 320x256 is drawn on a 640x512 canvas (nearest neighbour, raw untouched), so
+    its HUD and insets take the share of the picture they take at 640x512 and 1080p, never 4-px text."""
+    _, stage = make_stage(tmp_path)
+    k = 2 if size == (320, 256) else 1
+    try:
+        for i in range(12):
+            msg = frame(i, [small_target(i, x0=size[0] * 0.3, y0=size[1] * 0.6, size=6)], size=size)
+            raw = msg.image.copy()
+            out = stage.process(msg)[0]
+        annotated = out.buffers["annotated"]
+        (tmp_path / f"annotated_{size[0]}x{size[1]}.png").write_bytes(cv2.imencode(".png", annotated)[1].tobytes())
+        assert annotated.shape == (size[1] * k, size[0] * k, 3) and out.image.shape == (size[1], size[0], 3)
+        np.testing.assert_array_equal(out.image, raw)
+        hud_share = hud_rows(annotated) / annotated.shape[0]
+        assert hud_rows(annotated) >= 14 and 0.025 < hud_share < 0.045, (hud_rows(annotated), hud_share)
+        x1, y1, x2, y2 = out.detections[0, :4]  # boxes stay in source pixels (tracks.jsonl, scoring)
+        assert abs(x1 - (size[0] * 0.3 + 3 * 11)) < 1e-3
+        target = annotated[int(y1) * k:int(y2) * k, int(x1) * k:int(x2) * k]
+        assert (target == 20).all()  # the drone's pixels, enlarged, not smoothed or drawn over
+        tile = round(32 * 4 * ui_scale(annotated.shape))
+        margin = max(2, round(4 * ui_scale(annotated.shape)))
+        inset = annotated[margin + 4:margin + tile - 4, annotated.shape[1] - tile - margin + 4:-margin - 4]
+        assert (inset.max(axis=2) < 40).sum() >= 0.5 * (6 * 4) ** 2  # the 6-px drone at 4x its source size
+    finally:
+        stage.close()
+
+
 def test_insets_move_to_the_left_edge_rather_than_cover_a_drone_on_the_right(tmp_path):
     _, stage = make_stage(tmp_path)
     tile, margin = 32 * 4, 4
