@@ -84,3 +84,24 @@ def test_the_alerts_stage_is_off_unless_a_sink_is_configured(tmp_path):
     assert not AlertsStage.enabled(config_from_dict(base, check_files=False))
     on = config_from_dict({**base, "stages": {"alerts": {"mqtt": {"host": "127.0.0.1"}}}}, check_files=False)
     assert AlertsStage.enabled(on)
+
+
+def test_a_killed_alerts_stage_leaves_offline_on_the_availability_topic(tmp_path, broker, subscriber):
+    """SIGKILL: no goodbye is sent, so the broker's last will has to say it (a receiver must not believe
+    in an alerts feed that died)."""
+    (tmp_path / "cam0.mp4").write_bytes(b"")  # the config check wants the source; the stage never reads it
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "sources": [{"id": "cam0", "uri": str(tmp_path / "cam0.mp4")}], "output_dir": str(tmp_path / "out"),
+        "transport": {"ipc_dir": str(tmp_path / "ipc")},
+        "stages": {"alerts": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive_s": 5}}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "stage", "alerts", str(config)], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        online = subscriber.wait_for("lss/availability", 1)
+        assert online and online[-1].payload == b"online", proc.stderr.read() if proc.poll() is not None else ""
+    finally:
+        proc.kill()
+        proc.wait(10)
+    said = subscriber.wait_for("lss/availability", 2, timeout_s=10)
+    assert said[-1].payload == b"offline", [m.payload for m in said]
