@@ -16,7 +16,7 @@ import random
 import re
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -59,11 +59,16 @@ class VideoError(DatasetError):
 
 @dataclass(frozen=True)
 class Clip:
+    """One labeled clip: this dataset's video + CSV, or a clip read by ``pipeline.offline.data.formats``
+    from another label format, whose frames may be an image sequence (``images``) and whose labels are
+    already read (``boxes``, in CLASSES indices)."""
     name: str          # e.g. "IR_DRONE_001"
     modality: str      # "V" | "IR"
     label: str         # clip class from the file name, one of CLASSES
-    video_path: Path
-    labels_path: Path
+    video_path: Path   # the video (for an image sequence: the folder that holds the images)
+    labels_path: Path  # the label file (named in errors)
+    images: tuple[Path, ...] = ()  # frames as image files, in order, instead of a video
+    boxes: dict | None = field(default=None, compare=False, repr=False)  # frame -> [(class, x, y, w, h)]
 
     @property
     def number(self) -> int:
@@ -110,6 +115,8 @@ def find_clips(root: Path | str = DEFAULT_ROOT, modalities: Sequence[str] = MODA
 
 def read_labels(clip: Clip) -> dict[int, list[tuple[int, float, float, float, float]]]:
     """frame index -> [(class_id, x, y, w, h)]. Raises LabelError on an unknown class or a malformed row."""
+    if clip.boxes is not None:  # read by its format's reader
+        return {frame: list(rows) for frame, rows in clip.boxes.items()}
     boxes: dict[int, list[tuple[int, float, float, float, float]]] = defaultdict(list)
     try:
         with open(clip.labels_path, newline="") as f:
@@ -145,11 +152,35 @@ def _video_info(path: Path, mtime_ns: int) -> tuple[int, int, int]:
 
 def video_info(clip: Clip) -> tuple[int, int, int]:
     """(frame count, width, height) of the clip's video; raises VideoError for an unreadable file."""
+    if clip.images:
+        return len(clip.images), *_image_size(clip.images[0])
     try:
         mtime_ns = clip.video_path.stat().st_mtime_ns
     except OSError:
         raise VideoError(f"{clip.name}: video missing: {clip.video_path}") from None
     return _video_info(clip.video_path, mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _image_size(path: Path) -> tuple[int, int]:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise VideoError(f"{path}: cannot read image (missing, corrupt or unsupported)")
+    return image.shape[1], image.shape[0]
+
+
+def _iter_images(clip: Clip, stride: int, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    import cv2
+
+    for count, index in enumerate(range(0, len(clip.images), stride)):
+        if max_frames is not None and count >= max_frames:
+            return
+        image = cv2.imread(str(clip.images[index]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise VideoError(f"{clip.name}: cannot read image {clip.images[index]}")
+        yield index, image
 
 
 def _cache_index(cache_dir: Path | None, clip: Clip) -> tuple[Path | None, set[int] | None]:
@@ -173,6 +204,9 @@ def iter_frames(clip: Clip, stride: int = 1, cache_dir: Path | str | None = None
 
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if clip.images:  # an image sequence: read directly (a lossless frame cache would only copy it)
+        yield from _iter_images(clip, stride, max_frames)
+        return
     clip_dir, cached = _cache_index(Path(cache_dir) if cache_dir else None, clip)
     frame_count = video_info(clip)[0] if cached is not None else 0
     wanted = range(0, frame_count, stride)

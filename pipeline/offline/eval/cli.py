@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.backends import BACKENDS
 from pipeline.offline.data.dataset import DEFAULT_ROOT, MODALITIES, DatasetError
+from pipeline.offline.data.formats import formats
 from pipeline.offline.eval.settings import METRIC_LIBRARIES, EvalError, EvalSettings
 
 DESCRIPTION = "Offline mode: ``python -m pipeline eval`` scores a detector on a labeled split with COCO metrics."
@@ -16,9 +17,16 @@ DESCRIPTION = "Offline mode: ``python -m pipeline eval`` scores a detector on a 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline eval", description=DESCRIPTION)
-    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="dataset root (default: %(default)s)")
-    parser.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
-                        help="a split of configs/splits.json, or all = every clip under --data")
+    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT,
+                        help="labeled footage: this dataset's root (default: %(default)s) or a folder in another "
+                             "label format (see --format)")
+    parser.add_argument("--format", choices=formats(), default="auto",
+                        help="label format of --data: yolo, coco, mot, dataset (this dataset's layout); auto detects")
+    parser.add_argument("--classes", help="map the data's class names onto the model's, e.g. uav=drone,plane=airplane "
+                                          "(name=- leaves a class out)")
+    parser.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                        help="a split of configs/splits.json, or all = every clip under --data (default: test of "
+                             "this dataset, all of a folder in another format)")
     parser.add_argument("--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped default model)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch")

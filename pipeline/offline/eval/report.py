@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.offline.data import dataset
+from pipeline.offline.data import dataset, formats
 from pipeline.offline.data.dataset import DatasetError
 from pipeline.offline.data.tighten import LabelTightener
 from pipeline.offline.eval.coco import Detections, class_to_category, coco_metrics, plot_pr_curve, to_coco_results
@@ -22,12 +22,17 @@ log = logging.getLogger(__name__)
 
 def evaluate(settings: EvalSettings) -> dict:
     """Run the evaluation the settings describe; returns the report (also written to settings.out)."""
-    clips = dataset.load_split(settings.split, settings.data, settings.modality)
+    clips = formats.load_clips(settings.split, settings.data, settings.modality, settings.format,
+                               formats.parse_class_map(settings.classes))
+    if settings.through_pipeline and any(clip.images for clip in clips):
+        raise EvalError("--through-pipeline replays videos and this dataset's clips; score image sequences "
+                        "of other formats directly (without --through-pipeline)")
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvalError(f"cannot create output directory {settings.out}: {exc.strerror}") from None
-    report: dict = {"split": settings.split, "data": str(settings.data), "clips": len(clips),
+    report: dict = {"split": settings.split or ("all" if clips[0].boxes is not None else "test"),
+                    "data": str(settings.data), "format": settings.format, "clips": len(clips),
                     "stride": settings.stride, "max_frames": settings.max_frames, "backend": settings.backend,
                     "device": settings.device, "mode": "pipeline" if settings.through_pipeline else "direct"}
     skipped: list[dict] = []

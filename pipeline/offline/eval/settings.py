@@ -21,7 +21,9 @@ class EvalError(Exception):
 class EvalSettings:
     """Options of ``python -m pipeline eval`` (see ``cli.build_parser`` for each one's help)."""
     data: Path = DEFAULT_ROOT
-    split: str = "test"                     # train | val | test | all
+    split: str | None = None                # train | val | test | all; None: test, or all of another format
+    format: str = "auto"                    # label format of --data (pipeline.offline.data.formats)
+    classes: str | None = None              # class map "uav=drone,plane=airplane" onto the model's classes
     modality: tuple[str, ...] = MODALITIES
     weights: Path | None = None             # None: the shipped default model
     backend: str = "torch"                  # one of models.backends.BACKENDS
