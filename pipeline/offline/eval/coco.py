@@ -98,6 +98,41 @@ def _per_modality(ground_truth: dict, predictions: list[dict], library: str) -> 
     return per_modality
 
 
+AGNOSTIC_NMS_IOU = 0.7  # one box per object across classes, before class-agnostic scoring
+
+
+def class_agnostic(ground_truth: dict, predictions: list[dict]) -> tuple[dict, list[dict]]:
+    """Ground truth and predictions with every class made one, "object": does the detector find the
+    thing in the sky, whatever it calls it. Per image the predictions of different classes on one
+    object (class-aware NMS keeps one per class) are first reduced to the best-scored one."""
+    gt = {**ground_truth, "categories": [{"id": 1, "name": "object"}],
+          "annotations": [{**a, "category_id": 1} for a in ground_truth["annotations"]]}
+    by_image: dict = {}
+    for p in predictions:
+        by_image.setdefault(p["image_id"], []).append(p)
+    kept = []
+    for image_predictions in by_image.values():
+        kept += [{**p, "category_id": 1} for p in _best_per_object(image_predictions)]
+    return gt, kept
+
+
+def _best_per_object(predictions: list[dict]) -> list[dict]:
+    ordered = sorted(predictions, key=lambda p: -p["score"])
+    boxes = np.array([p["bbox"] for p in ordered], np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+    area = boxes[:, 2] * boxes[:, 3]
+    alive = np.ones(len(ordered), bool)
+    for i in range(len(ordered)):
+        if not alive[i]:
+            continue
+        width = np.clip(np.minimum(x2[i], x2[i + 1:]) - np.maximum(x1[i], x1[i + 1:]), 0, None)
+        height = np.clip(np.minimum(y2[i], y2[i + 1:]) - np.maximum(y1[i], y1[i + 1:]), 0, None)
+        overlap = width * height
+        iou = overlap / np.maximum(area[i] + area[i + 1:] - overlap, 1e-12)
+        alive[i + 1:] &= iou <= AGNOSTIC_NMS_IOU
+    return [p for p, keep in zip(ordered, alive) if keep]
+
+
 def coco_metrics(ground_truth: dict, predictions: list[dict], library: str = "faster") -> dict:
     """COCO AP numbers for predictions (COCO results format) against a COCO ground truth dict."""
     main = run_cocoeval(ground_truth, predictions, library)
@@ -114,8 +149,14 @@ def coco_metrics(ground_truth: dict, predictions: list[dict], library: str = "fa
             "ap_small": _stat(stats[3]), "ap_medium": _stat(stats[4]), "ap_large": _stat(stats[5]),
             "ap_tiny": _stat(tiny[0]), "ar100": _stat(stats[8]),
             "per_class": per_class, "per_modality": _per_modality(ground_truth, predictions, library),
+            "class_agnostic": _agnostic(ground_truth, predictions, library),
             "_precision": precision, "_recall_thresholds": np.asarray(main.params.recThrs),
             "_class_names": [names[c] for c in category_ids]}
+
+
+def _agnostic(ground_truth: dict, predictions: list[dict], library: str) -> dict:
+    stats = run_cocoeval(*class_agnostic(ground_truth, predictions), library).stats
+    return {"map50_95": _stat(stats[0]), "map50": _stat(stats[1]), "ap_small": _stat(stats[3])}
 
 
 def plot_pr_curve(metrics: dict, path: Path) -> None:

@@ -123,6 +123,8 @@ def summary(report: dict) -> str:
     lines = [f"mAP50:95 {fmt(report['map50_95'])}  mAP50 {fmt(report['map50'])}  AP tiny {fmt(report['ap_tiny'])}  "
              f"small {fmt(report['ap_small'])}  medium {fmt(report['ap_medium'])}  large {fmt(report['ap_large'])}",
              "per class: " + ", ".join(f"{k} {fmt(v['map50_95'])}" for k, v in report["per_class"].items()),
+             f"class-agnostic (any object in the sky): mAP50:95 {fmt(report['class_agnostic']['map50_95'])}  "
+             f"mAP50 {fmt(report['class_agnostic']['map50'])}",
              "per modality: " + ", ".join(f"{k} {fmt(v['map50_95'])}" for k, v in report["per_modality"].items())]
     latency = report.get("latency_ms", {})
     if latency.get("images"):

@@ -269,3 +269,18 @@ def test_eval_tiling_on_scores_the_small_drones_of_a_1080p_clip_that_letterboxin
                               "--out", str(out)]) == 0
         scores[tiling] = json.loads((out / "report.json").read_text())["map50"]
     assert scores["on"] >= 0.8 and scores["off"] <= 0.3 and scores["auto"] == scores["on"], scores
+
+
+def test_class_agnostic_ap_forgives_a_wrong_class_but_not_a_missed_object(ground_truth):
+    wrong_class = [{**p, "category_id": dataset.category_id((CLASSES.index("drone") + 1) % len(CLASSES))
+                    if p["category_id"] == dataset.category_id(CLASSES.index("drone")) else p["category_id"]}
+                   for p in perfect(ground_truth)]
+    metrics = evaluate.coco_metrics(ground_truth, wrong_class)
+    assert metrics["class_agnostic"]["map50_95"] == pytest.approx(1.0)  # every object found, in the sky
+    assert metrics["per_class"]["drone"]["map50_95"] < 0.01  # though never called a drone
+    # the same object said twice (class-aware NMS keeps one per class) counts once, not as a false positive
+    ranked = [{**p, "score": 1 - i / len(ground_truth["annotations"])} for i, p in enumerate(perfect(ground_truth))]
+    doubled = ranked + [{**p, "category_id": dataset.category_id(1), "score": p["score"] - 1e-6} for p in ranked]
+    assert evaluate.coco_metrics(ground_truth, doubled)["class_agnostic"]["map50_95"] == pytest.approx(1.0)
+    half = perfect(ground_truth)[::2]
+    assert evaluate.coco_metrics(ground_truth, half)["class_agnostic"]["map50"] < 0.7
