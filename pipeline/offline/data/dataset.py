@@ -301,8 +301,9 @@ def to_coco(clips: Iterable[Clip], stride: int = 1, frame_counts: dict[str, int]
         labels = (labels_of or read_labels)(clip)
         _count_labels_beyond(clip, labels, frames, beyond)
         for frame_index in clip_images(clip, frames, stride)[:max_frames]:
+            source = {"source": str(clip.images[frame_index])} if clip.images else {}  # for exports
             image_id = builder.add_image(f"{clip.name}/{frame_index:06d}", width, height, clip=clip.name,
-                                         frame_index=frame_index, modality=clip.modality)
+                                         frame_index=frame_index, modality=clip.modality, **source)
             for class_id, x, y, w, h in labels.get(frame_index, ()):
                 builder.add_box(image_id, class_id, (x, y, w, h))
     return builder.build({"description": "drone-detection-dataset", "stride": stride, "labels_beyond_video": beyond})

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiling", choices=("off", "on", "auto"), default="auto",
                         help="tiled detection as the pipeline runs it (models.tiling; auto: frames larger than the "
                              "model input by more than 1.5x); the dataset's 640x512 clips are never tiled in auto")
+    parser.add_argument("--export-yolo", type=Path, metavar="DIR",
+                        help="also write the predictions as a YOLO folder (labels/, images/ links, data.yaml) to "
+                             "correct in a labeling tool and bring back with --data")
+    parser.add_argument("--export-conf", type=float, default=0.25, help="score at least this to be exported")
     parser.add_argument("--through-pipeline", action="store_true",
                         help="replay the clips through the ZeroMQ pipeline and score what it emitted")
     parser.add_argument("--pipeline-timeout", type=float, default=3600, help="seconds (with --through-pipeline)")

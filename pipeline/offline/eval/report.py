@@ -43,6 +43,8 @@ def evaluate(settings: EvalSettings) -> dict:
         raise _nothing_to_score(skipped)
     ground_truth = _ground_truth(scored, settings, frame_counts, report)
     predictions = to_coco_results(detections, ground_truth, categories)
+    if settings.export_yolo is not None:
+        report["exported_boxes"] = _export(predictions, ground_truth, settings)
     started = time.perf_counter()
     metrics = coco_metrics(ground_truth, predictions, settings.metrics)
     report["metrics_seconds"] = time.perf_counter() - started
@@ -104,6 +106,15 @@ def usable_clips(clips, skipped: list[dict]) -> list:
 
 def _nothing_to_score(skipped: list[dict]) -> EvalError:
     return EvalError(f"no clip could be evaluated: all {len(skipped)} skipped (first: {skipped[0]['reason']})")
+
+
+def _export(predictions: list, ground_truth: dict, settings: EvalSettings) -> int:
+    from pipeline.offline.data.formats.export import write_yolo
+
+    try:
+        return write_yolo(predictions, ground_truth, settings.export_yolo, settings.export_conf)
+    except OSError as exc:
+        raise EvalError(f"cannot write the YOLO export to {settings.export_yolo}: {exc.strerror or exc}") from None
 
 
 def _write_outputs(out: Path, report: dict, predictions: list, ground_truth: dict, metrics: dict) -> None:

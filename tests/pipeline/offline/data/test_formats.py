@@ -166,13 +166,30 @@ def test_eval_scores_a_yolo_or_coco_folder_from_the_command_line(tmp_path, write
     root = writer(tmp_path / "data")
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--data", str(root), "--classes",
-                             "uav=drone,plane=airplane", "--backend", "onnx", "--out", str(out)],
+                             "uav=drone,plane=airplane", "--backend", "onnx", "--out", str(out),
+                             "--export-yolo", str(tmp_path / "export"), "--export-conf", "0.0"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["clips"] == 2 and report["split"] == "all" and report["skipped_count"] == 0
     truth = json.loads((out / "ground_truth.json").read_text())
     assert len(truth["images"]) == 5 and len(truth["annotations"]) == 5
+    assert len(list((tmp_path / "export" / "labels").rglob("*.txt"))) == 5
+    assert report["exported_boxes"] == sum(1 for p in json.loads((out / "predictions.json").read_text()))
     bad = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--data", str(root), "--out", str(out)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--classes uav=drone" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_predictions_exported_as_yolo_come_back_as_the_same_boxes(tmp_path):
+    from pipeline.offline.data.formats.export import write_yolo
+
+    clips = read_clips(write_coco(tmp_path / "coco"), class_map=MAP)
+    truth = dataset.to_coco(clips)
+    predictions = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                   for a in truth["annotations"]] + [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.1}]
+    assert write_yolo(predictions, truth, tmp_path / "export", conf=0.25) == len(truth["annotations"])
+    back = read_clips(tmp_path / "export")  # model class names: no map needed
+    assert detect_format(tmp_path / "export") == "yolo"
+    assert {name: {f: [(c, round(x), round(y), round(w), round(h)) for c, x, y, w, h in rows]
+                   for f, rows in boxes.items()} for name, boxes in as_truth(back).items()} == EXPECTED
