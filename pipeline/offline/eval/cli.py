@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labeled footage: this dataset's root (default: %(default)s) or a folder in another "
                              "label format (see --format)")
     parser.add_argument("--format", choices=formats(), default="auto",
-                        help="label format of --data: yolo, coco, mot, dataset (this dataset's layout); auto detects")
+                        help="label format of --data: yolo, coco, mot, cvat, dataset (this dataset's layout); auto detects")
     parser.add_argument("--classes", help="map the data's class names onto the model's, e.g. uav=drone,plane=airplane "
                                           "(name=- leaves a class out)")
     parser.add_argument("--split", choices=("train", "val", "test", "all"), default=None,

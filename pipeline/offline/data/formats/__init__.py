@@ -5,7 +5,7 @@
 Formats (one module each, registering itself): ``dataset`` (this dataset's own layout, see
 ``pipeline.offline.data.dataset``), ``yolo`` (images/ + labels/ txt, with or without a data.yaml),
 ``coco`` (an instances JSON beside the images), ``mot`` (MOTChallenge ``gt/gt.txt`` beside ``img1/`` or
-beside a video). ``detect_format`` names the first whose layout the folder has.
+beside a video), ``cvat`` (CVAT XML 1.1 for video or for images). ``detect_format`` names the first whose layout the folder has.
 
 Every format gives clips (so splits and scores stay per clip): a YOLO or COCO folder's images are
 grouped by their sub-folder, else by the name before the frame number (``clipA_000123.jpg``); a MOT
@@ -44,7 +44,7 @@ def formats() -> tuple[str, ...]:
 
 
 def _load() -> None:
-    from pipeline.offline.data.formats import coco_json, mot, yolo  # noqa: F401  (they register)
+    from pipeline.offline.data.formats import coco_json, cvat, mot, yolo  # noqa: F401  (they register)
 
 
 def detect_format(root: Path) -> str:
@@ -60,7 +60,8 @@ def detect_format(root: Path) -> str:
         if detect(root):
             return name
     raise FormatError(f"{root}: no known label format here (this dataset's Video_V/labels_V, YOLO images/ + "
-                      f"labels/, a COCO instances .json, MOTChallenge <seq>/gt/gt.txt); name one with --format")
+                      f"labels/, a COCO instances .json, MOTChallenge <seq>/gt/gt.txt, CVAT annotations.xml); "
+                      "name one with --format")
 
 
 def load_clips(split: str | None, root: Path, modalities=("V", "IR"), fmt: str = "auto",
@@ -194,3 +195,32 @@ def finite_box(values: list[float], where: str) -> None:
 
     if not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
         raise FormatError(f"{where}: box {values} is not a box (finite, width and height > 0)")
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".ts")
+
+
+def sequence_clip(folder: Path, frames_dir: Path, labels_path: Path, boxes: dict):
+    """The one clip of a labeled sequence (a MOT sequence, a CVAT video task) named after ``folder``:
+    its frames are the images in ``frames_dir``, else the one video in ``folder``."""
+    from pipeline.offline.data.dataset import Clip
+
+    images = list_images(frames_dir) if frames_dir.is_dir() else []
+    if images:
+        return make_clip(folder.name, frames_dir, labels_path, images, boxes)
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if len(videos) != 1:
+        raise FormatError(f"{labels_path}: its frames are neither in {frames_dir} nor one video beside it "
+                          f"({len(videos)} videos found)")
+    return Clip(folder.name, video_modality(videos[0]), majority_class(boxes), videos[0], labels_path, boxes=boxes)
+
+
+def video_modality(video: Path) -> str:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    ok, frame = capture.read()
+    capture.release()
+    if not ok:
+        raise FormatError(f"{video}: cannot read its first frame")
+    return modality_of(frame)

@@ -8,11 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.offline.data.dataset import CLASSES, Clip
-from pipeline.offline.data.formats import (ClassMap, FormatError, finite_box, list_images, majority_class, make_clip,
-                                           modality_of, register)
-
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".ts")
-
+from pipeline.offline.data.formats import ClassMap, FormatError, finite_box, register, sequence_clip
 
 def detect(root: Path) -> bool:
     return bool(_sequences(root))
@@ -38,14 +34,7 @@ def read(root: Path, classes: ClassMap) -> list:
 def _read_sequence(folder: Path, classes: ClassMap) -> Clip:
     gt = _gt_file(folder)
     boxes = _read_gt(gt, classes)
-    images = list_images(folder / "img1") if (folder / "img1").is_dir() else []
-    if images:
-        return make_clip(folder.name, folder / "img1", gt, images, boxes)
-    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-    if len(videos) != 1:
-        raise FormatError(f"{gt}: its frames are neither in {folder / 'img1'} nor one video beside it "
-                          f"({len(videos)} videos found)")
-    return Clip(folder.name, _video_modality(videos[0]), majority_class(boxes), videos[0], gt, boxes=boxes)
+    return sequence_clip(folder, folder / "img1", gt, boxes)
 
 
 def _read_gt(path: Path, classes: ClassMap) -> dict[int, list[tuple]]:
@@ -80,17 +69,6 @@ def _class(number: int, classes: ClassMap, where: str) -> int | None:
     if str(number) in classes.mapping:
         return classes.index(str(number), where)
     return CLASSES.index("drone")
-
-
-def _video_modality(video: Path) -> str:
-    import cv2
-
-    capture = cv2.VideoCapture(str(video))
-    ok, frame = capture.read()
-    capture.release()
-    if not ok:
-        raise FormatError(f"{video}: cannot read its first frame")
-    return modality_of(frame)
 
 
 register("mot", detect, read)

@@ -82,6 +82,44 @@ def write_mot(root):
     return root
 
 
+def write_cvat_images(root):
+    images = []
+    for clip, frames in TRUTH.items():
+        for i, boxes in enumerate(frames):
+            (root / "images" / clip).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "images" / clip / f"{i:04d}.png"), picture(boxes))
+            shapes = "".join(f'<box label="{c}" occluded="0" xtl="{x}" ytl="{y}" xbr="{x + w}" ybr="{y + h}"/>'
+                             for c, x, y, w, h in boxes)
+            images.append(f'<image id="{len(images)}" name="{clip}/{i:04d}.png" width="{W}" height="{H}">{shapes}</image>')
+    (root / "annotations.xml").write_text(f"<annotations><version>1.1</version>{''.join(images)}</annotations>")
+    return root
+
+
+def write_cvat_video(root, clip: str = "north", as_video: bool = False):
+    """A CVAT-for-video task of one clip: one <track> per object (ids by order in the frame), an
+    outside box where it left the view; frames as images/frame_NNNNNN.png or one video."""
+    root.mkdir(parents=True)
+    frames = TRUTH[clip]
+    if as_video:
+        writer = cv2.VideoWriter(str(root / "task.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
+        for boxes in frames:
+            writer.write(picture(boxes))
+        writer.release()
+    else:
+        (root / "images").mkdir()
+        for i, boxes in enumerate(frames):
+            cv2.imwrite(str(root / "images" / f"frame_{i:06d}.png"), picture(boxes))
+    tracks = {}
+    for i, boxes in enumerate(frames):
+        for k, (c, x, y, w, h) in enumerate(boxes):
+            tracks.setdefault((k, c), []).append(f'<box frame="{i}" outside="0" occluded="0" keyframe="1" '
+                                                 f'xtl="{x}" ytl="{y}" xbr="{x + w}" ybr="{y + h}"/>')
+    tracks[(0, "uav")].append('<box frame="2" outside="1" occluded="0" keyframe="1" xtl="1" ytl="1" xbr="5" ybr="5"/>')
+    xml = "".join(f'<track id="{n}" label="{c}">{"".join(b)}</track>' for n, ((_, c), b) in enumerate(tracks.items()))
+    (root / "annotations.xml").write_text(f"<annotations><version>1.1</version>{xml}</annotations>")
+    return root
+
+
 def as_truth(clips) -> dict:
     return {clip.name: {f: [tuple(round(v, 3) for v in row) for row in rows]
                         for f, rows in dataset.read_labels(clip).items()} for clip in clips}
@@ -90,7 +128,7 @@ def as_truth(clips) -> dict:
 @pytest.mark.parametrize("writer, fmt, classes", [
     (write_yolo, "yolo", "uav=drone,plane=airplane"), (lambda r: write_yolo(r, flat=True), "yolo", "uav=drone,plane=airplane"),
     (write_coco, "coco", "uav=drone,plane=airplane"), (lambda r: write_coco(r, video_ids=True), "coco", "uav=drone,plane=airplane"),
-    (write_mot, "mot", "1=drone,2=airplane")])
+    (write_mot, "mot", "1=drone,2=airplane"), (write_cvat_images, "cvat", "uav=drone,plane=airplane")])
 def test_every_format_gives_the_same_clips_and_boxes(tmp_path, writer, fmt, classes):
     root = writer(tmp_path / fmt)
     assert detect_format(root) == fmt
@@ -193,3 +231,23 @@ def test_predictions_exported_as_yolo_come_back_as_the_same_boxes(tmp_path):
     assert detect_format(tmp_path / "export") == "yolo"
     assert {name: {f: [(c, round(x), round(y), round(w), round(h)) for c, x, y, w, h in rows]
                    for f, rows in boxes.items()} for name, boxes in as_truth(back).items()} == EXPECTED
+
+
+@pytest.mark.parametrize("as_video", [False, True])
+def test_a_cvat_video_task_is_one_clip_and_outside_boxes_are_not_objects(tmp_path, as_video):
+    root = write_cvat_video(tmp_path / "task", as_video=as_video)
+    assert detect_format(root) == "cvat"
+    [clip] = read_clips(root, class_map=MAP)
+    assert as_truth([clip])["task"] == EXPECTED["north"]
+    assert dataset.video_info(clip)[0] == 3 and bool(clip.images) is not as_video
+
+
+@pytest.mark.parametrize("xml, message", [("<annotations><image", "not XML"), ("<root/>", "root element is <annotations>"),
+                                          ('<annotations><image name="../x.png"/></annotations>', "no usable name"),
+                                          ('<annotations><track label="uav"><box frame="x"/></track></annotations>', "needs a frame"),
+                                          ('<annotations><track label="uav"><box frame="0" xtl="5" ytl="1" xbr="2" ybr="4"/></track></annotations>', "is not a box")])
+def test_a_bad_cvat_file_is_one_line(tmp_path, xml, message):
+    root = write_cvat_video(tmp_path / "task")
+    (root / "annotations.xml").write_text(xml)
+    with pytest.raises(FormatError, match=message):
+        read_clips(root, "cvat", MAP)
