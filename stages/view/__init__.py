@@ -16,6 +16,7 @@ in clear text, and the view warns so.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
@@ -43,6 +44,7 @@ log = logging.getLogger("stages.view")
 RECORDING_NAME = re.compile(r"^(segment_\d{5}\.(mp4|mkv|ts)|tracks\.jsonl)$")
 FRAME_HWM = 2  # frames queued for us: old frames are worthless
 EVENT_HWM = 1000  # events and status have their own subscription, so a flood of frames never drops one
+PAGE_REUSE_S = 0.05  # a page state serves every client that asks within this long (used on the event loop only)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class ViewStage(Stage):
         self.changed = Notifier()  # woken at every event and status snapshot (the /ws pushes)
         self.stopping = False
         self.url = ""
+        self.page_cache: tuple[float, str] | None = None  # (monotonic time, JSON): see page_json
 
     # ------------------------------------------------------------ run
     def run(self) -> int:
@@ -206,6 +209,14 @@ class ViewStage(Stage):
     def release_client(self) -> None:
         with self.clients_lock:
             self.stats.count("clients", -1)
+
+    def page_json(self) -> str:
+        """The page state as JSON, built once for every client asking within PAGE_REUSE_S (each
+        WebSocket client is pushed the same state at each event: one build, not one per client)."""
+        now = time.monotonic()
+        if self.page_cache is None or now - self.page_cache[0] > PAGE_REUSE_S:
+            self.page_cache = (now, json.dumps(self.page_state()))
+        return self.page_cache[1]
 
     def page_state(self) -> dict:
         now = time.time()

@@ -14,7 +14,6 @@ Routes (GET and HEAD only): ``/`` (``?token=`` trades the token for a session co
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import ssl
@@ -103,7 +102,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 
 async def api_state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[VIEW].page_state())
+    return web.json_response(request.app[VIEW].page_state())  # fresh: what a script asks for is now
 
 
 async def api_recordings(request: web.Request) -> web.Response:
@@ -209,7 +208,7 @@ async def state_socket(request: web.Request) -> web.WebSocketResponse:
     try:
         while not ws.closed and not view.hub.closed:
             marker = view.changed.marker()
-            await ws.send_str(json.dumps(view.page_state()))
+            await ws.send_str(view.page_json())
             waiter = asyncio.ensure_future(view.changed.wait(marker, STATE_PUSH_S))
             await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
