@@ -1,4 +1,4 @@
-"""Command line: python -m pipeline {run,stage,eval,train,quantize} ..."""
+"""Command line: python -m pipeline {run,stage,eval,train,adapt,quantize} ..."""
 from __future__ import annotations
 
 import argparse
@@ -99,7 +99,8 @@ def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"run": cmd_run, "stage": cmd_stage, "eval": _lazy("pipeline.offline.eval"),
-                "train": _lazy("pipeline.offline.train"), "quantize": _lazy("pipeline.offline.quantize")}
+                "train": _lazy("pipeline.offline.train"), "adapt": _lazy("pipeline.offline.adapt"),
+                "quantize": _lazy("pipeline.offline.quantize")}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m pipeline {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

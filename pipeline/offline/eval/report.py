@@ -24,6 +24,12 @@ def evaluate(settings: EvalSettings) -> dict:
     """Run the evaluation the settings describe; returns the report (also written to settings.out)."""
     clips = formats.load_clips(settings.split, settings.data, settings.modality, settings.format,
                                formats.parse_class_map(settings.classes))
+    return evaluate_clips(clips, settings)
+
+
+def evaluate_clips(clips: list, settings: EvalSettings) -> dict:
+    """``evaluate`` on clips already chosen (``pipeline adapt`` scores its held-out clips of a folder);
+    ``settings.data`` only names them in the report."""
     if settings.through_pipeline and any(clip.images for clip in clips):
         raise EvalError("--through-pipeline replays videos and this dataset's clips; score image sequences "
                         "of other formats directly (without --through-pipeline)")

@@ -78,6 +78,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--keep-epochs", action="store_true", help="keep every epoch's weights as epoch-N.pt "
                    "(a study scores each step count; ~2 MiB each for nano, ~200 MB for yolox-x)")
+    p.add_argument("--patience", type=int, default=None, help="stop early when this many evaluations in a row "
+                   "do not beat the best val mAP50:95 (best.pt stays the best)")
     p.add_argument("--prepare-only", action="store_true", help="decode/render into --cache, then exit")
 
 

@@ -31,11 +31,12 @@ MIN_EVAL_SECONDS = 5.0             # time kept for the final evaluation before t
 VAL_BATCH_LIMIT = 32               # validation runs full frames: smaller batches than the crops'
 
 
-def run(settings: TrainSettings, step_callback=None) -> int:
-    """Train per ``settings``. step_callback(trainer) runs after every step (tests)."""
+def run(settings: TrainSettings, step_callback=None, data: tuple | None = None) -> int:
+    """Train per ``settings``. step_callback(trainer) runs after every step (tests). ``data``: (train
+    clips, val clips, class names) already loaded (``pipeline adapt``), instead of the settings' data."""
     started = time.monotonic()
     device = _prepare(settings)
-    train_clips, val_clips, class_names = load_training_clips(settings, settings.workers or os.cpu_count() or 1)
+    train_clips, val_clips, class_names = data or load_training_clips(settings, settings.workers or os.cpu_count() or 1)
     load_seconds = time.monotonic() - started
     if settings.prepare_only:
         print(f"prepared: {len(train_clips)} train clips ({sum(len(c.frames) for c in train_clips)} frames, "
@@ -114,6 +115,10 @@ def _loop(trainer: Trainer, settings: TrainSettings, stop: StopFlag, step_callba
         last = bool(trainer.total_steps) and (trainer.step >= trainer.total_steps or out_of_time)
         if epoch_end or last:
             _timed_epoch_end(trainer, settings, clock, progress, last)
+            if not last and _stalled(trainer, settings):
+                log.info("%s: val mAP50:95 has not improved for %d evaluations: stopping at step %d (best %.4f)",
+                         settings.model, settings.patience, trainer.step, trainer.best)
+                last = True
         if last:
             trainer.stopped_early = trainer.step < trainer.total_steps
             break
@@ -125,6 +130,14 @@ def _loop(trainer: Trainer, settings: TrainSettings, stop: StopFlag, step_callba
             return "interrupted"
     progress.close()
     return "done"
+
+
+def _stalled(trainer: Trainer, settings: TrainSettings) -> bool:
+    """Early stop: the last ``patience`` evaluations all scored below the best one before them."""
+    scores = [epoch["map50_95"] for epoch in trainer.history["epochs"]]
+    if not settings.patience or len(scores) <= settings.patience:
+        return False
+    return max(scores[-settings.patience:]) <= max(scores[:-settings.patience])
 
 
 def _step(trainer: Trainer, settings: TrainSettings, clock: _Clock, progress) -> None:

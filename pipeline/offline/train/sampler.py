@@ -28,6 +28,7 @@ class FrameGroup:
         self.height, self.width, self.channels = clips[0].frames.shape[1:]
         self.base_scale = base_scale
         self.boxes = [b for c in clips for b in c.boxes]
+        self.weights = np.concatenate([np.full(len(c.boxes), c.weight, np.float64) for c in clips])
         self.on_device = on_device
         if on_device:
             self.frames = torch.empty((len(self.boxes), self.height, self.width, self.channels), dtype=torch.uint8,
@@ -94,18 +95,27 @@ class CropSampler:
                                  for frame, boxes in enumerate(group.boxes) for box in range(len(boxes))],
                                 np.int64).reshape(-1, 2)
         self.frame_count = int(sizes.sum())
-        self.object_cdf = self._object_cdf(augment.small_object_power)
+        frame_weights = np.concatenate([group.weights for group in self.groups])
+        # clips weighted against each other (ClipFrames.weight, e.g. a user's clips against base data);
+        # all equal: None, the original uniform draws (their order is part of the exact-resume contract)
+        self.frame_cdf = _cdf(frame_weights) if len(np.unique(frame_weights)) > 1 else None
+        self.object_cdf = self._object_cdf(augment.small_object_power, frame_weights)
 
-    def _object_cdf(self, power: float) -> np.ndarray | None:
+    def _object_cdf(self, power: float, frame_weights: np.ndarray) -> np.ndarray | None:
         """Cumulative pick weights of self.objects, or None for uniform picks (the original draw)."""
-        if power == 0 or not len(self.objects):
+        if (power == 0 and self.frame_cdf is None) or not len(self.objects):
             return None
-        # longest side in inference pixels, in the order self.objects lists them (group, frame, box)
-        sides = np.concatenate([np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]) * group.base_scale
-                                for group in self.groups for boxes in group.boxes if len(boxes)])
-        weights = (SMALL_OBJECT_SIDE / np.maximum(sides, SMALL_OBJECT_SIDE)) ** power
-        cdf = np.cumsum(weights)
-        return cdf / cdf[-1]
+        weights = frame_weights[self.objects[:, 0]]
+        if power:   # longest side in inference pixels, in the order self.objects lists them (group, frame, box)
+            sides = np.concatenate([np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]) * group.base_scale
+                                    for group in self.groups for boxes in group.boxes if len(boxes)])
+            weights = weights * (SMALL_OBJECT_SIDE / np.maximum(sides, SMALL_OBJECT_SIDE)) ** power
+        return _cdf(weights)
+
+    def _pick_frame(self, rng: np.random.Generator) -> int:
+        if self.frame_cdf is None:
+            return int(rng.integers(self.frame_count))
+        return min(int(np.searchsorted(self.frame_cdf, rng.random(), side="right")), self.frame_count - 1)
 
     def _pick_object(self, rng: np.random.Generator) -> np.ndarray:
         if self.object_cdf is None:
@@ -125,7 +135,7 @@ class CropSampler:
     def _draw_one(self, rng: np.random.Generator) -> dict:
         augment = self.augment
         positive = len(self.objects) > 0 and rng.random() < augment.positive_fraction
-        frame, box = self._pick_object(rng) if positive else (rng.integers(self.frame_count), -1)
+        frame, box = self._pick_object(rng) if positive else (self._pick_frame(rng), -1)
         group_index, row = self._locate(int(frame))
         group = self.groups[group_index]
         low, high = augment.scale_range
@@ -207,6 +217,11 @@ class CropSampler:
         for i, r in enumerate(rows):
             targets[i, :len(r)] = r
         return images, torch.from_numpy(targets).to(self.device)
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
 
 
 def letterbox_batch(frames: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, float]:

@@ -32,6 +32,7 @@ class ClipFrames:
     frames: np.ndarray              # N x H x W x C uint8 BGR; C = 1 for gray (IR, stored once)
     frame_ids: list[int]
     boxes: list[np.ndarray]         # per frame: K x 5 float32 [class, x1, y1, x2, y2] in pixels
+    weight: float = 1.0             # how often the crop sampler picks this clip's frames, relative to others
 
 
 def label_rows_to_xyxy(rows) -> np.ndarray:
@@ -149,8 +150,22 @@ def _decode_dataset_clip(task) -> ClipFrames:
         frames.append(_store_channels(frame, gray))
     if not frames:
         raise TrainError(f"{clip.name}: no decodable frame in {clip.video_path}")
+    if len({frame.shape for frame in frames}) > 1:
+        raise TrainError(f"{clip.name}: its frames differ in size ({frames[0].shape[1]}x{frames[0].shape[0]} and "
+                         f"others); one clip is one camera: put other sizes in a clip of their own")
     boxes = [label_rows_to_xyxy(labels.get(i, [])) for i in ids]
     return ClipFrames(clip.name, clip.modality, np.stack(frames), ids, boxes)
+
+
+def decode_clips(clips: list, stride: int, workers: int, max_frames: int | None = None) -> list[ClipFrames]:
+    """Every ``stride``-th frame of labeled clips (``dataset.Clip``s: this dataset's videos or another
+    format's image sequences and videos, pipeline.offline.data.formats), decoded in parallel."""
+    from pipeline.offline.data.dataset import DatasetError
+
+    try:
+        return _pool_map(_decode_dataset_clip, [(c, stride, max_frames) for c in clips], workers)
+    except DatasetError as error:   # a label file or video that cannot be used: one line
+        raise TrainError(str(error)) from None
 
 
 def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_clips: int | None = None,
@@ -161,7 +176,7 @@ def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_c
         clips = dataset.load_split(split, root, manifest=manifest)[:max_clips]
     except dataset.DatasetError as error:
         raise TrainError(str(error)) from None
-    return _pool_map(_decode_dataset_clip, [(c, stride, max_frames) for c in clips], workers), list(dataset.CLASSES)
+    return decode_clips(clips, stride, workers, max_frames), list(dataset.CLASSES)
 
 
 # ------------------------------------------------------------------------------------------- synthetic

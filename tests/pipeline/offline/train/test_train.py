@@ -286,3 +286,32 @@ def test_gssam_twin_continues_a_baseline_from_where_it_is(tiny_data, tmp_path):
     assert twin["history"]["loss"][0] == pytest.approx(base["history"]["loss"][0], rel=1e-5)
     assert twin["history"]["loss"][1:] != base["history"]["loss"][1:]  # the gate has moved since
     assert train.main(argv("yolox-tiny-gssam-sigresid-p1", tmp_path / "other") + init) == 2
+
+
+def test_clip_weights_set_the_share_of_crops_and_equal_weights_keep_the_original_draws():
+    """A user's one clip weighted 7 against nine base frames weighted 1/3 each gets 70 % of the crops
+    (positive and background); equal weights leave the uniform draws (the exact-resume contract) alone."""
+    user = _clip_with_box((150, 100, 162, 110))
+    base = train.ClipFrames("base", "IR", np.repeat(user.frames, 9, axis=0), list(range(9)), user.boxes * 9)
+    augment = train.Augment(crop=64)
+    equal = train.CropSampler([user, base], (512, 640), augment, torch.device("cpu"), on_device=False)
+    assert equal.frame_cdf is None and equal.object_cdf is None
+    user.weight, base.weight = 7.0, 1 / 3
+    sampler = train.CropSampler([user, base], (512, 640), augment, torch.device("cpu"), on_device=False)
+    plans = sampler.draw(4000, np.random.default_rng(0))
+    user_share = np.mean([plan["row"] == 0 for plan in plans])   # the user's frame is row 0 of the one group
+    assert abs(user_share - 0.7) < 0.03
+
+
+def test_patience_stops_when_the_last_evaluations_do_not_beat_the_best_before_them():
+    from pipeline.offline.train.loop import _stalled
+
+    def stalled(scores, patience):
+        trainer = SimpleNamespace(history={"epochs": [{"map50_95": s} for s in scores]})
+        return _stalled(trainer, SimpleNamespace(patience=patience))
+
+    assert not stalled([0.1, 0.2, 0.3], 2)
+    assert stalled([0.1, 0.3, 0.2, 0.25], 2)
+    assert not stalled([0.1, 0.3, 0.2, 0.31], 2)
+    assert not stalled([0.3, 0.2], 2)          # not enough evaluations yet
+    assert not stalled([0.3, 0.2, 0.1], None)  # no patience: never

@@ -1,0 +1,67 @@
+"""``adapted.md``: the model card of an adapted checkpoint (what it started from, what it saw, the
+before/after table) and ``report.json`` beside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.offline.adapt.settings import AdaptSettings
+
+
+def _one_in(stride: int) -> str:
+    return "every frame" if stride == 1 else f"1 frame in {stride}"
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| held-out data | metric (%) | before | after | change |", "|---|---|---|---|---|"]
+    for row in rows:
+        before, after = row["before"], row["after"]
+        change = "–" if before is None or after is None else f"{100 * (after - before):+.1f}"
+        lines.append(f"| {row['part']} | {row['metric']} | {_percent(before)} | {_percent(after)} | {change} |")
+    return lines
+
+
+def _training_lines(train_log: dict) -> list[str]:
+    epochs = train_log.get("epochs") or [{}]
+    best = max(epochs, key=lambda epoch: epoch.get("map50_95", -1))
+    config = train_log.get("config", {})
+    return [f"- **Training**: {train_log.get('steps')} steps in {train_log.get('train_loop_s')} s of loop on "
+            f"{train_log.get('hardware')}, batch {config.get('batch')} × {config.get('crop')} px crops, AdamW lr "
+            f"{config.get('lr')}; best val mAP50:95 {_percent(best.get('map50_95'))} % at step {best.get('step')} "
+            f"(the checkpoint kept; training stops after {config.get('patience')} evaluations without a gain)."]
+
+
+def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path) -> None:
+    train_log = json.loads((settings.out / "train" / "log.json").read_text())
+    report["training"] = {k: train_log.get(k) for k in ("steps", "train_loop_s", "best_val_map50_95", "hardware")}
+    clips = report["clips"]
+    base = (f"{report['base_clips']} train clips of this project's dataset ({settings.base_root()}), "
+            f"{_one_in(settings.base_stride)} ({report['base_frames']} frames, visible boxes tightened), "
+            f"{100 * settings.base_share:.0f} % of the training crops" if report["base_clips"] else "none")
+    lines = [f"# Model card: `{adapted.name}`", "",
+             f"- **Adapted from** `{settings.weights}` (`{meta['name']}`, input {meta['input_size'][0]}×"
+             f"{meta['input_size'][1]}, classes {', '.join(meta['class_names'])}) by `python -m pipeline adapt`, "
+             f"{report['finished']}, in {report['wall_s']:.0f} s wall.",
+             f"- **Your data**: `{settings.data}` (format {settings.format}"
+             f"{', classes ' + settings.classes if settings.classes else ''}), {_one_in(settings.stride)} "
+             f"({report['train_frames']} training frames). Split by clip: train {len(clips['train'])} "
+             f"({', '.join(clips['train'])}); val, which chose the checkpoint, {len(clips['val'])} "
+             f"({', '.join(clips['val'])}); test, reported below and never used to choose, {len(clips['test'])} "
+             f"({', '.join(clips['test'])}"
+             f"{'; from ' + str(settings.test_data) if settings.test_data else ''}).",
+             f"- **Base data mixed in** (against forgetting): {base}.",
+             *_training_lines(train_log), ""]
+    if report["shared_holdout"]:
+        lines += ["**Only two clips**: the held-out clip chose the checkpoint *and* is reported on, so its "
+                  "after-score is optimistic.", ""]
+    lines += ["## Before / after", "", *_table(report["table"]), "",
+              f"Scored with the `{settings.backend}` backend, {_one_in(settings.stride)} of the test clips; "
+              "the base val split 1 frame in 30 against tightened visible boxes. Class-agnostic: any object "
+              "in the sky, whatever class was guessed.", "",
+              "## Use", "", "```yaml", "stages:", "  detect:", f"    weights: {adapted.resolve()}", "```", ""]
+    adapted.with_suffix(".md").write_text("\n".join(lines))
+    (settings.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -1,0 +1,169 @@
+"""The adaptation: the user's clips held out by clip, the base data mixed in, a short fine-tune from
+the shipped weights (``pipeline.offline.train``), then the same scores before and after.
+
+Files in ``settings.out``: ``train/`` (the training run: last.pt to resume, best.pt, log.json,
+curve.png), ``adapted.pt`` + ``adapted.md`` (the weights and their card), ``report.json`` (the plan and the
+before/after table), ``eval/<part>-<before|after>/`` (each scoring's own files).
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from models import checkpoint_meta
+from pipeline.offline.adapt.card import write_card
+from pipeline.offline.adapt.settings import AdaptSettings
+from pipeline.offline.data import dataset, formats
+from pipeline.offline.data.holdout import HeldOut, hold_out
+from pipeline.offline.train.settings import TrainError, TrainSettings
+from pipeline.offline.train.sources import ClipFrames, decode_clips, tighten_visible_boxes
+
+log = logging.getLogger("pipeline.offline.adapt")
+
+EXIT_INTERRUPTED = 143
+BASE_CHECK_STRIDE = 30      # base val split scored every 30th frame: ~600 images, a minute on 2 cores
+
+
+def adapt(settings: AdaptSettings) -> int:
+    started = time.monotonic()
+    meta = _start_meta(settings)
+    parts = _held_out_parts(settings)
+    workers = settings.workers or os.cpu_count() or 1
+    train = decode_clips(parts.train, settings.stride, workers, settings.max_frames)
+    val = decode_clips(parts.val, settings.stride, workers, settings.max_frames)
+    base = _base_clips(settings, workers)
+    _weigh(train, base, settings.base_share)
+    from pipeline.offline.train.loop import run
+
+    code = run(_train_settings(settings, meta), data=(train + base, val, list(meta["class_names"])))
+    if code != 0:
+        log.warning("adapt: training was interrupted; continue with the same command and --resume")
+        return EXIT_INTERRUPTED
+    adapted = settings.out / "adapted.pt"
+    shutil.copyfile(settings.out / "train" / "best.pt", adapted)
+    table = _before_after(settings, parts, adapted)
+    report = {"settings": settings.as_config(), "clips": parts.names(), "shared_holdout": parts.shared_holdout,
+              "base_clips": len(base), "train_frames": sum(len(c.frames) for c in train),
+              "base_frames": sum(len(c.frames) for c in base), "table": table,
+              "wall_s": round(time.monotonic() - started, 1),
+              "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    write_card(settings, meta, report, adapted)
+    print(_table_text(table))
+    print(f"adapted weights: {adapted} (card {adapted.with_suffix('.md')}); use them with\n"
+          f"  stages:\n    detect:\n      weights: {adapted.resolve()}")
+    return 0
+
+
+def _start_meta(settings: AdaptSettings) -> dict:
+    """The starting checkpoint's meta; its classes must be the ones the formats map labels onto."""
+    from models import CheckpointError
+
+    try:
+        meta = checkpoint_meta(settings.weights)
+    except CheckpointError as error:
+        raise TrainError(f"--weights: {error}") from None
+    if list(meta["class_names"]) != list(dataset.CLASSES):
+        raise TrainError(f"--weights: its classes {meta['class_names']} are not {list(dataset.CLASSES)}, the classes "
+                         "labels are mapped onto")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    return meta
+
+
+def _held_out_parts(settings: AdaptSettings) -> HeldOut:
+    class_map = formats.parse_class_map(settings.classes)
+    user = formats.load_clips("all", settings.data, fmt=settings.format, class_map=class_map)
+    parts = hold_out(user, settings.holdout, settings.seed, test_given=settings.test_data is not None)
+    if settings.test_data is not None:
+        parts.test = formats.load_clips("all", settings.test_data, fmt=settings.format, class_map=class_map)
+    for part, names in parts.names().items():
+        log.info("adapt: %s clips (%d): %s", part, len(names), ", ".join(names))
+    if parts.shared_holdout:
+        log.warning("adapt: only 2 clips: the held-out clip both chooses the checkpoint and is reported on, "
+                    "so its after-score is optimistic; label a third clip (or give --test-data) for an honest one")
+    return parts
+
+
+def _base_clips(settings: AdaptSettings, workers: int) -> list[ClipFrames]:
+    """A few frames of every base train clip, visible boxes tightened (the shipped model's convention)."""
+    root = settings.base_root()
+    if root is None or settings.base_share == 0:
+        log.info("adapt: no base data mixed in (%s)", "--base none" if settings.base == "none" or
+                 settings.base_share == 0 else f"no dataset at {dataset.DEFAULT_ROOT}")
+        return []
+    clips = dataset.load_split("train", root)
+    if settings.base_clips is not None:
+        clips = clips[::max(1, len(clips) // settings.base_clips)][:settings.base_clips]
+    started = time.monotonic()
+    base = decode_clips(clips, settings.base_stride, workers)
+    tighten_visible_boxes(base, "base train")
+    log.info("adapt: base data: %d train clips of %s, %d frames, decoded in %.0f s", len(base), root,
+             sum(len(c.frames) for c in base), time.monotonic() - started)
+    return base
+
+
+def _weigh(user: list[ClipFrames], base: list[ClipFrames], base_share: float) -> None:
+    """Clip weights so that ``base_share`` of the crops come from the base data, the rest from the user's."""
+    if not base:
+        return
+    user_frames, base_frames = sum(len(c.frames) for c in user), sum(len(c.frames) for c in base)
+    for clip in user:
+        clip.weight = (1 - base_share) / user_frames
+    for clip in base:
+        clip.weight = base_share / base_frames
+
+
+def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
+    return TrainSettings(model=meta["name"], init=str(settings.weights), minutes=settings.minutes,
+                         out=str(settings.out / "train"), resume=settings.resume, lr=settings.lr,
+                         batch=settings.batch, crop=settings.crop, input_size=tuple(meta["input_size"]),
+                         evals=settings.evals, patience=settings.patience, warmup_steps=30,
+                         val_per_clip=settings.val_per_clip, seed=settings.seed, threads=settings.threads,
+                         workers=settings.workers, no_progress=settings.no_progress, stride=settings.stride)
+
+
+# ------------------------------------------------------------------------------ before / after
+METRICS = (("map50_95", "mAP50:95"), ("map50", "mAP50"), ("agnostic_map50_95", "class-agnostic mAP50:95"),
+           ("agnostic_map50", "class-agnostic AP50"), ("ap_tiny", "AP tiny (< 16 px)"))
+
+
+def _before_after(settings: AdaptSettings, parts: HeldOut, adapted: Path) -> list[dict]:
+    """Rows {part, metric, before, after}: the user's held-out test clips, and the base val split."""
+    scored = [("your test clips", "user-test", parts.test, settings.stride, False)]
+    root = settings.base_root()
+    if root is not None and not settings.skip_base_check:
+        scored.append(("base val split", "base-val", dataset.load_split("val", root), BASE_CHECK_STRIDE, True))
+    rows = []
+    for label, folder, clips, stride, tight in scored:
+        before = _score(clips, settings.weights, settings, settings.out / "eval" / f"{folder}-before", stride, tight)
+        after = _score(clips, adapted, settings, settings.out / "eval" / f"{folder}-after", stride, tight)
+        rows += [{"part": label, "metric": title, "before": before[key], "after": after[key]}
+                 for key, title in METRICS]
+    return rows
+
+
+def _score(clips: list, weights: Path, settings: AdaptSettings, out: Path, stride: int, tight: bool) -> dict:
+    from pipeline.offline.eval.report import evaluate_clips
+    from pipeline.offline.eval.settings import EvalSettings
+
+    eval_settings = EvalSettings(data=settings.data, weights=weights, backend=settings.backend, stride=stride,
+                                 out=out, visible_boxes="tight" if tight else "dataset")
+    report = evaluate_clips(clips, eval_settings)
+    agnostic = report["class_agnostic"]
+    return {"map50_95": report["map50_95"], "map50": report["map50"], "ap_tiny": report["ap_tiny"],
+            "agnostic_map50_95": agnostic["map50_95"], "agnostic_map50": agnostic["map50"]}
+
+
+def _table_text(rows: list[dict]) -> str:
+    def cell(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    lines = [f"{'part':<16} {'metric':<24} {'before':>7} {'after':>7} {'change':>7}"]
+    for row in rows:
+        change = (None if row["before"] is None or row["after"] is None else row["after"] - row["before"])
+        lines.append(f"{row['part']:<16} {row['metric']:<24} {cell(row['before']):>7} {cell(row['after']):>7} "
+                     f"{'n/a' if change is None else f'{100 * change:+.1f}':>7}")
+    return "\n".join(lines)
