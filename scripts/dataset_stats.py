@@ -1,6 +1,7 @@
 """Dataset statistics: clips / frames / boxes per split, modality and class, and box-size histograms (PNG).
 
     python scripts/dataset_stats.py [--data ../shared/data/drone-detection-dataset] [--out out/dataset_stats]
+    python scripts/dataset_stats.py --data my_camera_yolo/ --classes uav=drone   # any format formats/ reads
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.offline.data import dataset  # noqa: E402
+from pipeline.offline.data import dataset, formats  # noqa: E402
 from pipeline.offline.data.dataset import CLASSES, DatasetError  # noqa: E402
 
 
@@ -74,23 +75,34 @@ def plot_histograms(sides: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def read_clips(args: argparse.Namespace) -> tuple[list[dataset.Clip], dict[str, str]]:
+    """The clips and their splits: this dataset's by the manifest, another format's folder all "unassigned"."""
+    fmt = formats.detect_format(args.data) if args.format == "auto" else args.format
+    if fmt != "dataset":
+        return formats.read_clips(args.data, fmt, formats.parse_class_map(args.classes)), {}
+    clips = dataset.find_clips(args.data)
+    splits = json.loads(args.manifest.read_text())["splits"]
+    return clips, {name: split for split, names in splits.items() for name in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT)
+    parser.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT,
+                        help="this dataset's root or a folder in another label format (YOLO, COCO, MOT, CVAT)")
+    parser.add_argument("--format", choices=formats.formats(), default="auto")
+    parser.add_argument("--classes", help="map another format's class names onto the model's, e.g. uav=drone")
     parser.add_argument("--manifest", type=Path, default=dataset.SPLIT_MANIFEST)
     parser.add_argument("--out", type=Path, default=Path("out/dataset_stats"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        clips = dataset.find_clips(args.data)
-        splits = json.loads(args.manifest.read_text())["splits"]
+        clips, split_of = read_clips(args)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         print(f"error: cannot read split manifest {args.manifest}: {exc}", file=sys.stderr)
         return 2
-    split_of = {name: split for split, names in splits.items() for name in names}
     counts, sides = collect(clips, split_of)
     print_table(counts)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import supervision as sv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.offline.data import dataset, synthetic  # noqa: E402
+from pipeline.offline.data import dataset, formats, synthetic  # noqa: E402
 from pipeline.offline.data.tighten import tighten_box  # noqa: E402
 
 SIZE_BINS = ((0, 12), (12, 24), (24, 1000))
@@ -66,8 +66,7 @@ def _tile(frame: np.ndarray, box, tight, title: str) -> np.ndarray:
     return tile
 
 
-def real_check(root: Path, grid: Path, samples: int) -> None:
-    clips = [c for c in dataset.load_split("train", root, ("V",))]
+def real_check(clips: list[dataset.Clip], grid: Path, samples: int) -> None:
     rng = np.random.default_rng(0)
     kept, changed, tiles = [], 0, []
     for clip in rng.choice(clips, min(samples, len(clips)), replace=False):
@@ -96,15 +95,25 @@ def real_check(root: Path, grid: Path, samples: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=20, help="synthetic clips to render")
-    p.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT)
+    p.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT,
+                   help="this dataset (its visible train clips) or a folder in another label format (its visible clips)")
+    p.add_argument("--format", choices=formats.formats(), default="auto")
+    p.add_argument("--classes", help="map another format's class names onto the model's, e.g. uav=drone")
     p.add_argument("--samples", type=int, default=40, help="real visible clips to sample")
     p.add_argument("--grid", type=Path, default=Path("out/tighten_grid.png"))
     args = p.parse_args()
     synthetic_check(args.clips)
-    if args.data.is_dir():
-        real_check(args.data, args.grid, args.samples)
-    else:
+    if not args.data.is_dir():
         print(f"real-data check skipped: no dataset at {args.data}")
+        return 0
+    try:
+        fmt = formats.detect_format(args.data) if args.format == "auto" else args.format
+        clips = formats.load_clips("train" if fmt == "dataset" else "all", args.data, ("V",), fmt,
+                                   formats.parse_class_map(args.classes))
+    except dataset.DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    real_check(clips, args.grid, args.samples)
     return 0
 
 

@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="yolox-nano-gssam-sigres-p1", help="model name (models.model_names())")
     p.add_argument("--data", default=None, help="dataset root (default: pipeline.offline.data.dataset.DEFAULT_ROOT)")
+    p.add_argument("--format", default="auto", help="label format of --data: dataset (this dataset's layout, split "
+                   "by configs/splits.json), yolo, coco, mot, cvat; another format's clips are split by clip into "
+                   "train and val (pipeline.offline.data.holdout); auto detects")
+    p.add_argument("--classes", default=None, help="map another format's class names onto the model's, e.g. uav=drone")
     p.add_argument("--bundle", default=None, help="read a compact bundle (scripts/make_train_bundle.py) instead")
     p.add_argument("--splits", default=None, help="split manifest (default configs/splits.json)")
     p.add_argument("--cache", default=None, help="with --bundle: decode once into DIR/<clip>.npy, shared by runs")

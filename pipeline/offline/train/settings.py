@@ -32,6 +32,8 @@ class TrainSettings:
     """Options of ``python -m pipeline train`` (see ``cli.build_parser`` for each one's help)."""
     model: str = "yolox-nano-gssam-sigres-p1"
     data: str | None = None               # dataset root (None: pipeline.offline.data.dataset.DEFAULT_ROOT)
+    format: str = "auto"                  # label format of data (pipeline.offline.data.formats)
+    classes: str | None = None            # class map of another format onto the model's classes
     bundle: str | None = None             # a compact bundle (scripts/make_train_bundle.py) instead of data
     splits: str | None = None             # split manifest (None: configs/splits.json)
     cache: str | None = None              # decoded bundle / rendered synthetic clips, shared by runs

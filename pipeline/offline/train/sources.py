@@ -238,6 +238,10 @@ def load_clips(settings: TrainSettings, split: str, workers: int) -> tuple[list[
     if settings.bundle:
         cache = Path(settings.cache) / split if settings.cache else None
         clips, class_names = load_bundle(Path(settings.bundle), split, cache, workers, settings.max_clips)
+    elif settings.data and _format_of(settings) != "dataset":
+        clips = decode_clips(_format_split(settings, split)[:settings.max_clips], settings.stride, workers,
+                             settings.max_frames)
+        class_names = list(_model_classes())
     else:
         root = Path(settings.data) if settings.data else None
         clips, class_names = load_dataset(root, split, settings.stride, workers, settings.max_clips,
@@ -245,6 +249,38 @@ def load_clips(settings: TrainSettings, split: str, workers: int) -> tuple[list[
     if settings.visible_boxes == "tight":
         tighten_visible_boxes(clips, split)
     return clips, class_names
+
+
+def _model_classes() -> tuple[str, ...]:
+    from pipeline.offline.data.dataset import CLASSES   # what formats map every label file's classes onto
+
+    return CLASSES
+
+
+def _format_of(settings: TrainSettings) -> str:
+    from pipeline.offline.data import formats
+
+    try:
+        return formats.detect_format(Path(settings.data)) if settings.format == "auto" else settings.format
+    except formats.FormatError as error:
+        raise TrainError(str(error)) from None
+
+
+def _format_split(settings: TrainSettings, split: str) -> list:
+    """``split`` (train / val) of a folder in another label format: its clips held out by clip, as
+    ``pipeline adapt`` does (the same seed gives the same parts for both calls)."""
+    from pipeline.offline.data import formats
+    from pipeline.offline.data.dataset import DatasetError
+    from pipeline.offline.data.holdout import hold_out
+
+    try:
+        clips = formats.read_clips(Path(settings.data), _format_of(settings), formats.parse_class_map(settings.classes))
+        parts = hold_out(clips, seed=settings.seed, test_given=True)
+    except DatasetError as error:
+        raise TrainError(str(error)) from None
+    if split not in ("train", "val"):
+        raise TrainError(f"a {settings.format} folder is split into train and val only, not {split!r}")
+    return getattr(parts, split)
 
 
 def tighten_visible_boxes(clips: list[ClipFrames], split: str) -> None:

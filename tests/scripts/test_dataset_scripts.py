@@ -1,0 +1,60 @@
+"""scripts/dataset_stats.py and scripts/tighten_report.py read any label format formats/ reads, and
+scripts/make_camera_proxy.py writes a YOLO folder that reads back with the boxes it was given."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.offline.data.test_formats import write_yolo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def test_dataset_stats_counts_a_yolo_folder(tmp_path):
+    root = write_yolo(tmp_path / "yolo")
+    result = script("dataset_stats.py", "--data", str(root), "--classes", "uav=drone,plane=airplane",
+                    "--out", str(tmp_path / "stats"))
+    assert result.returncode == 0, result.stderr
+    # two clips, 5 frames, 4 drone boxes + 1 airplane box (test_formats.TRUTH)
+    assert "unassigned all      all               2        5        5" in result.stdout
+    assert (tmp_path / "stats" / "box_sizes.png").is_file()
+
+
+def test_dataset_stats_names_an_unmapped_class_in_one_line(tmp_path):
+    result = script("dataset_stats.py", "--data", str(write_yolo(tmp_path / "yolo")), "--out", str(tmp_path / "s"))
+    assert result.returncode == 2 and "class 'uav' is not a model class" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tighten_report_reads_a_yolo_folder(tmp_path):
+    result = script("tighten_report.py", "--clips", "1", "--samples", "2", "--data", str(write_yolo(tmp_path / "y")),
+                    "--classes", "uav=drone,plane=airplane", "--grid", str(tmp_path / "grid.png"))
+    assert result.returncode == 0, result.stderr
+    assert "real visible train labels" in result.stdout
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "drone-detection-dataset").is_dir(),
+                    reason="needs ../shared/data/drone-detection-dataset (the real thermal clips)")
+def test_camera_proxy_writes_a_yolo_folder_with_the_clips_boxes_scaled(tmp_path):
+    from pipeline.offline.data import dataset, formats
+
+    result = script("make_camera_proxy.py", "--split", "val", "--max-clips", "1", "--stride", "50",
+                    "--out", str(tmp_path / "proxy"))
+    assert result.returncode == 0, result.stderr
+    clip = formats.read_clips(tmp_path / "proxy", class_map=formats.parse_class_map(
+        "uav=drone,plane=airplane,heli=helicopter"))[0]
+    source = next(c for c in dataset.load_split("val", modalities=("IR",)) if c.name == clip.name)
+    truth = dataset.read_labels(source)
+    assert clip.modality == "V" and dataset.video_info(clip)[1:] == (640, 512)   # a colour camera, twice the pixels
+    for index, rows in clip.boxes.items():   # the k-th image is the video's frame named in its file name
+        original = truth[int(clip.images[index].stem)]
+        assert [r[0] for r in rows] == [t[0] for t in original]
+        assert rows[0][1:] == pytest.approx(tuple(2 * v for v in original[0][1:]), abs=0.01)
