@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-yolo", type=Path, metavar="DIR",
                         help="also write the predictions as a YOLO folder (labels/, images/ links, data.yaml) to "
                              "correct in a labeling tool and bring back with --data")
+    parser.add_argument("--export-cvat", type=Path, metavar="DIR",
+                        help="also write the predictions as CVAT for images 1.1 (annotations.xml, images/ links) to "
+                             "upload into CVAT, correct, export and bring back with --data")
     parser.add_argument("--export-conf", type=float, default=0.25, help="score at least this to be exported")
     parser.add_argument("--through-pipeline", action="store_true",
                         help="replay the clips through the ZeroMQ pipeline and score what it emitted")

@@ -49,7 +49,7 @@ def evaluate_clips(clips: list, settings: EvalSettings) -> dict:
         raise _nothing_to_score(skipped)
     ground_truth = _ground_truth(scored, settings, frame_counts, report)
     predictions = to_coco_results(detections, ground_truth, categories)
-    if settings.export_yolo is not None:
+    if settings.export_yolo is not None or settings.export_cvat is not None:
         report["exported_boxes"] = _export(predictions, ground_truth, settings)
     started = time.perf_counter()
     metrics = coco_metrics(ground_truth, predictions, settings.metrics)
@@ -115,12 +115,18 @@ def _nothing_to_score(skipped: list[dict]) -> EvalError:
 
 
 def _export(predictions: list, ground_truth: dict, settings: EvalSettings) -> int:
-    from pipeline.offline.data.formats.export import write_yolo
+    """The predictions written for correction in a labeling tool (YOLO and/or CVAT); boxes written."""
+    from pipeline.offline.data.formats.export import write_cvat, write_yolo
 
-    try:
-        return write_yolo(predictions, ground_truth, settings.export_yolo, settings.export_conf)
-    except OSError as exc:
-        raise EvalError(f"cannot write the YOLO export to {settings.export_yolo}: {exc.strerror or exc}") from None
+    written = 0
+    for writer, folder, name in ((write_yolo, settings.export_yolo, "YOLO"), (write_cvat, settings.export_cvat, "CVAT")):
+        if folder is None:
+            continue
+        try:
+            written = writer(predictions, ground_truth, folder, settings.export_conf)
+        except OSError as exc:
+            raise EvalError(f"cannot write the {name} export to {folder}: {exc.strerror or exc}") from None
+    return written
 
 
 def _write_outputs(out: Path, report: dict, predictions: list, ground_truth: dict, metrics: dict) -> None:

@@ -38,6 +38,7 @@ class EvalSettings:
     metrics: str = "faster"                 # one of METRIC_LIBRARIES
     tiling: str = "auto"                    # off | on | auto: the pipeline's stages.detect.tiling.mode
     export_yolo: Path | None = None         # also write the predictions as a YOLO folder (formats.export)
+    export_cvat: Path | None = None         # ... and/or as CVAT for images 1.1 (formats.export)
     export_conf: float = 0.25               # ... those scored at least this
     through_pipeline: bool = False
     pipeline_timeout: float = 3600          # seconds, with through_pipeline

@@ -6,12 +6,16 @@ like import YOLO) and bring back through ``pipeline.offline.data.formats``:
                                 (a video's frames are not written out: export them with ffmpeg)
     data.yaml                   ``names``: the model's classes
 
-``write_yolo`` takes the evaluation's COCO ground truth (its images name clip and frame) and COCO
-results, as ``python -m pipeline eval --export-yolo DIR`` does.
+``write_cvat`` writes the same predictions as CVAT for images 1.1 (``annotations.xml`` beside the same
+``images/`` links; CVAT's "Upload annotations" takes it, ``formats.cvat`` reads it back).
+
+Both take the evaluation's COCO ground truth (its images name clip and frame) and COCO results, as
+``python -m pipeline eval --export-yolo DIR`` / ``--export-cvat DIR`` do.
 """
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import yaml
@@ -24,10 +28,7 @@ def write_yolo(predictions: list[dict], ground_truth: dict, out: Path, conf: flo
     out = Path(out)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "data.yaml").write_text(yaml.safe_dump({"names": list(CLASSES)}))
-    per_image: dict[int, list[dict]] = {}
-    for p in predictions:
-        if p["score"] >= conf:
-            per_image.setdefault(p["image_id"], []).append(p)
+    per_image = _confident(predictions, conf)
     written = 0
     for image in ground_truth["images"]:
         stem = Path(_safe(image["clip"])) / f"{int(image['frame_index']):06d}"
@@ -39,6 +40,44 @@ def write_yolo(predictions: list[dict], ground_truth: dict, out: Path, conf: flo
         if image.get("source"):
             _link(Path(image["source"]), out / "images" / stem.with_suffix(Path(image["source"]).suffix))
     return written
+
+
+def write_cvat(predictions: list[dict], ground_truth: dict, out: Path, conf: float = 0.25) -> int:
+    """Write ``annotations.xml`` (CVAT for images 1.1) and the image links; returns the boxes written.
+    Images of a video's frames are named but not written (export the frames with ffmpeg)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = _confident(predictions, conf)
+    root = ElementTree.Element("annotations")
+    ElementTree.SubElement(root, "version").text = "1.1"
+    labels = ElementTree.SubElement(ElementTree.SubElement(ElementTree.SubElement(root, "meta"), "task"), "labels")
+    for name in CLASSES:
+        ElementTree.SubElement(ElementTree.SubElement(labels, "label"), "name").text = name
+    written = 0
+    for number, image in enumerate(ground_truth["images"]):
+        source = Path(image["source"]) if image.get("source") else None
+        relative = Path(_safe(image["clip"])) / f"{int(image['frame_index']):06d}{source.suffix if source else '.png'}"
+        element = ElementTree.SubElement(root, "image", id=str(number), name=relative.as_posix(),
+                                         width=str(image["width"]), height=str(image["height"]))
+        for prediction in per_image.get(image["id"], ()):
+            x, y, w, h = prediction["bbox"]
+            ElementTree.SubElement(element, "box", label=CLASSES[int(prediction["category_id"]) - 1], source="auto",
+                                   occluded="0", xtl=f"{x:.2f}", ytl=f"{y:.2f}", xbr=f"{x + w:.2f}",
+                                   ybr=f"{y + h:.2f}", z_order="0")
+            written += 1
+        if source is not None:
+            _link(source, out / "images" / relative)
+    ElementTree.indent(root)
+    ElementTree.ElementTree(root).write(out / "annotations.xml", encoding="utf-8", xml_declaration=True)
+    return written
+
+
+def _confident(predictions: list[dict], conf: float) -> dict[int, list[dict]]:
+    per_image: dict[int, list[dict]] = {}
+    for p in predictions:
+        if p["score"] >= conf:
+            per_image.setdefault(p["image_id"], []).append(p)
+    return per_image
 
 
 def _line(prediction: dict, width: int, height: int) -> str:

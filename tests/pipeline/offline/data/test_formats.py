@@ -205,7 +205,8 @@ def test_eval_scores_a_yolo_or_coco_folder_from_the_command_line(tmp_path, write
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--data", str(root), "--classes",
                              "uav=drone,plane=airplane", "--backend", "onnx", "--out", str(out),
-                             "--export-yolo", str(tmp_path / "export"), "--export-conf", "0.0"],
+                             "--export-yolo", str(tmp_path / "export"), "--export-cvat", str(tmp_path / "cvat"),
+                             "--export-conf", "0.0"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
@@ -214,6 +215,8 @@ def test_eval_scores_a_yolo_or_coco_folder_from_the_command_line(tmp_path, write
     assert len(truth["images"]) == 5 and len(truth["annotations"]) == 5
     assert len(list((tmp_path / "export" / "labels").rglob("*.txt"))) == 5
     assert report["exported_boxes"] == sum(1 for p in json.loads((out / "predictions.json").read_text()))
+    assert sum(len(rows) for clip in read_clips(tmp_path / "cvat") for rows in clip.boxes.values()) == \
+        report["exported_boxes"]
     bad = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--data", str(root), "--out", str(out)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--classes uav=drone" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -251,3 +254,20 @@ def test_a_bad_cvat_file_is_one_line(tmp_path, xml, message):
     (root / "annotations.xml").write_text(xml)
     with pytest.raises(FormatError, match=message):
         read_clips(root, "cvat", MAP)
+
+
+def test_predictions_exported_as_cvat_come_back_as_the_same_boxes(tmp_path):
+    """CVAT for images 1.1 out (annotations.xml + image links) and read back by formats.cvat: the same clips,
+    frames and boxes; predictions under the confidence bar are left out."""
+    from pipeline.offline.data.formats.export import write_cvat
+
+    clips = read_clips(write_yolo(tmp_path / "yolo"), class_map=MAP)
+    truth = dataset.to_coco(clips)
+    predictions = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                   for a in truth["annotations"]] + [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.1}]
+    assert write_cvat(predictions, truth, tmp_path / "export", conf=0.25) == len(truth["annotations"])
+    assert detect_format(tmp_path / "export") == "cvat"
+    back = read_clips(tmp_path / "export")
+    assert sorted(clip.name for clip in back) == sorted(TRUTH)
+    assert {name: {f: [(c, round(x), round(y), round(w), round(h)) for c, x, y, w, h in rows]
+                   for f, rows in boxes.items()} for name, boxes in as_truth(back).items()} == EXPECTED
