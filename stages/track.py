@@ -83,6 +83,12 @@ class TrackConfig:
     frame_rate: float = setting(30.0, ge=1e-3)  # nominal rate; a gap in frame_index is passed on as elapsed frames
     vote_min_frames: int = setting(5, ge=0)  # observations before a track's class vote may raise an alert
     alert_classes: list[str] = setting(factory=lambda: ["drone"])  # voted classes that alert
+    # what raises an alert: "class" (its vote is an alert class) or "object" (any aerial object whose
+    # object score reaches alert_min_object_score, unless its vote is confidently a class that does not
+    # alert: a new camera's class guesses are shaky, the presence of an object is not)
+    alert_on: str = setting("class", choices=("class", "object"))
+    alert_min_object_score: float = setting(0.3, ge=0.0, le=1.0)  # mean detection score over the track's life
+    dismiss_confidence: float = setting(0.8, gt=0.0, le=1.0)  # "object": a vote this sure of a non-alert class
     thumbnail_px: int = setting(96, ge=8)  # side of the JPEG thumbnail in track_confirmed events
     publish_frames: bool = True  # annotated frames on the events PUB socket (topic frame/<stream>)
     events_hwm: int = setting(8, ge=1)  # PUB queue per subscriber: a slow subscriber loses messages, never slows us
@@ -131,6 +137,27 @@ class TrackLife:
     @property
     def voted_class(self) -> int:
         return int(np.argmax(self.votes))
+
+    @property
+    def object_score(self) -> float:
+        """Class-agnostic: how surely something is there, the mean detection score over the track's life
+        whatever class each detection was given."""
+        return float(self.votes.sum()) / max(self.observations, 1)
+
+    @property
+    def class_confidence(self) -> float:
+        """The voted class's share of the votes: 1.0 when every detection agreed."""
+        total = float(self.votes.sum())
+        return float(self.votes[self.voted_class]) / total if total > 0 else 0.0
+
+    def alerts(self, settings: "TrackConfig", alert_ids: set[int]) -> bool:
+        """Whether this track, once observed long enough, raises an alert (settings.alert_on)."""
+        if self.observations < settings.vote_min_frames:
+            return False
+        if settings.alert_on == "class":
+            return self.voted_class in alert_ids
+        dismissed = self.voted_class not in alert_ids and self.class_confidence >= settings.dismiss_confidence
+        return self.object_score >= settings.alert_min_object_score and not dismissed
 
 
 class TrackIds:
@@ -345,8 +372,7 @@ class TrackStage(Stage):
             life.observations += 1
             life.last_frame, life.last_box = msg.frame_index, [round(float(v), 2) for v in dets[row, :4]]
             life.last_confidence = float(dets[row, 4])
-            if (not life.confirmed and life.observations >= self.settings.vote_min_frames
-                    and life.voted_class in alert_ids):
+            if not life.confirmed and life.alerts(self.settings, alert_ids):
                 self._alert(msg, track_id, life, class_names)
         alive = {t.tracker_id + state.first_id for t in state.tracker.tracks if t.tracker_id >= 0}
         for track_id in [t for t in state.lives if t not in alive]:
@@ -388,7 +414,8 @@ class TrackStage(Stage):
         voted = life.voted_class
         return {"stream_id": stream_id, "track_id": track_id, "t": time.time(), "class_id": voted,
                 "class": class_names[voted] if voted < len(class_names) else str(voted), "box": life.last_box,
-                "confidence": round(life.last_confidence, 4), "observations": life.observations}
+                "confidence": round(life.last_confidence, 4), "observations": life.observations,
+                "object_score": round(life.object_score, 4), "class_confidence": round(life.class_confidence, 4)}
 
     # ------------------------------------------------------------------ picture
     def _annotate(self, state: StreamState, msg: FrameMessage, dets: np.ndarray, display: np.ndarray,

@@ -136,6 +136,45 @@ def test_events_once_per_confirmed_track_with_thumbnail_and_lost(tmp_path):
     assert published.image.shape == (512, 640, 3) and published.stream_id == "cam0"
 
 
+def confirmed_classes(tmp_path, targets, **track) -> dict[int, dict]:
+    """target index -> its track_confirmed event, for 20 frames of ``targets`` (functions of the frame)."""
+    cfg, stage = make_stage(tmp_path, events_hwm=1000, **track)
+    messages = run_and_listen(cfg, stage, [frame(i, [t(i) for t in targets]) for i in range(20)])
+    events = [json.loads(m[1]) for m in messages if m[0] == b"event"]
+    return {round(e["box"][1]): e for e in events if e["type"] == "track_confirmed"}
+
+
+# a drone the classifier cannot settle on (airplane / drone / bird / airplane in turn: voted airplane with
+# half the votes), a bird it is sure of, and a faint speck called bird and drone in turn (score 0.55)
+AIRPLANE = CLASSES.index("airplane")
+SHAKY = [lambda i: small_target(i, y0=100, cls=(AIRPLANE, DRONE, BIRD, AIRPLANE)[i % 4], score=0.6),
+         lambda i: small_target(i, y0=300, vx=2, cls=BIRD, score=0.7),
+         lambda i: small_target(i, y0=450, vx=1, size=6, score=0.55, cls=BIRD if i % 2 else DRONE)]
+
+
+def test_object_mode_alerts_on_a_drone_whose_class_guess_is_shaky_but_not_on_a_sure_bird(tmp_path):
+    """alert_on: object alerts on any aerial object whose class-agnostic object score is high enough,
+    unless its vote is confidently a class that does not alert; the event carries both scores."""
+    by_class = confirmed_classes(tmp_path / "class", SHAKY)
+    assert 100 not in by_class     # class mode: voted airplane, no alert for the drone
+    by_object = confirmed_classes(tmp_path / "object", SHAKY, alert_on="object", alert_min_object_score=0.58)
+    assert set(by_object) == {100}
+    event = by_object[100]
+    assert event["object_score"] == pytest.approx(0.6, abs=1e-3) and event["class_confidence"] < 0.5
+    looser = confirmed_classes(tmp_path / "loose", SHAKY, alert_on="object", alert_min_object_score=0.5)
+    assert set(looser) == {100, 450}  # the faint speck reaches 0.5 and its vote is split; the sure bird never
+    assert looser[450]["class_confidence"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_the_dismiss_bar_sets_how_sure_a_vote_must_be_to_silence_an_object(tmp_path):
+    mostly_bird = [lambda i: small_target(i, y0=300, vx=2, cls=DRONE if i % 10 == 9 else BIRD, score=0.7)]
+    silenced = confirmed_classes(tmp_path / "a", mostly_bird, alert_on="object", dismiss_confidence=0.8)
+    assert silenced == {}     # 9 in 10 frames a bird: sure enough at 0.8
+    alerted = confirmed_classes(tmp_path / "b", mostly_bird, alert_on="object", dismiss_confidence=0.95)
+    assert [event["class"] for event in alerted.values()] == ["bird"]
+    assert 0.85 <= alerted[300]["class_confidence"] < 0.95
+
+
 @pytest.mark.parametrize("size", [(640, 512), (1920, 1080)])
 def test_annotation_draws_boxes_hud_and_a_magnified_inset(tmp_path, size):
     _, stage = make_stage(tmp_path)

@@ -65,6 +65,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                         "the convention of the thermal and synthetic boxes")
     p.add_argument("--assignment", choices=("batched", "yolox"), default="batched",
                    help="SimOTA label assignment: batched (models/simota.py) or yolox's per-image loop")
+    p.add_argument("--camera-effects", type=float, default=0.0, help="share of crops shown as another camera "
+                   "would: thermal palettes (the proxy camera's held out), inversion, sensor and fixed-pattern noise, "
+                   "vignetting, blur (pipeline/offline/train/camera.py)")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from models.letterbox import PAD_VALUE, letterbox_ratio, resized_size
+from pipeline.offline.train.camera import LUMA_BGR, apply_effects, draw_effects, palette_tables
 from pipeline.offline.train.sources import ClipFrames
 
 MAX_BOXES = 64                      # labels per crop kept (the densest real frames hold < 10)
 SMALL_OBJECT_SIDE = 16.0   # px at inference: below this every object weighs the same (COCO-tiny-like)
-LUMA_BGR = (0.114, 0.587, 0.299)    # BGR -> gray weights (ITU-R BT.601), for the grayscale augmentation
 
 
 class FrameGroup:
@@ -67,6 +67,7 @@ class Augment:
     # positive crops pick an object with weight (SMALL_OBJECT_SIDE / max(side, SMALL_OBJECT_SIDE)) ** this
     # (side: longest, in inference pixels); 0 = uniform over objects
     small_object_power: float = 0.0
+    camera_effects: float = 0.0         # share of crops shown as another camera would (train/camera.py)
 
 
 class CropSampler:
@@ -82,6 +83,7 @@ class CropSampler:
                  device: torch.device, on_device: bool):
         self.augment = augment
         self.device = device
+        self.palettes = palette_tables() if augment.camera_effects else None
         shapes: dict[tuple, list[ClipFrames]] = {}
         for clip in clips:
             shapes.setdefault(clip.frames.shape[1:], []).append(clip)
@@ -151,7 +153,16 @@ class CropSampler:
                 "flip": bool(rng.random() < augment.flip),
                 "contrast": rng.uniform(*augment.contrast),
                 "brightness": rng.uniform(-augment.brightness, augment.brightness),
-                "gray": bool(group.channels == 3 and rng.random() < augment.gray)}
+                "gray": bool(group.channels == 3 and rng.random() < augment.gray),
+                **self._draw_camera(rng)}
+
+    def _draw_camera(self, rng: np.random.Generator) -> dict:
+        """Camera effects of one crop; no draw at all when they are off (older runs cut the same crops)."""
+        if not self.augment.camera_effects:
+            return {}
+        if rng.random() >= self.augment.camera_effects:
+            return {"camera": None}
+        return {"camera": draw_effects(rng, len(self.palettes))}
 
     def _targets(self, plan: dict) -> np.ndarray:
         """The frame's boxes mapped into the crop: rows [class, cx, cy, w, h] in crop pixels."""
@@ -207,7 +218,11 @@ class CropSampler:
         luma = (images * torch.tensor(LUMA_BGR, device=self.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         images = torch.where(gray, luma.expand_as(images), images)
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
-        return ((images - mean) * contrast + mean + brightness).clamp_(0, 255)
+        images = ((images - mean) * contrast + mean + brightness).clamp_(0, 255)
+        for index, plan in enumerate(plans):
+            if plan.get("camera"):
+                images[index] = apply_effects(images[index], plan["camera"], self.palettes)
+        return images
 
     def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         plans = self.draw(size, rng)

@@ -39,7 +39,8 @@ class Trainer:
         with file_lock(Path(settings.cache or self.out) / ".frames.lock"):
             on_device = frames_fit_on_device(settings.frames_on, settings.gpu_reserve_gb, device,
                                              sum(c.frames.nbytes for c in train_clips))
-            augment = Augment(crop=settings.crop, small_object_power=settings.small_object_power)
+            augment = Augment(crop=settings.crop, small_object_power=settings.small_object_power,
+                              camera_effects=settings.camera_effects)
             self.sampler = CropSampler(train_clips, settings.input_size, augment, device, on_device)
         self.frames_on_device = on_device
         self.rng = np.random.default_rng(settings.seed)
@@ -130,7 +131,7 @@ class Trainer:
     def recipe(self) -> dict:
         """Options that change what a step computes: a resumed run must use the same."""
         return {"l1_loss": bool(self.settings.l1_loss), "small_object_power": float(self.settings.small_object_power),
-                "visible_boxes": self.settings.visible_boxes}
+                "visible_boxes": self.settings.visible_boxes, "camera_effects": float(self.settings.camera_effects)}
 
     def load_state(self, path: Path) -> None:
         state = self._read_state(path)
@@ -151,7 +152,8 @@ class Trainer:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != STATE_FORMAT or state.get("model_name") != self.settings.model:
             raise TrainError(f"{path}: not a training state of model {self.settings.model!r}")
-        started = {"visible_boxes": "dataset", **state.get("recipe", self.recipe())}  # older states: not checked
+        started = {"visible_boxes": "dataset", "camera_effects": 0.0,   # older states: not checked
+                   **state.get("recipe", self.recipe())}
         if started != self.recipe():
             raise TrainError(f"--resume: {path} was trained with {started}, this command asks for {self.recipe()}; "
                              "resume with the same options")

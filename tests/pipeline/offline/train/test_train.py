@@ -345,3 +345,31 @@ def test_trains_on_a_yolo_folder_split_by_clip(tmp_path):
     assert log["steps"] == 2 and log["epochs"][0]["map50_95"] >= 0
     bad = train.main(argv[:2] + ["--classes", "uav=drone", "--epochs", "1", "--out", str(tmp_path / "bad")])
     assert bad == 2    # 'gull' is neither mapped nor a model class: one line, no traceback
+
+
+def test_camera_effects_change_the_pixels_not_the_boxes_and_repeat_exactly():
+    """--camera-effects: crops look like another camera's (palettes, noise, stripes, vignetting, blur),
+    their targets are the same boxes, the same generator state cuts the same crops, and the proxy
+    camera's palettes are never drawn."""
+    from pipeline.offline.train import camera
+
+    clip = _clip_with_box((150, 100, 162, 110), shape=(256, 320, 3))
+    clip.frames[0, ..., 1] = 90   # a visible (colour) frame
+    plain = train.CropSampler([clip], (512, 640), train.Augment(crop=96, contrast=(1, 1), brightness=0, gray=0),
+                              torch.device("cpu"), on_device=False)
+    effects = train.Augment(crop=96, contrast=(1, 1), brightness=0, gray=0, camera_effects=1.0)
+    sampler = train.CropSampler([clip], (512, 640), effects, torch.device("cpu"), on_device=False)
+    plans = sampler.draw(64, np.random.default_rng(3))
+    assert all(plan["camera"] for plan in plans)
+    assert {"palette", "invert", "noise", "stripes", "vignette", "blur"} <= set(plans[0]["camera"])
+    assert any(p["camera"]["palette"] >= 0 for p in plans) and any(p["camera"]["noise"] for p in plans)
+    plain_plans = [{k: v for k, v in plan.items() if k != "camera"} for plan in plans]
+    for with_effects, without in zip(plans, plain_plans):
+        np.testing.assert_array_equal(sampler._targets(with_effects), plain._targets(without))
+    images, again = sampler.render(plans), sampler.render(plans)
+    torch.testing.assert_close(images, again)
+    assert images.min() >= 0 and images.max() <= 255
+    changed = (images - plain.render(plain_plans)).abs().mean(dim=(1, 2, 3))
+    assert (changed > 1).float().mean() > 0.5
+    assert not set(camera.HELD_OUT_PALETTES) & set(camera.TRAIN_PALETTES)
+    assert "camera" not in plain.draw(1, np.random.default_rng(0))[0]   # off: not one extra draw
