@@ -25,7 +25,8 @@ from pipeline.offline.data import dataset  # noqa: E402
 
 NAMES = ("uav", "bird", "plane", "heli")        # the proxy camera's own names: adapt maps them with --classes
 CLASS_MAP = "uav=drone,plane=airplane,heli=helicopter"
-PALETTES = {"inferno": cv2.COLORMAP_INFERNO, "jet": cv2.COLORMAP_JET, "hot": cv2.COLORMAP_HOT}
+# only palettes training never draws (pipeline/offline/train/camera.py, HELD_OUT_PALETTES)
+PALETTES = {"inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT}
 
 
 def render(frame: np.ndarray, palette: int, scale: int, rng: np.random.Generator) -> np.ndarray:

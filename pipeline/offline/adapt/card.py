@@ -60,7 +60,8 @@ def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path)
                   "after-score is optimistic.", ""]
     lines += ["## Before / after", "", *_table(report["table"]), "",
               f"Scored with the `{settings.backend}` backend, {_one_in(settings.stride)} of the test clips; "
-              "the base val split 1 frame in 30 against tightened visible boxes. Class-agnostic: any object "
+              f"{'' if settings.skip_base_check else 'the base val split 1 frame in 30 against tightened visible boxes. '}"
+              "Class-agnostic: any object "
               "in the sky, whatever class was guessed.", "",
               "## Use", "", "```yaml", "stages:", "  detect:", f"    weights: {adapted.resolve()}", "```", ""]
     adapted.with_suffix(".md").write_text("\n".join(lines))

@@ -11,6 +11,7 @@ from models.backends import BACKENDS
 from pipeline.offline.adapt.settings import AdaptSettings
 from pipeline.offline.data.dataset import DatasetError
 from pipeline.offline.data.formats import formats
+from pipeline.offline.eval.settings import EvalError
 from pipeline.offline.train.settings import TrainError
 
 DESCRIPTION = ("Fine-tune the shipped detector on your own camera's labeled clips in minutes on a CPU, "
@@ -58,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     options = vars(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
     try:
         return adapt(AdaptSettings(**options))
-    except (TrainError, DatasetError) as error:
+    except (TrainError, DatasetError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

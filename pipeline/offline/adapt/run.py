@@ -32,6 +32,7 @@ def adapt(settings: AdaptSettings) -> int:
     started = time.monotonic()
     meta = _start_meta(settings)
     parts = _held_out_parts(settings)
+    _check_apart(parts, settings)
     workers = settings.workers or os.cpu_count() or 1
     train = decode_clips(parts.train, settings.stride, workers, settings.max_frames)
     val = decode_clips(parts.val, settings.stride, workers, settings.max_frames)
@@ -85,6 +86,30 @@ def _held_out_parts(settings: AdaptSettings) -> HeldOut:
         log.warning("adapt: only 2 clips: the held-out clip both chooses the checkpoint and is reported on, "
                     "so its after-score is optimistic; label a third clip (or give --test-data) for an honest one")
     return parts
+
+
+def _check_apart(parts: HeldOut, settings: AdaptSettings) -> None:
+    """Refuse a run whose report would score clips it trained on: test clips that are also train or val
+    clips (``--test-data`` naming the same clips as ``--data``), or clips of the base data mixed in; and
+    a test part that cannot be scored, before the training budget is spent on it."""
+    from pipeline.offline.eval.report import usable_clips
+
+    learned = {clip.name for clip in parts.train + parts.val}
+    if not parts.shared_holdout and learned & {clip.name for clip in parts.test}:
+        raise TrainError(f"--test-data holds clips adapt trains on ({', '.join(sorted(learned & {c.name for c in parts.test})[:3])}"
+                         "): report on clips it never sees")
+    root = settings.base_root()
+    if root is not None and settings.base_share > 0:
+        leaked = sorted({c.name for c in dataset.load_split("train", root)} & {c.name for c in parts.test})
+        if leaked:
+            raise TrainError(f"test clips of yours are this dataset's train clips ({', '.join(leaked[:3])}), which "
+                             "are mixed into training: report on other clips, or --base none")
+        seen = sorted({c.name for c in dataset.load_split("val", root)} & learned)
+        if seen and not settings.skip_base_check:
+            log.warning("adapt: %d of your training clips are this dataset's val clips (%s): its val line in the "
+                        "table is optimistic", len(seen), ", ".join(seen[:3]))
+    skipped: list[dict] = []
+    usable_clips(parts.test, skipped)     # EvalError when none of them can be scored
 
 
 def _base_clips(settings: AdaptSettings, workers: int) -> list[ClipFrames]:

@@ -56,6 +56,9 @@ class AdaptSettings:
         for name in ("base_stride", "stride", "batch", "crop", "evals", "patience", "val_per_clip"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("base_clips", "max_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
         if not self.weights.is_file():
             raise TrainError(f"--weights: no such file {self.weights}")
 

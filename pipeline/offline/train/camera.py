@@ -11,8 +11,10 @@ probability P, a random mix of:
   and rolling-shutter CMOS sensors show);
 - vignetting (radial fall-off) and defocus blur (3x3 or 5x5 Gaussian).
 
-Palettes the proxy test camera uses (``HELD_OUT_PALETTES``: inferno and its perceptual siblings magma and
-plasma) are never drawn, so that a gain measured on it is generalisation, not memory of its palette.
+Palettes the proxy test camera uses (``HELD_OUT_PALETTES``: inferno, its perceptual siblings magma and
+plasma, and hot/autumn, which run through the same black-red-yellow colours) are never drawn, so that a
+gain measured on it is generalisation, not memory of its palette. (The letterbox padding of crops cut at
+a frame edge is coloured too; at inference it stays grey. Edge crops are few.)
 All draws come from the sampler's numpy generator (one call per crop with effects), noise from a torch
 generator seeded by a drawn integer: a resumed run cuts the same crops.
 """
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TRAIN_PALETTES = ("jet", "hot", "bone", "rainbow", "turbo", "ocean", "pink", "winter", "autumn", "cool")
-HELD_OUT_PALETTES = ("inferno", "magma", "plasma")
+TRAIN_PALETTES = ("jet", "bone", "rainbow", "turbo", "ocean", "pink", "winter", "cool", "viridis", "twilight")
+HELD_OUT_PALETTES = ("inferno", "magma", "plasma", "hot", "autumn")
 LUMA_BGR = (0.114, 0.587, 0.299)    # BGR -> gray weights (ITU-R BT.601)
 
 

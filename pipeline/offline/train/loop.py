@@ -118,9 +118,9 @@ def _loop(trainer: Trainer, settings: TrainSettings, stop: StopFlag, step_callba
             if not last and _stalled(trainer, settings):
                 log.info("%s: val mAP50:95 has not improved for %d evaluations: stopping at step %d (best %.4f)",
                          settings.model, settings.patience, trainer.step, trainer.best)
-                last = True
+                trainer.stopped_by_patience = last = True
         if last:
-            trainer.stopped_early = trainer.step < trainer.total_steps
+            trainer.stopped_early = trainer.step < trainer.total_steps and not trainer.stopped_by_patience
             break
         if stop.raised is not None:
             _save_last(trainer)
@@ -239,5 +239,6 @@ def _write_log(trainer: Trainer, settings: TrainSettings, device: torch.device, 
               "steps_per_epoch": trainer.steps_per_epoch, "images_seen": trainer.images_seen,
               "train_frames": trainer.sampler.frame_count, "frames_on_gpu": trainer.frames_on_device,
               "skipped_nonfinite_steps": trainer.skipped_steps, "stopped_early_by_budget": trainer.stopped_early,
+              "stopped_early_by_patience": trainer.stopped_by_patience,
               "best_val_map50_95": trainer.best, "epochs": trainer.history["epochs"]}
     (trainer.out / "log.json").write_text(json.dumps(record, indent=1) + "\n")

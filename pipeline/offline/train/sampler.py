@@ -29,6 +29,10 @@ class FrameGroup:
         self.base_scale = base_scale
         self.boxes = [b for c in clips for b in c.boxes]
         self.weights = np.concatenate([np.full(len(c.boxes), c.weight, np.float64) for c in clips])
+        # positive crops pick objects: a clip's objects share its weight, so that a clip's share of the
+        # positive crops follows its weight however many objects its frames hold
+        self.object_weights = np.concatenate([np.full(len(c.boxes), c.weight * len(c.boxes) /
+                                                      max(sum(len(b) for b in c.boxes), 1)) for c in clips])
         self.on_device = on_device
         if on_device:
             self.frames = torch.empty((len(self.boxes), self.height, self.width, self.channels), dtype=torch.uint8,
@@ -101,13 +105,14 @@ class CropSampler:
         # clips weighted against each other (ClipFrames.weight, e.g. a user's clips against base data);
         # all equal: None, the original uniform draws (their order is part of the exact-resume contract)
         self.frame_cdf = _cdf(frame_weights) if len(np.unique(frame_weights)) > 1 else None
-        self.object_cdf = self._object_cdf(augment.small_object_power, frame_weights)
+        object_weights = np.concatenate([group.object_weights for group in self.groups])
+        self.object_cdf = self._object_cdf(augment.small_object_power, object_weights)
 
-    def _object_cdf(self, power: float, frame_weights: np.ndarray) -> np.ndarray | None:
+    def _object_cdf(self, power: float, object_weights: np.ndarray) -> np.ndarray | None:
         """Cumulative pick weights of self.objects, or None for uniform picks (the original draw)."""
         if (power == 0 and self.frame_cdf is None) or not len(self.objects):
             return None
-        weights = frame_weights[self.objects[:, 0]]
+        weights = object_weights[self.objects[:, 0]]
         if power:   # longest side in inference pixels, in the order self.objects lists them (group, frame, box)
             sides = np.concatenate([np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]) * group.base_scale
                                     for group in self.groups for boxes in group.boxes if len(boxes)])

@@ -51,6 +51,7 @@ class Trainer:
         self.elapsed = 0.0                 # training-loop seconds before this process (resume)
         self.skipped_steps = 0
         self.stopped_early = False         # the time budget ended the run before its planned last step
+        self.stopped_by_patience = False   # --patience ended it: val stopped improving
         # the window is set when the steps are planned (or restored by load_state)
         self.ema = ModelEMA(self.model, *ema_settings(PLACEHOLDER_EMA_STEPS))
 

@@ -102,3 +102,10 @@ def test_one_clip_is_not_enough(palette_camera, tmp_path):
     result = adapt("--data", str(folder), "--classes", "uav=drone,gull=bird", "--out", str(tmp_path / "o"), timeout=60)
     assert result.returncode == 2 and "at least 2 are needed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_test_clips_that_it_trains_on_are_refused_before_any_training(palette_camera, tmp_path):
+    result = adapt("--data", str(palette_camera), "--test-data", str(palette_camera), "--classes",
+                   "uav=drone,gull=bird", "--base", "none", "--out", str(tmp_path / "o"), timeout=60)
+    assert result.returncode == 2 and "--test-data holds clips adapt trains on" in result.stderr
+    assert not (tmp_path / "o" / "train").exists()

@@ -289,18 +289,24 @@ def test_gssam_twin_continues_a_baseline_from_where_it_is(tiny_data, tmp_path):
 
 
 def test_clip_weights_set_the_share_of_crops_and_equal_weights_keep_the_original_draws():
-    """A user's one clip weighted 7 against nine base frames weighted 1/3 each gets 70 % of the crops
-    (positive and background); equal weights leave the uniform draws (the exact-resume contract) alone."""
-    user = _clip_with_box((150, 100, 162, 110))
-    base = train.ClipFrames("base", "IR", np.repeat(user.frames, 9, axis=0), list(range(9)), user.boxes * 9)
+    """A user's clip (2 frames, one box) weighted to 70 % against nine base frames of two boxes each gets
+    70 % of the positive crops and 70 % of the background crops, however many objects each side's frames
+    hold; equal weights leave the uniform draws (the exact-resume contract) alone."""
+    one = _clip_with_box((150, 100, 162, 110))
+    user = train.ClipFrames("user", "IR", np.repeat(one.frames, 2, axis=0), [0, 1],
+                            [one.boxes[0], np.zeros((0, 5), np.float32)])
+    two = np.array([[0, 150, 100, 162, 110], [0, 50, 50, 60, 60]], np.float32)
+    base = train.ClipFrames("base", "IR", np.repeat(one.frames, 9, axis=0), list(range(9)), [two] * 9)
     augment = train.Augment(crop=64)
     equal = train.CropSampler([user, base], (512, 640), augment, torch.device("cpu"), on_device=False)
     assert equal.frame_cdf is None and equal.object_cdf is None
-    user.weight, base.weight = 7.0, 1 / 3
-    sampler = train.CropSampler([user, base], (512, 640), augment, torch.device("cpu"), on_device=False)
-    plans = sampler.draw(4000, np.random.default_rng(0))
-    user_share = np.mean([plan["row"] == 0 for plan in plans])   # the user's frame is row 0 of the one group
-    assert abs(user_share - 0.7) < 0.03
+    user.weight, base.weight = 0.7 / 2, 0.3 / 9
+    for positive in (1.0, 0.0):
+        sampler = train.CropSampler([user, base], (512, 640), train.Augment(crop=64, positive_fraction=positive),
+                                    torch.device("cpu"), on_device=False)
+        plans = sampler.draw(4000, np.random.default_rng(0))
+        user_share = np.mean([plan["row"] < 2 for plan in plans])   # the user's frames are rows 0-1 of the group
+        assert abs(user_share - 0.7) < 0.03, (positive, user_share)
 
 
 def test_patience_stops_when_the_last_evaluations_do_not_beat_the_best_before_them():
