@@ -64,19 +64,21 @@ class Detector:
         frame otherwise)."""
         self.infer(np.full((1, 3, *self.input_size), 114, np.float32))
 
-    def postprocess(self, raw: np.ndarray, ratios, image_shapes) -> list[np.ndarray]:
-        """yolox NMS (class-aware unless class_agnostic_nms), boxes rescaled to and clipped into each image."""
+    def postprocess(self, raw: np.ndarray, ratios, image_shapes, objectness: bool = False) -> list[np.ndarray]:
+        """yolox NMS (class-aware unless class_agnostic_nms), boxes rescaled to and clipped into each image:
+        K x 6 [x1, y1, x2, y2, score, class]; with ``objectness`` a 7th column, the head's objectness
+        (class-agnostic: is something there, whatever it is; score = objectness x class score)."""
         kept = select(np.asarray(raw, dtype=np.float32), len(self.class_names), self.conf_threshold,
                       self.nms_threshold, class_agnostic=self.class_agnostic_nms)
-        return [self._to_image(k, r, s) for k, r, s in zip(kept, ratios, image_shapes)]
+        return [self._to_image(k, r, s, objectness) for k, r, s in zip(kept, ratios, image_shapes)]
 
     @staticmethod
-    def _to_image(kept, ratio: float, image_shape) -> np.ndarray:
+    def _to_image(kept, ratio: float, image_shape, objectness: bool = False) -> np.ndarray:
         if kept is None:
-            return np.zeros((0, 6), dtype=np.float32)
+            return np.zeros((0, 7 if objectness else 6), dtype=np.float32)
         boxes = to_source_pixels(kept[:, :4], ratio, image_shape)
-        scores = kept[:, 4] * kept[:, 5]
-        return np.column_stack([boxes, scores, kept[:, 6]]).astype(np.float32)
+        columns = [boxes, kept[:, 4] * kept[:, 5], kept[:, 6]] + ([kept[:, 4]] if objectness else [])
+        return np.column_stack(columns).astype(np.float32)
 
     def __call__(self, images) -> list[np.ndarray]:
         if len(images) == 0:

@@ -102,8 +102,8 @@ def tile_ratio(tile_hw, input_hw) -> float:
 
 
 def to_frame(dets: np.ndarray, region) -> np.ndarray:
-    """Detections in a region's own pixels (K x 6) -> the frame's pixels (a new array)."""
-    out = np.array(dets, dtype=np.float32).reshape(-1, 6)
+    """Detections in a region's own pixels (K x 6, or 7 with objectness) -> the frame's pixels (a new array)."""
+    out = _rows(dets)
     out[:, [0, 2]] += region[0]
     out[:, [1, 3]] += region[1]
     return out
@@ -140,7 +140,7 @@ def merge(dets: np.ndarray, cut: np.ndarray, ios_threshold: float = DEFAULT_MERG
     NMSed there and never merge with each other. Only the MAX_MERGED best-scoring detections take
     part (COCO scores 100 per image; a low threshold on a frame of many tiles would otherwise make
     the pairwise overlaps cost seconds). A kept box takes the best score of its class in its group."""
-    dets = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
+    dets = _rows(dets)
     trusted = np.ones(len(dets), dtype=bool) if trusted is None else np.asarray(trusted, dtype=bool)
     regions = np.arange(len(dets)) if region_ids is None else np.asarray(region_ids)
     best = np.argsort(-dets[:, 4], kind="stable")[:MAX_MERGED]
@@ -158,9 +158,16 @@ def merge(dets: np.ndarray, cut: np.ndarray, ios_threshold: float = DEFAULT_MERG
         if cut[i]:
             box[:2], box[2:4] = dets[group, :2].min(axis=0), dets[group, 2:4].max(axis=0)
         box[4] = dets[group & (dets[:, 5] == box[5]), 4].max()
+        box[6:] = dets[group, 6:].max(axis=0)   # objectness, where carried: the surest view of the object
         kept.append(box)
         alive &= ~group
-    return np.stack(kept) if kept else np.zeros((0, 6), dtype=np.float32)
+    return np.stack(kept) if kept else np.zeros((0, dets.shape[1]), dtype=np.float32)
+
+
+def _rows(dets) -> np.ndarray:
+    """Detections as a float32 K x C array (C = 6, or 7 with objectness; an empty input is K = 0)."""
+    array = np.array(dets, dtype=np.float32)
+    return array.reshape(-1, array.shape[-1] if array.ndim == 2 and array.shape[-1] >= 6 else 6)
 
 
 def _same_object(dets: np.ndarray, cut: np.ndarray, regions: np.ndarray, ios_threshold: float,

@@ -9,6 +9,9 @@ to the model is the picture: a colour palette, twice the pixels, sensor noise an
 
     python scripts/make_camera_proxy.py --split val --max-clips 10 --out out/proxy/adapt
     python scripts/make_camera_proxy.py --split test --out out/proxy/test
+    # a recipe is tuned on val scenes split in two (another palette), never on the test proxy:
+    python scripts/make_camera_proxy.py --split val --max-clips 7 --palette hot --out out/proxy/tune-adapt
+    python scripts/make_camera_proxy.py --split val --skip 7 --palette hot --out out/proxy/tune-test
 """
 from __future__ import annotations
 
@@ -58,13 +61,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=dataset.SPLITS, required=True)
     parser.add_argument("--label", default="drone", help="clips of this class (their other boxes come along)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N clips (a second, disjoint set)")
     parser.add_argument("--max-clips", type=int)
     parser.add_argument("--stride", type=int, default=3)
     parser.add_argument("--palette", choices=PALETTES, default="inferno")
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    clips = [c for c in dataset.load_split(args.split, modalities=("IR",)) if c.label == args.label][:args.max_clips]
+    clips = [c for c in dataset.load_split(args.split, modalities=("IR",)) if c.label == args.label]
+    clips = clips[args.skip:][:args.max_clips]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "data.yaml").write_text("names: [" + ", ".join(NAMES) + "]\n")
     for number, clip in enumerate(clips):

@@ -5,7 +5,8 @@ frame path without preprocess is letterboxed here. A frame larger than the model
 ``stages.detect.tiling``, stages.tiling) is also examined in tiles at the source's own scale; the
 whole-frame pass and the tiles of all frames of a batch go through the model together, and their
 detections are merged into one set in source pixels (models.tiling). The class names sent on with
-every frame are the checkpoint's own, so the track stage never guesses them. Only this process
+every frame are the checkpoint's own, so the track stage never guesses them; ``meta["object_scores"]``
+holds the head's objectness per detection (is something there, whatever class it was given). Only this process
 loads a model runtime (models.backends); the ONNX-based backends need no torch once their export is
 cached, so the process is up in well under a second.
 """
@@ -136,7 +137,9 @@ class DetectStage(Stage):
         found = self._run(jobs)
         for msg in msgs:
             mine = [(job, dets) for job, dets in zip(jobs, found) if job.msg is msg]
-            msg.detections = self._merged(msg, mine)
+            merged = self._merged(msg, mine)
+            msg.detections = np.ascontiguousarray(merged[:, :6])
+            msg.meta["object_scores"] = [round(float(v), 4) for v in merged[:, 6]]
             msg.meta["class_names"] = self.detector.class_names
         return msgs
 
@@ -150,14 +153,15 @@ class DetectStage(Stage):
                       region_input(job.msg.image, job.region, self.detector.input_size, job.ratio)[0] for job in chunk]
             batch = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
             shapes = [(r[3] - r[1], r[2] - r[0], 3) for r in (job.region for job in chunk)]
-            results = self.detector.postprocess(self.detector.infer(batch), [job.ratio for job in chunk], shapes)
+            results = self.detector.postprocess(self.detector.infer(batch), [job.ratio for job in chunk], shapes,
+                                                objectness=True)
             found += [to_frame(dets, job.region) for job, dets in zip(chunk, results)]
         return found
 
     def _merged(self, msg: FrameMessage, mine: list) -> np.ndarray:
         """One frame's detections: the whole-frame pass alone, or merged with its tiles' (models.tiling)."""
         if len(mine) == 1 and mine[0][0].tile is None:
-            return np.asarray(mine[0][1], dtype=np.float32).reshape(-1, 6)
+            return np.asarray(mine[0][1], dtype=np.float32).reshape(-1, 7)
         regions, per_region = [job.region for job, _ in mine], [dets for _, dets in mine]
         tiling = self.settings.tiling
         merged = merge_regions(per_region, regions, msg.image.shape[:2], tiling.merge_ios,

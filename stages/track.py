@@ -5,6 +5,10 @@ Tracking is `trackers.ByteTrackTracker` (supervision moved ByteTrack there in 0.
 the frame's time as ``frame_index / frame_rate``: frame indices count source frames, so a gap left by
 frames dropped upstream is passed as real elapsed time and the Kalman filter predicts across it.
 
+``msg.meta["object_scores"]`` (from the detect stage: the head's objectness per detection, class-agnostic)
+gives each track its ``object_score``, the mean over its life; with ``alert_on: object`` the tracker's
+thresholds apply to it too, so an object whose class guesses split (a low detection score) is tracked.
+
 ``msg.detections`` stays exactly what the detector said (offline scoring reads it back), less the
 boxes whose centre lies in one of the stream's ``ignore`` zones (``sources[].zones``; counted as
 ``detections_ignored``, never tracked, drawn or recorded); the tracker's ids (1-based, -1 = none) go
@@ -87,13 +91,20 @@ class TrackConfig:
     # object score reaches alert_min_object_score, unless its vote is confidently a class that does not
     # alert: a new camera's class guesses are shaky, the presence of an object is not)
     alert_on: str = setting("class", choices=("class", "object"))
-    alert_min_object_score: float = setting(0.3, ge=0.0, le=1.0)  # mean detection score over the track's life
+    alert_min_object_score: float = setting(0.3, ge=0.0, le=1.0)  # mean objectness over the track's life
     dismiss_confidence: float = setting(0.8, gt=0.0, le=1.0)  # "object": a vote this sure of a non-alert class
     thumbnail_px: int = setting(96, ge=8)  # side of the JPEG thumbnail in track_confirmed events
     publish_frames: bool = True  # annotated frames on the events PUB socket (topic frame/<stream>)
     events_hwm: int = setting(8, ge=1)  # PUB queue per subscriber: a slow subscriber loses messages, never slows us
     annotate: bool = True
     annotation: AnnotateConfig = setting(factory=AnnotateConfig)
+
+
+def _scores_of(values, detections) -> bool:
+    """Whether ``values`` is one number in [0, 1] per detection (meta 'object_scores' from the network)."""
+    count = 0 if detections is None else len(detections)
+    return (isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values))
 
 
 def make_tracker(s: TrackConfig):
@@ -106,12 +117,15 @@ def make_tracker(s: TrackConfig):
                             high_conf_det_threshold=s.high_conf_det_threshold)
 
 
-def track_detections(tracker, dets: np.ndarray, timestamp: float, first_id: int = 1) -> np.ndarray:
-    """Track id per detector box (from ``first_id`` on, -1 = not a confirmed track); the boxes are not changed."""
+def track_detections(tracker, dets: np.ndarray, timestamp: float, first_id: int = 1,
+                     confidence: np.ndarray | None = None) -> np.ndarray:
+    """Track id per detector box (from ``first_id`` on, -1 = not a confirmed track); the boxes are not changed.
+    ``confidence``: what the tracker's thresholds apply to (default the detection scores)."""
     import supervision as sv
 
     ids = np.full(len(dets), -1, dtype=np.int64)
-    sv_dets = sv.Detections(xyxy=dets[:, :4].astype(np.float32), confidence=dets[:, 4].astype(np.float32),
+    confidence = dets[:, 4] if confidence is None else confidence
+    sv_dets = sv.Detections(xyxy=dets[:, :4].astype(np.float32), confidence=np.asarray(confidence, np.float32),
                             class_id=dets[:, 5].astype(int), data={"row": np.arange(len(dets))})
     tracked = tracker.update(sv_dets, timestamp=timestamp)
     if len(tracked):  # the tracker reorders its output; the carried row index maps it back exactly
@@ -131,6 +145,7 @@ class TrackLife:
     observations: int = 0
     last_box: list[float] = field(default_factory=list)
     last_confidence: float = 0.0
+    objectness: float = 0.0  # summed over the track's observations (object_score is its mean)
     confirmed: bool = False  # track_confirmed was sent
     held_outside: bool = False  # its alert waits for a require zone (counted once in alerts_outside_zones)
 
@@ -140,9 +155,9 @@ class TrackLife:
 
     @property
     def object_score(self) -> float:
-        """Class-agnostic: how surely something is there, the mean detection score over the track's life
-        whatever class each detection was given."""
-        return float(self.votes.sum()) / max(self.observations, 1)
+        """Class-agnostic: how surely something is there, the mean of the detector's objectness over the
+        track's life (it does not fall when the class guesses split between drone, bird and airplane)."""
+        return self.objectness / max(self.observations, 1)
 
     @property
     def class_confidence(self) -> float:
@@ -292,6 +307,9 @@ class TrackStage(Stage):
         names = msg.meta.get("class_names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return "meta 'class_names' must be a list of strings"
+        objectness = msg.meta.get("object_scores")
+        if objectness is not None and not _scores_of(objectness, msg.detections):
+            return "meta 'object_scores' must be one number in [0, 1] per detection"
         return None
 
     def _stream(self, msg: FrameMessage) -> StreamState:
@@ -321,7 +339,7 @@ class TrackStage(Stage):
         else:
             self._count_gap(state, msg)
             msg.track_ids = track_detections(state.tracker, dets, msg.frame_index / self.settings.frame_rate,
-                                             state.first_id)
+                                             state.first_id, self._tracking_confidence(msg, dets))
             if len(msg.track_ids):
                 self.ids.handed_out(msg.stream_id, int(msg.track_ids.max()))
             self._update_lives(state, msg, dets, class_names)
@@ -340,6 +358,14 @@ class TrackStage(Stage):
                                          msg.track_ids, msg.meta))
         return [msg]
 
+    def _tracking_confidence(self, msg: FrameMessage, dets: np.ndarray) -> np.ndarray | None:
+        """alert_on: object tracks by the detector's objectness, so that an object whose class guesses
+        split (a low detection score) is still tracked; class mode by the detection score."""
+        objectness = msg.meta.get("object_scores")
+        if self.settings.alert_on != "object" or objectness is None:
+            return None
+        return np.asarray(objectness, np.float32).reshape(len(dets))
+
     def _outside_ignore_zones(self, msg: FrameMessage) -> np.ndarray:
         """The frame's detections less those in its stream's ignore zones (also taken out of ``msg``)."""
         dets = msg.detections if msg.detections is not None else np.zeros((0, 6), np.float32)
@@ -347,6 +373,8 @@ class TrackStage(Stage):
         if not keep.all():
             self.counters["detections_ignored"] += int((~keep).sum())
             dets = msg.detections = dets[keep]
+            if msg.meta.get("object_scores") is not None:
+                msg.meta["object_scores"] = [v for v, kept in zip(msg.meta["object_scores"], keep) if kept]
         return dets
 
     def _zones(self, stream_id: str) -> Zones:
@@ -362,6 +390,8 @@ class TrackStage(Stage):
     # ------------------------------------------------------------------ votes and events
     def _update_lives(self, state: StreamState, msg: FrameMessage, dets: np.ndarray, class_names: list[str]) -> None:
         alert_ids = {i for i, name in enumerate(class_names) if name in self.settings.alert_classes}
+        # the detector's objectness where it sent it (class-agnostic), else the detection score
+        objectness = msg.meta.get("object_scores") or dets[:, 4].tolist()
         for row in np.flatnonzero(msg.track_ids >= 0):
             track_id = int(msg.track_ids[row])
             life = state.lives.setdefault(track_id, TrackLife(np.zeros(len(class_names)), msg.frame_index))
@@ -369,6 +399,7 @@ class TrackStage(Stage):
             if class_id >= len(life.votes):
                 life.votes = np.pad(life.votes, (0, class_id + 1 - len(life.votes)))
             life.votes[class_id] += float(dets[row, 4])
+            life.objectness += float(objectness[row])
             life.observations += 1
             life.last_frame, life.last_box = msg.frame_index, [round(float(v), 2) for v in dets[row, :4]]
             life.last_confidence = float(dets[row, 4])

@@ -71,6 +71,15 @@ def test_an_object_split_by_a_border_gives_one_box_the_whole_one():
     assert merged[0, :4].tolist() == [600, 100, 660, 130] and merged[0, 4] == pytest.approx(0.90)
 
 
+def test_objectness_columns_travel_through_the_merge_the_surest_view_kept():
+    whole = [600, 100, 660, 130, 0.70, 0, 0.75]   # 7th column: the head's objectness (Detector objectness=True)
+    part = [600, 100, 640, 130, 0.90, 0, 0.95]
+    merged = merge(np.array([whole, part], np.float32), np.array([False, True]))
+    assert merged.shape == (1, 7) and merged[0, 6] == pytest.approx(0.95)
+    assert to_frame(np.zeros((0, 7), np.float32), (10, 20, 100, 100)).shape == (0, 7)
+    assert merge(np.zeros((0, 7), np.float32), np.zeros(0, bool)).shape == (0, 7)
+
+
 def test_an_uncut_sharp_box_is_not_widened_by_a_coarse_overlapping_one():
     sharp = [100, 100, 110, 108, 0.9, 0]
     coarse = [98, 97, 113, 111, 0.5, 0]  # the downscaled whole-frame pass's box of the same object

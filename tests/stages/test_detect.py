@@ -26,3 +26,7 @@ def test_batched_stage_output_equals_detector_on_each_frame(tmp_path, random_wei
         expected = reference([image])[0]
         assert len(expected) > 0
         np.testing.assert_allclose(msg.detections, expected, rtol=1e-4, atol=1e-3)
+        # objectness per detection, class-agnostic: score = objectness x class score <= objectness
+        objectness = np.array(msg.meta["object_scores"])
+        assert len(objectness) == len(msg.detections) and ((objectness >= 0) & (objectness <= 1)).all()
+        assert (msg.detections[:, 4] <= objectness + 1e-3).all()

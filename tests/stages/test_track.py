@@ -166,6 +166,45 @@ def test_object_mode_alerts_on_a_drone_whose_class_guess_is_shaky_but_not_on_a_s
     assert looser[450]["class_confidence"] == pytest.approx(0.5, abs=0.1)
 
 
+def test_objectness_keeps_an_object_with_split_class_guesses_tracked_and_alerting_in_object_mode(tmp_path):
+    """The detector sends its objectness (meta object_scores): a drone whose class guesses split scores
+    0.28 (objectness 0.7 x class 0.4), too low for the tracker to start a track on; in object mode the
+    tracker and the alert go by the objectness, and the event's object_score is it."""
+    def frames():
+        for i in range(20):
+            msg = frame(i, [small_target(i, y0=100, cls=(AIRPLANE, DRONE, BIRD)[i % 3], score=0.28)])
+            msg.meta["object_scores"] = [0.7]
+            yield msg
+
+    cfg, stage = make_stage(tmp_path / "class", events_hwm=1000)
+    assert [json.loads(m[1]) for m in run_and_listen(cfg, stage, list(frames())) if m[0] == b"event"] == []
+    cfg, stage = make_stage(tmp_path / "object", events_hwm=1000, alert_on="object", alert_min_object_score=0.5)
+    events = [json.loads(m[1]) for m in run_and_listen(cfg, stage, list(frames())) if m[0] == b"event"]
+    confirmed = [e for e in events if e["type"] == "track_confirmed"]
+    assert len(confirmed) == 1 and confirmed[0]["object_score"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("scores", [[0.5, 0.5], [1.5], ["x"], [True], 0.5])
+def test_object_scores_that_do_not_fit_the_detections_are_a_counted_drop(tmp_path, scores):
+    _, stage = make_stage(tmp_path)
+    msg = frame(0, [small_target(0)])
+    msg.meta["object_scores"] = scores
+    assert "object_scores" in stage.accept(msg)
+    msg.meta["object_scores"] = [0.5]
+    assert stage.accept(msg) is None
+    stage.close()
+
+
+def test_object_scores_follow_their_detections_out_of_an_ignore_zone(tmp_path):
+    zone = {"kind": "ignore", "polygon": [[0, 0], [200, 0], [200, 512], [0, 512]]}
+    _, stage = make_stage(tmp_path, zones=[zone], alert_on="object", alert_min_object_score=0.5)
+    msg = frame(0, [small_target(0, x0=50), small_target(0, x0=400)])
+    msg.meta["object_scores"] = [0.2, 0.9]
+    out = stage.process(msg)[0]
+    assert len(out.detections) == 1 and out.meta["object_scores"] == [0.9]
+    stage.close()
+
+
 def test_the_dismiss_bar_sets_how_sure_a_vote_must_be_to_silence_an_object(tmp_path):
     mostly_bird = [lambda i: small_target(i, y0=300, vx=2, cls=DRONE if i % 10 == 9 else BIRD, score=0.7)]
     silenced = confirmed_classes(tmp_path / "a", mostly_bird, alert_on="object", dismiss_confidence=0.8)
