@@ -207,7 +207,7 @@ def region_inputs(image: np.ndarray, regions, input_hw, tile_hw=None, whole_firs
 
 
 def detect_regions(detector, image: np.ndarray, regions, tile_hw=None, batch_size: int = 8,
-                   whole_first: bool = True) -> list[np.ndarray]:
+                   whole_first: bool = True, objectness: bool = False) -> list[np.ndarray]:
     """Detections (frame pixels) of each region of one image, the regions run through ``detector``
     (models.Detector: ``input_size``, ``infer``, ``postprocess``) in batches; ``regions[0]`` is the
     whole-frame pass when ``whole_first``."""
@@ -217,7 +217,7 @@ def detect_regions(detector, image: np.ndarray, regions, tile_hw=None, batch_siz
         inputs = region_inputs(image, chunk, detector.input_size, tile_hw, whole_first and start == 0)
         batch = np.stack([padded for padded, _ in inputs]).transpose(0, 3, 1, 2).astype(np.float32)
         shapes = [(r[3] - r[1], r[2] - r[0], 3) for r in chunk]
-        found = detector.postprocess(detector.infer(batch), [ratio for _, ratio in inputs], shapes)
+        found = detector.postprocess(detector.infer(batch), [ratio for _, ratio in inputs], shapes, objectness)
         results += [to_frame(dets, region) for dets, region in zip(found, chunk)]
     return results
 
@@ -247,10 +247,10 @@ def merge_regions(per_region: list[np.ndarray], regions, image_hw, ios_threshold
 
 def detect_tiled(detector, image: np.ndarray, tile_hw=None, min_overlap: int = DEFAULT_OVERLAP,
                  whole_frame: bool = True, batch_size: int = 8, ios_threshold: float = DEFAULT_MERGE_IOS,
-                 class_agnostic: bool = True) -> np.ndarray:
+                 class_agnostic: bool = True, objectness: bool = False) -> np.ndarray:
     """Every tile of one frame plus the whole-frame pass, merged (what replay mode and eval run)."""
     regions = frame_regions(image.shape[:2], detector.input_size, tile_hw, min_overlap, whole_frame)
     whole_first = whole_frame or len(regions) == 1  # a frame with too many tiles: the whole frame alone
-    per_region = detect_regions(detector, image, regions, tile_hw, batch_size, whole_first)
+    per_region = detect_regions(detector, image, regions, tile_hw, batch_size, whole_first, objectness)
     overlap = effective_overlap(tile_hw or detector.input_size, min_overlap)
     return merge_regions(per_region, regions, image.shape[:2], ios_threshold, class_agnostic, overlap, whole_first)

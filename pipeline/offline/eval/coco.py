@@ -21,7 +21,7 @@ from pipeline.offline.eval.settings import METRIC_LIBRARIES, EvalError
 log = logging.getLogger(__name__)
 
 TINY_SIDE_PX = 16
-Detections = dict  # (clip name, frame index) -> K x 6 float32 [x1, y1, x2, y2, score, class_id]
+Detections = dict  # (clip name, frame index) -> K x 6 float32 [x1, y1, x2, y2, score, class_id] (+ objectness)
 
 
 def _coco_api(library: str):
@@ -156,7 +156,14 @@ def coco_metrics(ground_truth: dict, predictions: list[dict], library: str = "fa
 
 def _agnostic(ground_truth: dict, predictions: list[dict], library: str) -> dict:
     stats = run_cocoeval(*class_agnostic(ground_truth, predictions), library).stats
-    return {"map50_95": _stat(stats[0]), "map50": _stat(stats[1]), "ap_small": _stat(stats[3])}
+    result = {"map50_95": _stat(stats[0]), "map50": _stat(stats[1]), "ap_small": _stat(stats[3])}
+    if predictions and all("objectness" in p for p in predictions):
+        # the same, each object's box ranked by the detector's objectness instead of objectness x class:
+        # how well the one class-agnostic "object in the sky" score the track stage alerts on sorts them
+        by_objectness = [{**p, "score": p["objectness"]} for p in predictions]
+        stats = run_cocoeval(*class_agnostic(ground_truth, by_objectness), library).stats
+        result.update(objectness_map50_95=_stat(stats[0]), objectness_map50=_stat(stats[1]))
+    return result
 
 
 def plot_pr_curve(metrics: dict, path: Path) -> None:
@@ -200,7 +207,11 @@ def to_coco_results(detections: Detections, ground_truth: dict, categories: dict
     """COCO results for the ground truth's images, in image order; detections of other frames are ignored."""
     results = []
     for image in ground_truth["images"]:
-        for x1, y1, x2, y2, score, class_id in detections.get((image["clip"], image["frame_index"]), ()):
+        for row in detections.get((image["clip"], image["frame_index"]), ()):
+            x1, y1, x2, y2, score, class_id = row[:6]
             if int(class_id) in categories:
-                results.append(coco_result(image["id"], categories[int(class_id)], (x1, y1, x2, y2), score))
+                result = coco_result(image["id"], categories[int(class_id)], (x1, y1, x2, y2), score)
+                if len(row) > 6:    # the detector's objectness (Detector.postprocess(objectness=True))
+                    result["objectness"] = round(float(row[6]), 5)
+                results.append(result)
     return results

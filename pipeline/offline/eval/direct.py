@@ -52,13 +52,13 @@ def _detect_image(detector, image: np.ndarray, tiling: str) -> tuple[np.ndarray,
     all counted as inference (its steps interleave per batch of tiles)."""
     start = time.perf_counter()
     if wants_tiles(tiling, image.shape[:2], detector.input_size, DEFAULT_AUTO_FACTOR):
-        dets = detect_tiled(detector, image, class_agnostic=detector.class_agnostic_nms)
+        dets = detect_tiled(detector, image, class_agnostic=detector.class_agnostic_nms, objectness=True)
         return dets, (0.0, (time.perf_counter() - start) * 1e3, 0.0)
     chw, ratio = detector.preprocess(image)
     prepared = time.perf_counter()
     raw = detector.infer(chw[None])
     inferred = time.perf_counter()
-    dets = detector.postprocess(raw, [ratio], [image.shape])[0]
+    dets = detector.postprocess(raw, [ratio], [image.shape], objectness=True)[0]   # K x 7: objectness last
     done = time.perf_counter()
     return dets, ((prepared - start) * 1e3, (inferred - prepared) * 1e3, (done - inferred) * 1e3)
 

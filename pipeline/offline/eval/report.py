@@ -140,6 +140,13 @@ def _format_ap(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _objectness_text(agnostic: dict) -> str:
+    if "objectness_map50" not in agnostic:
+        return ""
+    return (f"; ranked by objectness alone: mAP50:95 {_format_ap(agnostic['objectness_map50_95'])}  "
+            f"mAP50 {_format_ap(agnostic['objectness_map50'])}")
+
+
 def summary(report: dict) -> str:
     """The lines the command prints: the APs, per class and modality, latency and counts."""
     fmt = _format_ap
@@ -147,7 +154,7 @@ def summary(report: dict) -> str:
              f"small {fmt(report['ap_small'])}  medium {fmt(report['ap_medium'])}  large {fmt(report['ap_large'])}",
              "per class: " + ", ".join(f"{k} {fmt(v['map50_95'])}" for k, v in report["per_class"].items()),
              f"class-agnostic (any object in the sky): mAP50:95 {fmt(report['class_agnostic']['map50_95'])}  "
-             f"mAP50 {fmt(report['class_agnostic']['map50'])}",
+             f"mAP50 {fmt(report['class_agnostic']['map50'])}" + _objectness_text(report['class_agnostic']),
              "per modality: " + ", ".join(f"{k} {fmt(v['map50_95'])}" for k, v in report["per_modality"].items())]
     latency = report.get("latency_ms", {})
     if latency.get("images"):

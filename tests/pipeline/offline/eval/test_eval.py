@@ -155,6 +155,8 @@ def test_eval_writes_report_predictions_ground_truth_and_plot(synthetic_dataset_
     predictions = json.loads((out / "predictions.json").read_text())
     assert predictions and {p["image_id"] for p in predictions} <= {i["id"] for i in ground_truth["images"]}
     assert report["predictions"] == len(predictions)
+    assert all(0 <= p["objectness"] <= 1 and p["score"] <= p["objectness"] + 1e-4 for p in predictions)
+    assert "objectness_map50" in report["class_agnostic"]
     assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -284,3 +286,15 @@ def test_class_agnostic_ap_forgives_a_wrong_class_but_not_a_missed_object(ground
     assert evaluate.coco_metrics(ground_truth, doubled)["class_agnostic"]["map50_95"] == pytest.approx(1.0)
     half = perfect(ground_truth)[::2]
     assert evaluate.coco_metrics(ground_truth, half)["class_agnostic"]["map50"] < 0.7
+
+
+def test_class_agnostic_ap_ranked_by_objectness_when_the_predictions_carry_it(ground_truth):
+    """Each true box found with a low detection score (its class guesses split) but a high objectness,
+    each false box the other way round: ranked by score the false ones come first, by objectness the
+    true ones; without objectness on every prediction no such line is reported."""
+    found = [{**p, "score": 0.3, "objectness": 0.9} for p in perfect(ground_truth)]
+    false = [{**p, "bbox": [p["bbox"][0] + 200, p["bbox"][1] + 200, *p["bbox"][2:]], "score": 0.6, "objectness": 0.2}
+             for p in perfect(ground_truth)]
+    agnostic = evaluate.coco_metrics(ground_truth, found + false)["class_agnostic"]
+    assert agnostic["objectness_map50"] == pytest.approx(1.0) and agnostic["map50"] < 0.8
+    assert "objectness_map50" not in evaluate.coco_metrics(ground_truth, perfect(ground_truth))["class_agnostic"]
