@@ -58,7 +58,7 @@ def drone_recall(weights: Path, folder: Path) -> float:
         rows = [list(map(float, line.split())) for line in (folder / f"{image_path.stem}.txt").read_text().splitlines()]
         truth.append(np.array([[(cx - w / 2) * SIZE[0], (cy - h / 2) * SIZE[1], (cx + w / 2) * SIZE[0],
                                 (cy + h / 2) * SIZE[1]] for c, cx, cy, w, h in rows if c == 0]).reshape(-1, 4))
-        found.append(detector(image))
+        found.append(detector([image])[0])
     return recall_by_size(truth, found, ious=(0.5,))["recall"]["0.5"]
 
 
