@@ -95,9 +95,10 @@ def _check_apart(parts: HeldOut, settings: AdaptSettings) -> None:
     from pipeline.offline.eval.report import usable_clips
 
     learned = {clip.name for clip in parts.train + parts.val}
-    if not parts.shared_holdout and learned & {clip.name for clip in parts.test}:
-        raise TrainError(f"--test-data holds clips adapt trains on ({', '.join(sorted(learned & {c.name for c in parts.test})[:3])}"
-                         "): report on clips it never sees")
+    twice = sorted(learned & {clip.name for clip in parts.test})
+    if twice and not parts.shared_holdout:
+        raise TrainError(f"--test-data holds clips adapt trains on ({', '.join(twice[:3])}): report on clips "
+                         "it never sees")
     root = settings.base_root()
     if root is not None and settings.base_share > 0:
         leaked = sorted({c.name for c in dataset.load_split("train", root)} & {c.name for c in parts.test})
@@ -147,7 +148,7 @@ def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
                          batch=settings.batch, crop=settings.crop, input_size=tuple(meta["input_size"]),
                          evals=settings.evals, patience=settings.patience, warmup_steps=30,
                          val_per_clip=settings.val_per_clip, seed=settings.seed, threads=settings.threads,
-                         workers=settings.workers, no_progress=settings.no_progress, stride=settings.stride)
+                         workers=settings.workers, no_progress=settings.no_progress)
 
 
 # ------------------------------------------------------------------------------ before / after

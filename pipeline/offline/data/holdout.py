@@ -10,6 +10,7 @@ to report on: the held-out clip does both, and ``shared_holdout`` says so (the r
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.offline.data.dataset import DatasetError
@@ -33,9 +34,9 @@ def hold_out(clips: list, test_share: float = 0.3, seed: int = 0, test_given: bo
     ``test_given``: the test clips come from elsewhere (``--test-data``), so only val is held out here."""
     if not 0 < test_share < 1:
         raise DatasetError(f"the held-out share must be between 0 and 1, got {test_share}")
-    names = [clip.name for clip in clips]
-    if len(set(names)) != len(names):
-        raise DatasetError(f"two clips share a name ({_first_duplicate(names)}): clips must be told apart")
+    shared = [name for name, count in Counter(clip.name for clip in clips).items() if count > 1]
+    if shared:
+        raise DatasetError(f"two clips share a name ({shared[0]}): clips must be told apart")
     order = sorted(clips, key=lambda clip: clip.name)
     random.Random(seed).shuffle(order)
     if len(order) < 2:
@@ -47,11 +48,3 @@ def hold_out(clips: list, test_share: float = 0.3, seed: int = 0, test_given: bo
     vals = min(len(order) - tests - 1, max(1, round(len(order) * VAL_SHARE)))
     return HeldOut(train=order[tests + vals:], val=order[tests:tests + vals], test=order[:tests])
 
-
-def _first_duplicate(names: list[str]) -> str:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            return name
-        seen.add(name)
-    return ""

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -268,19 +269,23 @@ def _format_of(settings: TrainSettings) -> str:
 
 def _format_split(settings: TrainSettings, split: str) -> list:
     """``split`` (train / val) of a folder in another label format: its clips held out by clip, as
-    ``pipeline adapt`` does (the same seed gives the same parts for both calls)."""
+    ``pipeline adapt`` does; the folder's labels are read once for both calls."""
+    if split not in ("train", "val"):
+        raise TrainError(f"a {settings.format} folder is split into train and val only, not {split!r}")
+    return getattr(_format_parts(str(settings.data), _format_of(settings), settings.classes, settings.seed), split)
+
+
+@lru_cache(maxsize=2)
+def _format_parts(data: str, fmt: str, classes: str | None, seed: int):
     from pipeline.offline.data import formats
     from pipeline.offline.data.dataset import DatasetError
     from pipeline.offline.data.holdout import hold_out
 
     try:
-        clips = formats.read_clips(Path(settings.data), _format_of(settings), formats.parse_class_map(settings.classes))
-        parts = hold_out(clips, seed=settings.seed, test_given=True)
+        clips = formats.read_clips(Path(data), fmt, formats.parse_class_map(classes))
+        return hold_out(clips, seed=seed, test_given=True)
     except DatasetError as error:
         raise TrainError(str(error)) from None
-    if split not in ("train", "val"):
-        raise TrainError(f"a {settings.format} folder is split into train and val only, not {split!r}")
-    return getattr(parts, split)
 
 
 def tighten_visible_boxes(clips: list[ClipFrames], split: str) -> None:
