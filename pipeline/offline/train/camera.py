@@ -6,10 +6,14 @@ thermal clips shown through a colour palette). Each crop of a run with ``--camer
 probability P, a random mix of:
 
 - an 8-bit thermal palette applied to its brightness (a visible crop so becomes a thermal-style
-  rendering), or white-hot / black-hot inversion;
+  rendering), or white-hot / black-hot inversion, or, for a thermal crop, a visible-style rendering (its
+  brightness mapped between a random ground colour and a random sky colour, polarity either way);
+- a gain curve (gamma), as another camera's exposure and tone mapping give;
 - sensor noise (Gaussian) and fixed-pattern noise (per-column offsets, as uncalibrated microbolometers
   and rolling-shutter CMOS sensors show);
-- vignetting (radial fall-off) and defocus blur (3x3 or 5x5 Gaussian).
+- vignetting (radial fall-off) and defocus blur (3x3 or 5x5 Gaussian);
+- JPEG compression at a random quality (15-70), as a streaming encoder's rate control gives; applied
+  last, as a camera's encoder would.
 
 Palettes the proxy test camera uses (``HELD_OUT_PALETTES``: inferno, its perceptual siblings magma and
 plasma, and hot/autumn, which run through the same black-red-yellow colours) are never drawn, so that a
@@ -38,27 +42,38 @@ def palette_tables(names=TRAIN_PALETTES) -> torch.Tensor:
     return torch.from_numpy(np.stack(tables).astype(np.float32))
 
 
-def draw_effects(rng: np.random.Generator, palettes: int) -> dict:
+EFFECTS_VERSION = 2   # 1: palette, inversion, noise, vignette, blur; 2: + visible-style, gamma, JPEG
+
+
+def draw_effects(rng: np.random.Generator, palettes: int, thermal: bool = False) -> dict:
     """The random parameters of one crop's camera effects (a fixed number of draws, in a fixed order)."""
-    u = rng.random(6)
+    u = rng.random(9)
+    colours = rng.uniform(0, 1, 6)     # the visible-style rendering's ground and sky colours
     return {"palette": int(rng.integers(palettes)) if u[0] < 0.4 else -1,
             "invert": bool(0.4 <= u[0] < 0.55),
+            "tint": _tint(colours, u[6] < 0.5) if thermal and 0.55 <= u[0] < 0.8 else None,
             "noise": float(rng.uniform(2, 10)) if u[1] < 0.5 else 0.0,
             "stripes": float(rng.uniform(1, 6)) if u[2] < 0.25 else 0.0,
             "vignette": float(rng.uniform(0.2, 0.6)) if u[3] < 0.3 else 0.0,
             "blur": (3, 5)[int(u[5] * 2)] if u[4] < 0.25 else 0,
+            "gamma": float(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))) if u[7] < 0.3 else 1.0,
+            "jpeg": int(rng.integers(15, 71)) if u[8] < 0.3 else 0,
             "seed": int(rng.integers(2**31))}
+
+
+def _tint(colours: np.ndarray, dark_sky: bool) -> list[list[float]]:
+    """[dark end, bright end] BGR of a visible-style rendering: an earthy ground and a pale sky colour;
+    dark_sky swaps them (white-hot thermal: the hot drone on a cold sky becomes a dark drone on a bright one)."""
+    ground = [float(20 + 80 * colours[0]), float(30 + 90 * colours[1]), float(30 + 90 * colours[2])]
+    sky = [float(170 + 85 * colours[3]), float(150 + 95 * colours[4]), float(120 + 110 * colours[5])]
+    return [sky, ground] if dark_sky else [ground, sky]
 
 
 def apply_effects(image: torch.Tensor, effects: dict, tables: torch.Tensor) -> torch.Tensor:
     """One crop (3 x H x W float 0-255 BGR) as another camera would show it."""
-    if effects["palette"] >= 0 or effects["invert"]:
-        luma = (image * torch.tensor(LUMA_BGR, device=image.device).view(3, 1, 1)).sum(0)
-        if effects["invert"]:
-            image = (255 - luma).expand(3, -1, -1)
-        else:
-            index = luma.clamp(0, 255).round().long()
-            image = tables[effects["palette"]].to(image.device)[index].permute(2, 0, 1)
+    image = _recolour(image, effects, tables)
+    if effects.get("gamma", 1.0) != 1.0:
+        image = 255 * (image.clamp(0, 255) / 255) ** effects["gamma"]
     if effects["blur"]:
         image = _blur(image, effects["blur"])
     if effects["vignette"]:
@@ -69,7 +84,34 @@ def apply_effects(image: torch.Tensor, effects: dict, tables: torch.Tensor) -> t
         noise = torch.randn((1, height, width), generator=generator) * effects["noise"]
         noise = noise + torch.randn((1, 1, width), generator=generator) * effects["stripes"]
         image = image + noise.to(image.device)
-    return image.clamp(0, 255)
+    image = image.clamp(0, 255)
+    return _jpeg(image, effects["jpeg"]) if effects.get("jpeg") else image
+
+
+def _recolour(image: torch.Tensor, effects: dict, tables: torch.Tensor) -> torch.Tensor:
+    """Palette, inversion or visible-style tint of the crop's brightness (or the crop unchanged)."""
+    if effects["palette"] < 0 and not effects["invert"] and not effects.get("tint"):
+        return image
+    luma = (image * torch.tensor(LUMA_BGR, device=image.device).view(3, 1, 1)).sum(0)
+    if effects["invert"]:
+        return (255 - luma).expand(3, -1, -1)
+    if effects.get("tint"):
+        dark, bright = (torch.tensor(c, dtype=image.dtype, device=image.device).view(3, 1, 1) for c in effects["tint"])
+        return dark + (bright - dark) * (luma / 255).clamp(0, 1)
+    index = luma.clamp(0, 255).round().long()
+    return tables[effects["palette"]].to(image.device)[index].permute(2, 0, 1)
+
+
+def _jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """The crop through a JPEG encoder and back (OpenCV, on the host)."""
+    import cv2
+
+    pixels = np.ascontiguousarray(image.round().byte().permute(1, 2, 0).cpu().numpy())
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:   # cannot happen for a 3-channel uint8 image; keep the crop rather than fail a step
+        return image
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return torch.from_numpy(decoded).permute(2, 0, 1).float().to(image.device)
 
 
 def _blur(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -66,8 +66,10 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assignment", choices=("batched", "yolox"), default="batched",
                    help="SimOTA label assignment: batched (models/simota.py) or yolox's per-image loop")
     p.add_argument("--camera-effects", type=float, default=0.0, help="share of crops shown as another camera "
-                   "would: thermal palettes (the proxy camera's held out), inversion, sensor and fixed-pattern noise, "
-                   "vignetting, blur (pipeline/offline/train/camera.py)")
+                   "would: thermal palettes (the proxy camera's held out), inversion, visible-style thermal, gamma, "
+                   "sensor and fixed-pattern noise, vignetting, blur, JPEG (pipeline/offline/train/camera.py)")
+    p.add_argument("--copy-paste", type=float, default=0.0, help="share of crops that get 1-3 real labeled objects "
+                   "from other frames pasted in, 4-48 px, either camera (pipeline/offline/train/paste.py)")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from models.letterbox import PAD_VALUE, letterbox_ratio, resized_size
 from pipeline.offline.train.camera import LUMA_BGR, apply_effects, draw_effects, palette_tables
+from pipeline.offline.train.paste import draw_pastes, paste_box, paste_into
 from pipeline.offline.train.sources import ClipFrames
 
 MAX_BOXES = 64                      # labels per crop kept (the densest real frames hold < 10)
@@ -72,6 +73,7 @@ class Augment:
     # (side: longest, in inference pixels); 0 = uniform over objects
     small_object_power: float = 0.0
     camera_effects: float = 0.0         # share of crops shown as another camera would (train/camera.py)
+    copy_paste: float = 0.0             # share of crops that get real objects pasted in (train/paste.py)
 
 
 class CropSampler:
@@ -154,22 +156,52 @@ class CropSampler:
             cx, cy = (x1 + x2) / 2 + jitter[0], (y1 + y2) / 2 + jitter[1]
         else:
             cx, cy = rng.uniform(0, group.width), rng.uniform(0, group.height)
-        return {"group": group_index, "row": row, "scale": scale, "cx": float(cx), "cy": float(cy),
+        plan = {"group": group_index, "row": row, "scale": scale, "cx": float(cx), "cy": float(cy),
                 "flip": bool(rng.random() < augment.flip),
                 "contrast": rng.uniform(*augment.contrast),
                 "brightness": rng.uniform(-augment.brightness, augment.brightness),
                 "gray": bool(group.channels == 3 and rng.random() < augment.gray),
-                **self._draw_camera(rng)}
+                **self._draw_camera(rng, group.channels)}
+        return self._draw_paste(rng, plan)
 
-    def _draw_camera(self, rng: np.random.Generator) -> dict:
+    def _draw_paste(self, rng: np.random.Generator, plan: dict) -> dict:
+        """Objects pasted into the crop; no draw at all when pasting is off (older runs cut the same crops)."""
+        if not self.augment.copy_paste or not len(self.objects):
+            return plan
+        if rng.random() >= self.augment.copy_paste:
+            return {**plan, "paste": []}
+        rows = self._frame_targets(plan)
+        taken = np.stack([rows[:, 1] - rows[:, 3] / 2, rows[:, 2] - rows[:, 4] / 2,
+                          rows[:, 1] + rows[:, 3] / 2, rows[:, 2] + rows[:, 4] / 2], 1)
+        return {**plan, "paste": draw_pastes(rng, self._pick_object, self._box_size, self.augment.crop, taken)}
+
+    def _source_box(self, frame: int, box: int) -> tuple[FrameGroup, int, np.ndarray]:
+        group_index, row = self._locate(frame)
+        group = self.groups[group_index]
+        return group, row, group.boxes[row][box]
+
+    def _box_size(self, frame: int, box: int) -> tuple[float, float]:
+        row = self._source_box(frame, box)[2]
+        return float(row[3] - row[1]), float(row[4] - row[2])
+
+    def _draw_camera(self, rng: np.random.Generator, channels: int) -> dict:
         """Camera effects of one crop; no draw at all when they are off (older runs cut the same crops)."""
         if not self.augment.camera_effects:
             return {}
         if rng.random() >= self.augment.camera_effects:
             return {"camera": None}
-        return {"camera": draw_effects(rng, len(self.palettes))}
+        return {"camera": draw_effects(rng, len(self.palettes), thermal=channels == 1)}
 
     def _targets(self, plan: dict) -> np.ndarray:
+        """The crop's labels, rows [class, cx, cy, w, h] in crop pixels: the frame's, then the pasted ones."""
+        rows = self._frame_targets(plan)
+        pasted = [paste_box(paste, self._source_box(paste["frame"], paste["box"])[2])
+                  for paste in plan.get("paste", ()) if paste.get("visible", True)]
+        if pasted:
+            rows = np.concatenate([rows, np.stack(pasted)])
+        return rows[:MAX_BOXES]
+
+    def _frame_targets(self, plan: dict) -> np.ndarray:
         """The frame's boxes mapped into the crop: rows [class, cx, cy, w, h] in crop pixels."""
         augment = self.augment
         boxes = self.groups[plan["group"]].boxes[plan["row"]]
@@ -197,7 +229,16 @@ class CropSampler:
             members = [i for i, plan in enumerate(plans) if plan["group"] == group_index]
             if members:
                 out[torch.as_tensor(members, device=self.device)] = self._render_group(group, [plans[i] for i in members])
+        self._paste(out, plans)
         return self._photometric(out, plans)
+
+    def _paste(self, images: torch.Tensor, plans: list[dict]) -> None:
+        """Pastes into the crops (in place). Whether a paste could be seen is known only now, so it is
+        written into its plan here and ``_targets`` labels only the visible ones: render before targets."""
+        for image, plan in zip(images, plans):
+            for paste in plan.get("paste", ()):
+                group, row, box = self._source_box(paste["frame"], paste["box"])
+                paste["visible"] = paste_into(image, group.gather(np.array([row]), self.device)[0], box, paste)
 
     def _render_group(self, group: FrameGroup, plans: list[dict]) -> torch.Tensor:
         """The crops of one frame shape: one affine grid_sample over the gathered frames."""

@@ -74,6 +74,7 @@ class TrainSettings:
     prepare_only: bool = False
     keep_epochs: bool = False   # every epoch's weights as epoch-N.pt, not only the best
     camera_effects: float = 0.0   # share of crops shown as another camera would (train/camera.py)
+    copy_paste: float = 0.0       # share of crops with real objects pasted in (train/paste.py)
     patience: int | None = None  # stop when this many evaluations in a row did not beat the best
 
     def __post_init__(self):
@@ -92,8 +93,9 @@ class TrainSettings:
         for name in ("batch", "crop", "stride", "evals", "probe_steps", "warmup_steps"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
-        if not 0 <= self.camera_effects <= 1:
-            raise TrainError("--camera-effects must be in 0..1")
+        for name in ("camera_effects", "copy_paste"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be in 0..1")
         if self.patience is not None and self.patience < 1:
             raise TrainError("--patience must be >= 1")
         if not 0 <= self.small_object_power <= 8:

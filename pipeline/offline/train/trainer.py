@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.offline.train.camera import EFFECTS_VERSION
 from pipeline.offline.train.device import autocast, frames_fit_on_device
 from pipeline.offline.train.sampler import Augment, CropSampler
 from pipeline.offline.train.schedule import ModelEMA, ema_settings, lr_factor, make_optimizer
@@ -40,7 +41,7 @@ class Trainer:
             on_device = frames_fit_on_device(settings.frames_on, settings.gpu_reserve_gb, device,
                                              sum(c.frames.nbytes for c in train_clips))
             augment = Augment(crop=settings.crop, small_object_power=settings.small_object_power,
-                              camera_effects=settings.camera_effects)
+                              camera_effects=settings.camera_effects, copy_paste=settings.copy_paste)
             self.sampler = CropSampler(train_clips, settings.input_size, augment, device, on_device)
         self.frames_on_device = on_device
         self.rng = np.random.default_rng(settings.seed)
@@ -132,7 +133,10 @@ class Trainer:
     def recipe(self) -> dict:
         """Options that change what a step computes: a resumed run must use the same."""
         return {"l1_loss": bool(self.settings.l1_loss), "small_object_power": float(self.settings.small_object_power),
-                "visible_boxes": self.settings.visible_boxes, "camera_effects": float(self.settings.camera_effects)}
+                "visible_boxes": self.settings.visible_boxes, "camera_effects": float(self.settings.camera_effects),
+                # which effects a crop may get (camera.EFFECTS_VERSION) changes the draws of runs with effects
+                "effects_version": EFFECTS_VERSION if self.settings.camera_effects else 0,
+                "copy_paste": float(self.settings.copy_paste)}
 
     def load_state(self, path: Path) -> None:
         state = self._read_state(path)
@@ -153,8 +157,7 @@ class Trainer:
             raise TrainError(f"cannot resume from {path}: {str(error).splitlines()[0]}") from None
         if state.get("format") != STATE_FORMAT or state.get("model_name") != self.settings.model:
             raise TrainError(f"{path}: not a training state of model {self.settings.model!r}")
-        started = {"visible_boxes": "dataset", "camera_effects": 0.0,   # older states: not checked
-                   **state.get("recipe", self.recipe())}
+        started = started_recipe(state, self.recipe())
         if started != self.recipe():
             raise TrainError(f"--resume: {path} was trained with {started}, this command asks for {self.recipe()}; "
                              "resume with the same options")
@@ -179,3 +182,11 @@ class Trainer:
         self.step += 1
         self.images_seen += len(images)
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in outputs.items()}
+
+
+def started_recipe(state: dict, current: dict) -> dict:
+    """The recipe a training state was made with; options older states did not record take the value
+    they had then (a state without any recipe: the current one, unchecked)."""
+    started = {"visible_boxes": "dataset", "camera_effects": 0.0, "copy_paste": 0.0, **state.get("recipe", current)}
+    started.setdefault("effects_version", 1 if started["camera_effects"] else 0)
+    return started
