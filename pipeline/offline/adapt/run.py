@@ -8,6 +8,7 @@ before/after table), ``eval/<part>-<before|after>/`` (each scoring's own files).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import shutil
@@ -28,11 +29,18 @@ EXIT_INTERRUPTED = 143
 BASE_CHECK_STRIDE = 30      # base val split scored every 30th frame: ~600 images, a minute on 2 cores
 
 
+# the options that decide which crops training cuts: a --resume that changed one would go on silently
+# with other data (the training run itself checks its own recipe, not what adapt feeds it)
+CROP_OPTIONS = ("data", "format", "classes", "test_data", "weights", "base", "base_share", "base_stride",
+                "base_clips", "stride", "max_frames", "holdout", "batch", "crop", "seed")
+
+
 def adapt(settings: AdaptSettings) -> int:
     started = time.monotonic()
     meta = _start_meta(settings)
     parts = _held_out_parts(settings)
     _check_apart(parts, settings)
+    _pin_crop_options(settings)
     workers = settings.workers or os.cpu_count() or 1
     train = decode_clips(parts.train, settings.stride, workers, settings.max_frames)
     val = decode_clips(parts.val, settings.stride, workers, settings.max_frames)
@@ -140,6 +148,26 @@ def _weigh(user: list[ClipFrames], base: list[ClipFrames], base_share: float) ->
         clip.weight = (1 - base_share) / user_frames
     for clip in base:
         clip.weight = base_share / base_frames
+
+
+def _pin_crop_options(settings: AdaptSettings) -> None:
+    """Keep the crop-deciding options beside the run (``adapt-options.json``); --resume must repeat them."""
+    path = settings.out / "adapt-options.json"
+    config = settings.as_config()
+    wanted = {name: config[name] for name in CROP_OPTIONS}
+    if settings.resume and path.is_file():
+        try:
+            started = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise TrainError(f"--resume: cannot read {path}: {error}") from None
+        changed = sorted(name for name in CROP_OPTIONS if started.get(name) != wanted[name])
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise TrainError(f"--resume: {flags} differ from the interrupted run's ({path}); "
+                             "resume with the same options")
+        return
+    settings.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1) + "\n")
 
 
 def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:

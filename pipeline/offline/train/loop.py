@@ -46,6 +46,12 @@ def run(settings: TrainSettings, step_callback=None, data: tuple | None = None) 
     trainer = Trainer(settings, device, train_clips, val_clips, class_names)
     if settings.resume:
         trainer.load_state(Path(settings.out) / "last.pt")
+        if _stalled(trainer, settings):   # it ended by --patience: training on would only re-stop it
+            log.info("%s: this run already ended by --patience at step %d (best %.4f): nothing to resume",
+                     settings.model, trainer.step, trainer.best)
+            trainer.stopped_by_patience = True
+            _write_log(trainer, settings, device, time.monotonic() - started, "done")
+            return 0
     elif settings.epochs is not None:
         trainer.plan_epochs(trainer.sampler.frame_count)
     log.info("%s: %d train frames (%d objects), %d val clips, frames on %s, data ready in %.1fs",

@@ -109,3 +109,20 @@ def test_test_clips_that_it_trains_on_are_refused_before_any_training(palette_ca
                    "uav=drone,gull=bird", "--base", "none", "--out", str(tmp_path / "o"), timeout=60)
     assert result.returncode == 2 and "--test-data holds clips adapt trains on" in result.stderr
     assert not (tmp_path / "o" / "train").exists()
+
+
+def test_resume_with_other_crop_options_is_refused(tmp_path):
+    """adapt feeds the training run its data: a --resume that changed what is mixed in would go on
+    silently with other crops, so the options that decide them are kept beside the run and compared."""
+    from pipeline.offline.adapt.run import _pin_crop_options
+    from pipeline.offline.adapt.settings import AdaptSettings
+    from pipeline.offline.train.settings import TrainError
+
+    first = AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", base_share=0.3)
+    _pin_crop_options(first)
+    assert json.loads((tmp_path / "run" / "adapt-options.json").read_text())["base_share"] == 0.3
+    _pin_crop_options(AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", base_share=0.3, resume=True,
+                                    minutes=30, lr=1e-4))                     # budget and lr may change
+    with pytest.raises(TrainError, match="--base-share, --base-stride differ"):
+        _pin_crop_options(AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", base_share=0.5,
+                                        base_stride=10, resume=True))

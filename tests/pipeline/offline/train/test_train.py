@@ -379,3 +379,25 @@ def test_camera_effects_change_the_pixels_not_the_boxes_and_repeat_exactly():
     assert (changed > 1).float().mean() > 0.5
     assert not set(camera.HELD_OUT_PALETTES) & set(camera.TRAIN_PALETTES)
     assert "camera" not in plain.draw(1, np.random.default_rng(0))[0]   # off: not one extra draw
+
+
+def test_a_run_ended_by_patience_is_not_trained_on_by_resume(tiny_data, tmp_path, monkeypatch):
+    """--resume of a run --patience stopped: no step more, best.pt untouched, the log says why."""
+    from pipeline.offline.train import loop
+
+    scores = iter([0.5, 0.4, 0.3, 0.9, 0.9, 0.9])   # falls after the first evaluation; would rise later
+    monkeypatch.setattr(loop, "evaluate_model",
+                        lambda *a, **k: {"map50_95": next(scores), "map50": 0.5, "per_modality": {}})
+    root, manifest = tiny_data
+    torch.set_num_threads(1)
+    argv = _argv(root, manifest, tmp_path / "run")
+    argv[argv.index("--epochs") + 1] = "6"
+    argv[argv.index("--epoch-steps") + 1] = "1"
+    assert train.main(argv + ["--patience", "2"]) == 0
+    best = (tmp_path / "run" / "best.pt").read_bytes()
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert log["steps"] == 3 and log["stopped_early_by_patience"]
+    assert train.main(argv + ["--patience", "2", "--resume"]) == 0
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert log["steps"] == 3 and log["stopped_early_by_patience"] and log["status"] == "done"
+    assert (tmp_path / "run" / "best.pt").read_bytes() == best
