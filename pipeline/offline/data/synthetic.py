@@ -160,6 +160,38 @@ def _background(rng: np.random.Generator, width: int, height: int, kind: str) ->
     return image
 
 
+@dataclass(frozen=True)
+class _Look:
+    """How one clip's camera and weather differ from the plain render (``render_clip(varied=True)``):
+    the plain clips all share one blue sky, one target contrast and one noise level, and a model
+    trained on many of them learns that look (issue 17: more synthetic clips, less generalisation)."""
+    sky: str                 # "blue" | "overcast" | "dusk"
+    haze: float              # 0..0.5: the scene pulled towards the horizon colour (less contrast)
+    contrast: float          # scales every target's difference from the grey it is drawn against
+    reverse: bool            # targets brighter than the sky (visible) / colder than it (thermal)
+    black_hot: bool          # thermal: warm shown dark
+    noise: float             # sensor noise sigma
+    blur: float              # optics blur sigma
+
+
+def _draw_look(rng: np.random.Generator) -> _Look:
+    u = rng.random(4)
+    return _Look(sky=("blue", "overcast", "dusk")[int(u[0] * 3)], haze=float(rng.uniform(0, 0.5)),
+                 contrast=float(np.exp(rng.uniform(np.log(0.3), 0))), reverse=bool(u[1] < 0.2),
+                 black_hot=bool(u[2] < 0.3), noise=float(rng.uniform(1, 8)), blur=float(rng.uniform(0.3, 1.4)))
+
+
+def _restyle_sky(image: np.ndarray, look: _Look, rng: np.random.Generator) -> np.ndarray:
+    """The plain blue sky recoloured per the look, then haze."""
+    grey = image.mean(axis=2, keepdims=True)
+    if look.sky == "overcast":
+        image = np.repeat(grey * 0.9 + np.float32(rng.uniform(10, 40)), 3, axis=2)
+    elif look.sky == "dusk":
+        image = grey * np.array([0.55, 0.75, 1.05], np.float32)
+    horizon = image[int(image.shape[0] * 0.6)].mean(axis=0)
+    return image + (horizon - image) * np.float32(look.haze)
+
+
 def _to_thermal(bgr: np.ndarray) -> np.ndarray:
     """Cold sky dark, warm ground bright: a grey-level inversion of the visible brightness."""
     grey = bgr.mean(axis=2, keepdims=True)
@@ -207,6 +239,21 @@ def _make_targets(rng: np.random.Generator, width: int, height: int, n_drones: i
     return targets
 
 
+def _restyle_targets(targets: list[_Target], scene: np.ndarray, look: _Look, modality: str) -> None:
+    """Each target's grey level per the look: its contrast against the scene's mean grey scaled (down to
+    a faint 0.3x), its polarity reversed in some clips, thermal black-hot flipped with the scene."""
+    mean = float(scene.mean())
+    for target in targets:
+        difference = (target.intensity - mean) * look.contrast
+        if look.reverse:
+            difference = -difference
+        if modality == "IR" and look.black_hot:
+            difference = -difference
+        # at least 12 grey levels: a target nobody could see is a wrong label, not a hard example
+        difference = math.copysign(max(abs(difference), 12.0), difference)
+        target.intensity = float(np.clip(mean + difference, 0, 255))
+
+
 def loose_visible_box(box: tuple[float, float, float, float], rng: np.random.Generator
                       ) -> tuple[float, float, float, float]:
     """(x, y, w, h) as the real visible-camera labels draw an object's tight ``box``: roughly centred
@@ -221,17 +268,28 @@ def loose_visible_box(box: tuple[float, float, float, float], rng: np.random.Gen
 
 def render_clip(seed: int = 0, frames: int = 300, size: tuple[int, int] = (640, 512), modality: str = "V",
                 n_drones: int | None = None, n_birds: int | None = None, background: str | None = None,
-                noise_sigma: float = 3.0, blur_sigma: float = 0.6) -> Iterator[tuple[np.ndarray, list[Box]]]:
-    """(BGR uint8 frame, boxes) per frame, deterministic from ``seed``."""
+                noise_sigma: float = 3.0, blur_sigma: float = 0.6, varied: bool = False
+                ) -> Iterator[tuple[np.ndarray, list[Box]]]:
+    """(BGR uint8 frame, boxes) per frame, deterministic from ``seed``. ``varied``: a per-clip sky, haze,
+    target contrast and polarity, noise and blur (``_Look``) for training; off, every existing seed
+    renders exactly as before (the demo clip, fixtures)."""
     width, height = size
     rng = np.random.default_rng(seed)
     kind = background or str(rng.choice(["sky", "treeline", "buildings", "ground"]))
     n_drones = int(rng.integers(1, 4)) if n_drones is None else n_drones
     n_birds = int(rng.integers(0, 3)) if n_birds is None else n_birds
     scene = _background(rng, width, height, kind)
+    look = _draw_look(np.random.default_rng([seed, 1])) if varied else None   # its own stream: same scene
+    if look is not None:
+        scene = _restyle_sky(scene, look, np.random.default_rng([seed, 2]))
     if modality == "IR":
         scene = _to_thermal(scene)
+        if look is not None and look.black_hot:
+            scene = 255 - scene
     targets = _make_targets(rng, width, height, n_drones, n_birds, modality)
+    if look is not None:
+        _restyle_targets(targets, scene, look, modality)
+        noise_sigma, blur_sigma = look.noise, look.blur
     noise_bank = [rng.normal(0, noise_sigma, (height, width, 3)).astype(np.float32) for _ in range(4)]
     flicker = rng.uniform(0, 2 * np.pi)
     for t in range(frames):

@@ -72,6 +72,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    "from other frames pasted in, 4-48 px, either camera (pipeline/offline/train/paste.py)")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
+    p.add_argument("--synthetic-look", choices=("plain", "varied"), default="plain",
+                   help="varied: each synthetic clip gets its own sky (blue, overcast, dusk), haze, target contrast "
+                        "and polarity, noise and blur; plain: all look like the demo clip")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

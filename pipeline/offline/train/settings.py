@@ -62,6 +62,7 @@ class TrainSettings:
     assignment: str = "batched"
     synthetic: int = 0
     synthetic_frames: int = 150
+    synthetic_look: str = "plain"         # varied: each synthetic clip its own sky, contrast, noise, blur
     val_per_clip: int = 10
     max_clips: int | None = None
     max_frames: int | None = None
@@ -96,6 +97,8 @@ class TrainSettings:
         for name in ("camera_effects", "copy_paste"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be in 0..1")
+        if self.synthetic_look not in ("plain", "varied"):
+            raise TrainError("--synthetic-look must be plain or varied")
         if self.patience is not None and self.patience < 1:
             raise TrainError("--patience must be >= 1")
         if not 0 <= self.small_object_power <= 8:

@@ -197,17 +197,17 @@ def _render_synthetic(task) -> ClipFrames | None:
     (the parent memory-maps the file instead of receiving the frames through a pipe)."""
     from pipeline.offline.data import synthetic
 
-    seed, frames, stride, cache_dir = task
+    seed, frames, stride, varied, cache_dir = task
     modality = _synthetic_modality(seed)
     size = SYNTHETIC_V_SIZE if modality == "V" else SYNTHETIC_IR_SIZE
     ids, images, boxes = [], [], []
-    for index, (image, frame_boxes) in enumerate(synthetic.render_clip(seed, frames, size, modality)):
+    for index, (image, frame_boxes) in enumerate(synthetic.render_clip(seed, frames, size, modality, varied=varied)):
         if index % stride:
             continue
         ids.append(index)
         images.append(_store_channels(image, modality == "IR"))
         boxes.append(label_rows_to_xyxy([(b.class_id, b.x, b.y, b.w, b.h) for b in frame_boxes]))
-    clip = ClipFrames(f"synthetic_{seed:05d}", modality, np.stack(images), ids, boxes)
+    clip = ClipFrames(_synthetic_name(seed, frames, stride, varied), modality, np.stack(images), ids, boxes)
     if cache_dir is None:
         return clip
     meta_path = Path(cache_dir) / f"{clip.name}.json"
@@ -216,19 +216,25 @@ def _render_synthetic(task) -> ClipFrames | None:
     return None
 
 
+def _synthetic_name(seed: int, frames: int, stride: int, varied: bool) -> str:
+    """A rendered clip's name, also its cache file's: every option that changes its frames is in it."""
+    return f"synthetic_{seed:05d}_{frames}f_{stride}s" + ("_varied" if varied else "")
+
+
 def load_synthetic(count: int, frames: int, stride: int, workers: int, first_seed: int,
-                   cache_dir: Path | None = None) -> list[ClipFrames]:
-    """``count`` clips from pipeline.offline.data.synthetic (seeds first_seed.., disjoint from the demo's low seeds)."""
+                   cache_dir: Path | None = None, varied: bool = False) -> list[ClipFrames]:
+    """``count`` clips from pipeline.offline.data.synthetic (seeds first_seed.., disjoint from the demo's
+    low seeds); ``varied``: each with its own sky, contrast, noise and blur (synthetic.render_clip)."""
     try:
         import pipeline.offline.data.synthetic  # noqa: F401
     except ImportError as error:
         raise TrainError(f"--synthetic needs pipeline.offline.data.synthetic: {error}") from None
     seeds = range(first_seed, first_seed + count)
     if cache_dir is None:
-        return _pool_map(_render_synthetic, [(seed, frames, stride, None) for seed in seeds], workers)
+        return _pool_map(_render_synthetic, [(seed, frames, stride, varied, None) for seed in seeds], workers)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    meta = {seed: Path(cache_dir) / f"synthetic_{seed:05d}.json" for seed in seeds}
-    missing = [(seed, frames, stride, str(cache_dir)) for seed in seeds if not meta[seed].is_file()]
+    meta = {seed: Path(cache_dir) / f"{_synthetic_name(seed, frames, stride, varied)}.json" for seed in seeds}
+    missing = [(seed, frames, stride, varied, str(cache_dir)) for seed in seeds if not meta[seed].is_file()]
     _pool_map(_render_synthetic, missing, workers)
     return [_read_synthetic_cache(meta[seed], seed) for seed in seeds]
 
@@ -309,6 +315,6 @@ def load_training_clips(settings: TrainSettings, workers: int) -> tuple[list[Cli
     if settings.synthetic:
         cache = Path(settings.cache) / "synthetic" if settings.cache else None
         train_clips += load_synthetic(settings.synthetic, settings.synthetic_frames, settings.stride, workers,
-                                      SYNTHETIC_FIRST_SEED, cache)
+                                      SYNTHETIC_FIRST_SEED, cache, varied=settings.synthetic_look == "varied")
     val_clips, _ = load_clips(settings, "val", workers)
     return train_clips, val_clips, class_names
