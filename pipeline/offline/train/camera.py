@@ -17,8 +17,8 @@ probability P, a random mix of:
 
 Palettes the proxy test camera uses (``HELD_OUT_PALETTES``: inferno, its perceptual siblings magma and
 plasma, and hot/autumn, which run through the same black-red-yellow colours) are never drawn, so that a
-gain measured on it is generalisation, not memory of its palette. (The letterbox padding of crops cut at
-a frame edge is coloured too; at inference it stays grey. Edge crops are few.)
+gain measured on it is generalisation, not memory of its palette. The letterbox padding of crops cut at
+a frame edge keeps its grey (the sampler restores it), as at inference.
 All draws come from the sampler's numpy generator (one call per crop with effects), noise from a torch
 generator seeded by a drawn integer: a resumed run cuts the same crops.
 """
@@ -42,7 +42,7 @@ def palette_tables(names=TRAIN_PALETTES) -> torch.Tensor:
     return torch.from_numpy(np.stack(tables).astype(np.float32))
 
 
-EFFECTS_VERSION = 2   # 1: palette, inversion, noise, vignette, blur; 2: + visible-style, gamma, JPEG
+EFFECTS_VERSION = 2   # 1: palette, inversion, noise, vignette, blur; 2: + visible-style, gamma, JPEG, grey padding
 
 
 def draw_effects(rng: np.random.Generator, palettes: int, thermal: bool = False) -> dict:

@@ -31,9 +31,10 @@ PLACE_TRIES = 4                # positions tried before a paste that would cover
 MIN_CONTRAST = 12.0            # grey levels a paste must change somewhere, else it is not labeled (see paste_into)
 
 
-def draw_pastes(rng: np.random.Generator, pick_object, box_of, crop: int, taken: np.ndarray) -> list[dict]:
-    """The pastes of one crop: source object, size, place, contrast, flip; their boxes miss ``taken``
-    (N x 4 crop-pixel boxes already labeled in the crop) and each other."""
+def draw_pastes(rng: np.random.Generator, pick_object, box_of, area: tuple, taken: np.ndarray) -> list[dict]:
+    """The pastes of one crop: source object, size, place, contrast, flip; inside ``area`` (x1, y1, x2,
+    y2: the part of the crop that shows the frame, not the letterbox padding), their boxes miss
+    ``taken`` (N x 4 crop-pixel boxes already labeled in the crop) and each other."""
     pastes, taken = [], [tuple(b) for b in taken]
     for _ in range(int(rng.integers(1, MAX_PASTES + 1))):
         frame, box = (int(v) for v in pick_object(rng))
@@ -42,7 +43,9 @@ def draw_pastes(rng: np.random.Generator, pick_object, box_of, crop: int, taken:
         gain, flip = float(rng.uniform(*GAIN_RANGE)), bool(rng.random() < 0.5)
         w, h = width * factor, height * factor
         for _ in range(PLACE_TRIES):
-            x1, y1 = rng.uniform(0, max(crop - w, 1)), rng.uniform(0, max(crop - h, 1))
+            if area[2] - area[0] < w or area[3] - area[1] < h:
+                break
+            x1, y1 = rng.uniform(area[0], area[2] - w), rng.uniform(area[1], area[3] - h)
             placed = (x1, y1, x1 + w, y1 + h)
             if not any(_overlaps(placed, other) for other in taken):
                 taken.append(placed)

@@ -173,7 +173,16 @@ class CropSampler:
         rows = self._frame_targets(plan)
         taken = np.stack([rows[:, 1] - rows[:, 3] / 2, rows[:, 2] - rows[:, 4] / 2,
                           rows[:, 1] + rows[:, 3] / 2, rows[:, 2] + rows[:, 4] / 2], 1)
-        return {**plan, "paste": draw_pastes(rng, self._pick_object, self._box_size, self.augment.crop, taken)}
+        return {**plan, "paste": draw_pastes(rng, self._pick_object, self._box_size, self._frame_area(plan), taken)}
+
+    def _frame_area(self, plan: dict) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) of the crop that shows the frame (the rest is letterbox padding), crop pixels."""
+        group, crop, scale = self.groups[plan["group"]], self.augment.crop, plan["scale"]
+        left, right = crop / 2 - plan["cx"] * scale, crop / 2 + (group.width - plan["cx"]) * scale
+        if plan["flip"]:
+            left, right = crop - right, crop - left
+        top, bottom = crop / 2 - plan["cy"] * scale, crop / 2 + (group.height - plan["cy"]) * scale
+        return max(left, 0.0), max(top, 0.0), min(right, crop), min(bottom, crop)
 
     def _source_box(self, frame: int, box: int) -> tuple[FrameGroup, int, np.ndarray]:
         group_index, row = self._locate(frame)
@@ -267,7 +276,11 @@ class CropSampler:
         images = ((images - mean) * contrast + mean + brightness).clamp_(0, 255)
         for index, plan in enumerate(plans):
             if plan.get("camera"):
-                images[index] = apply_effects(images[index], plan["camera"], self.palettes)
+                effected = apply_effects(images[index], plan["camera"], self.palettes)
+                # the letterbox padding stays the grey inference pads with, whatever the camera
+                x1, y1, x2, y2 = (int(round(v)) for v in self._frame_area(plan))
+                images[index] = torch.full_like(effected, PAD_VALUE)
+                images[index, :, y1:y2, x1:x2] = effected[:, y1:y2, x1:x2]
         return images
 
     def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

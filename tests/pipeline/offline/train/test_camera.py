@@ -82,3 +82,25 @@ def test_a_run_with_older_effects_cannot_resume_with_the_new_draws():
     assert started_recipe(plain_old, {**now, "camera_effects": 0.0, "effects_version": 0}) == \
         {**now, "camera_effects": 0.0, "effects_version": 0}        # no effects: still resumes
     assert started_recipe({"recipe": now}, now) == now
+
+
+def test_letterbox_padding_keeps_its_grey_under_camera_effects():
+    """Crops cut at a frame's edge hold letterbox padding; inference pads with 114 whatever the camera,
+    so the effects colour the frame's pixels only."""
+    from pipeline.offline import train
+    from models.letterbox import PAD_VALUE
+
+    frame = np.full((1, 256, 320, 3), 60, np.uint8)
+    clip = train.ClipFrames("edge", "V", frame, [0], [np.zeros((0, 5), np.float32)])
+    augment = train.Augment(crop=96, positive_fraction=0.0, camera_effects=1.0)
+    sampler = train.CropSampler([clip], (512, 640), augment, torch.device("cpu"), on_device=False)
+    plans = sampler.draw(64, np.random.default_rng(0))
+    images = sampler.render(plans)
+    padded = 0
+    for image, plan in zip(images, plans):
+        x1, y1, x2, y2 = (int(round(v)) for v in sampler._frame_area(plan))
+        outside = torch.ones(96, 96, dtype=torch.bool)
+        outside[y1:y2, x1:x2] = False
+        padded += int(outside.any())
+        assert (image[:, outside] == PAD_VALUE).all()
+    assert padded > 10

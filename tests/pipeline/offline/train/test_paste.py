@@ -114,3 +114,17 @@ def test_a_paste_that_cannot_be_seen_gets_no_label():
     sampler.render(plans)
     inside = [plan for plan in plans if all(p["visible"] is False for p in plan["paste"])]
     assert inside and all(len(sampler._targets(plan)) == 0 for plan in inside)
+
+
+def test_pastes_land_on_the_frame_not_on_the_letterbox_padding():
+    augment = train.Augment(crop=128, positive_fraction=0.0, copy_paste=1.0, **PLAIN)
+    sampler = train.CropSampler([_object_clip()], (512, 640), augment, torch.device("cpu"), on_device=False)
+    plans = sampler.draw(60, np.random.default_rng(6))
+    edge = 0
+    for plan in plans:
+        x1, y1, x2, y2 = sampler._frame_area(plan)
+        edge += (x1, y1, x2, y2) != (0, 0, 128, 128)
+        for pasted, row in zip(plan["paste"], [paste.paste_box(p, sampler.groups[0].boxes[0][0]) for p in plan["paste"]]):
+            assert x1 - 1e-6 <= row[1] - row[3] / 2 and row[1] + row[3] / 2 <= x2 + 1e-6
+            assert y1 - 1e-6 <= row[2] - row[4] / 2 and row[2] + row[4] / 2 <= y2 + 1e-6
+    assert edge > 10
