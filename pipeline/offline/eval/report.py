@@ -30,9 +30,6 @@ def evaluate(settings: EvalSettings) -> dict:
 def evaluate_clips(clips: list, settings: EvalSettings) -> dict:
     """``evaluate`` on clips already chosen (``pipeline adapt`` scores its held-out clips of a folder);
     ``settings.data`` only names them in the report."""
-    if settings.through_pipeline and any(clip.images for clip in clips):
-        raise EvalError("--through-pipeline replays videos and this dataset's clips; score image sequences "
-                        "of other formats directly (without --through-pipeline)")
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -62,8 +62,32 @@ def checkpoint_class_names(weights: Path | None) -> list[str]:
         raise EvalError(f"cannot load model: {exc}") from None
 
 
+def _sequence_folder(clip, folder: Path) -> Path:
+    """An image sequence as the pipeline's image-folder source reads it: one folder holding exactly the
+    clip's frames, named so that name order is frame order (links to the user's files; copies where
+    links cannot be made). A clip's images may share their folder with other clips' or sort otherwise."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(clip.images):
+        link = folder / f"{index:06d}{image.suffix.lower()}"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            link.symlink_to(image.resolve())
+        except OSError:
+            shutil.copyfile(image, link)
+    return folder
+
+
+def _source_uri(clip, out_dir: Path) -> str:
+    if clip.images:
+        return str(_sequence_folder(clip, out_dir / "sequences" / clip.name))
+    return str(clip.video_path)
+
+
 def _pipeline_config(clips, settings: EvalSettings, output_dir: Path) -> dict:
-    return {"sources": [{"id": clip.name, "uri": str(clip.video_path)} for clip in clips],
+    return {"sources": [{"id": clip.name, "uri": _source_uri(clip, output_dir.parent)} for clip in clips],
             "mode": "replay", "output_dir": str(output_dir),
             "stages": {"detect": {"weights": str(settings.weights) if settings.weights else "default",
                                   "backend": settings.backend, "device": settings.device, "batch_size": 1,

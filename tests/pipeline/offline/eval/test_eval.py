@@ -298,3 +298,31 @@ def test_class_agnostic_ap_ranked_by_objectness_when_the_predictions_carry_it(gr
     agnostic = evaluate.coco_metrics(ground_truth, found + false)["class_agnostic"]
     assert agnostic["objectness_map50"] == pytest.approx(1.0) and agnostic["map50"] < 0.8
     assert "objectness_map50" not in evaluate.coco_metrics(ground_truth, perfect(ground_truth))["class_agnostic"]
+
+
+@pytest.mark.slow
+def test_through_pipeline_replays_image_sequences_of_other_formats(tiny_checkpoint, tmp_path):
+    """A YOLO folder (image sequences, one per clip) replayed through the pipeline's image-folder source
+    scores what direct evaluation scores on the same files, frame for frame."""
+    import cv2
+
+    folder = tmp_path / "yolo"
+    (folder / "data.yaml").parent.mkdir()
+    (folder / "data.yaml").write_text("names: [uav, gull]\n")
+    for clip, seed in (("north", 41), ("south", 42)):
+        for kind in ("images", "labels"):
+            (folder / kind / clip).mkdir(parents=True)
+        (folder / "images" / clip / "notes.txt").write_text("not an image: the sequence must skip it\n")
+        for index, (image, boxes) in enumerate(synthetic.render_clip(seed, 6, (320, 256), "V")):
+            cv2.imwrite(str(folder / "images" / clip / f"f{index:02d}.png"), image)
+            (folder / "labels" / clip / f"f{index:02d}.txt").write_text("".join(
+                f"{b.class_id} {(b.x + b.w / 2) / 320} {(b.y + b.h / 2) / 256} {b.w / 320} {b.h / 256}\n" for b in boxes))
+    common = ["--data", str(folder), "--classes", "uav=drone,gull=bird", "--weights", str(tiny_checkpoint),
+              "--conf", "1e-9", "--stride", "2"]
+    assert evaluate.main(common + ["--out", str(tmp_path / "direct")]) == 0
+    assert evaluate.main(common + ["--out", str(tmp_path / "pipe"), "--through-pipeline",
+                                   "--pipeline-timeout", "300"]) == 0
+    direct, piped = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("direct", "pipe"))
+    assert piped["pipeline"]["frames"] == 12 and not piped["pipeline"]["streams_without_output"]
+    assert piped["map50_95"] == pytest.approx(direct["map50_95"], abs=1e-6)
+    assert set(piped["pipeline"]["tracking"]["sequences"]) == {"north", "south"}
