@@ -80,14 +80,15 @@ def _sequence_folder(clip, folder: Path) -> Path:
     return folder
 
 
-def _source_uri(clip, out_dir: Path) -> str:
-    if clip.images:
-        return str(_sequence_folder(clip, out_dir / "sequences" / clip.name))
+def _source_uri(clip, number: int, out_dir: Path) -> str:
+    if clip.images:   # numbered, not named: a clip's name comes from the user's files
+        return str(_sequence_folder(clip, out_dir / "sequences" / f"{number:05d}"))
     return str(clip.video_path)
 
 
 def _pipeline_config(clips, settings: EvalSettings, output_dir: Path) -> dict:
-    return {"sources": [{"id": clip.name, "uri": _source_uri(clip, output_dir.parent)} for clip in clips],
+    return {"sources": [{"id": clip.name, "uri": _source_uri(clip, number, output_dir.parent)}
+                        for number, clip in enumerate(clips)],
             "mode": "replay", "output_dir": str(output_dir),
             "stages": {"detect": {"weights": str(settings.weights) if settings.weights else "default",
                                   "backend": settings.backend, "device": settings.device, "batch_size": 1,

@@ -65,8 +65,9 @@ def paste_box(paste: dict, box: np.ndarray) -> np.ndarray:
     return np.array([box[0], paste["x1"] + width / 2, paste["y1"] + height / 2, width, height], np.float32)
 
 
-def cut_object(frame: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
-    """(difference from the border, matte, box's top-left inside the patch) of one object.
+def cut_object(frame: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]] | None:
+    """(difference from the border, matte, box's top-left inside the patch) of one object, or None when
+    the box leaves no patch to cut (a label outside its frame: user labels are not trusted).
 
     frame: H x W x C uint8; the patch is the box widened by MARGIN on each side, inside the frame."""
     height, width = frame.shape[:2]
@@ -74,6 +75,8 @@ def cut_object(frame: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torc
     margin = MARGIN * max(x2 - x1, y2 - y1) + 2
     left, top = max(int(x1 - margin), 0), max(int(y1 - margin), 0)
     right, bottom = min(int(math.ceil(x2 + margin)), width), min(int(math.ceil(y2 + margin)), height)
+    if right - left < 3 or bottom - top < 3 or x2 <= x1 or y2 <= y1:
+        return None
     patch = frame[top:bottom, left:right].permute(2, 0, 1).float()
     ring = torch.cat([patch[:, 0], patch[:, -1], patch[:, :, 0], patch[:, :, -1]], 1)
     background = ring.median(1).values.view(-1, 1, 1)
@@ -91,7 +94,10 @@ def cut_object(frame: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torc
 def paste_into(image: torch.Tensor, frame: torch.Tensor, box: np.ndarray, paste: dict) -> bool:
     """Add one object to ``image`` (3 x S x S float 0-255, in place) as ``paste`` says; False when it cannot
     be seen there (a faint source object, or a hot one on a saturated background): no label for it then."""
-    difference, matte, (box_left, box_top) = cut_object(frame, box)
+    cut = cut_object(frame, box)
+    if cut is None:
+        return False
+    difference, matte, (box_left, box_top) = cut
     factor = paste["factor"]
     size = (max(round(difference.shape[1] * factor), 1), max(round(difference.shape[2] * factor), 1))
     both = torch.cat([difference, matte])[None]

@@ -128,3 +128,13 @@ def test_pastes_land_on_the_frame_not_on_the_letterbox_padding():
             assert x1 - 1e-6 <= row[1] - row[3] / 2 and row[1] + row[3] / 2 <= x2 + 1e-6
             assert y1 - 1e-6 <= row[2] - row[4] / 2 and row[2] + row[4] / 2 <= y2 + 1e-6
     assert edge > 10
+
+
+@pytest.mark.parametrize("box", [(0, 400, 300, 420, 310), (0, 50, 60, 50, 70), (0, -30, -30, -10, -10)])
+def test_a_label_outside_its_frame_is_not_pasted_and_not_labeled(box):
+    """User labels are untrusted: a box beyond the frame or of no width cuts nothing; no crash, no label."""
+    frame = torch.full((128, 160, 1), 50, dtype=torch.uint8)
+    image = torch.full((3, 64, 64), 100.0)
+    spec = {"frame": 0, "box": 0, "factor": 1.0, "x1": 10.0, "y1": 10.0, "gain": 1.0, "flip": False}
+    assert paste.paste_into(image, frame, np.array(box, np.float32), spec) is False
+    assert (image == 100).all()
