@@ -126,3 +126,14 @@ def test_resume_with_other_crop_options_is_refused(tmp_path):
     with pytest.raises(TrainError, match="--base-share, --base-stride differ"):
         _pin_crop_options(AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", base_share=0.5,
                                         base_stride=10, resume=True))
+
+
+def test_resume_with_an_unreadable_options_file_is_one_line(tmp_path):
+    from pipeline.offline.adapt.run import _pin_crop_options
+    from pipeline.offline.adapt.settings import AdaptSettings
+    from pipeline.offline.train.settings import TrainError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "adapt-options.json").write_text("{not json")
+    with pytest.raises(TrainError, match="cannot read .*adapt-options.json"):
+        _pin_crop_options(AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", resume=True))
