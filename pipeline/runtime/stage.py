@@ -170,7 +170,11 @@ class StageRunner:
                 self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
-        self.drops: dict[str, int] = {}  # per stream, frames this stage let go by the live policy
+        # per stream, frames this stage let go by the live policy: stale ones before the stage saw the
+        # frame after them (stamped on it as it arrives, so the stage's own books count them as drops,
+        # not losses), and those a full downstream refused after the stage saw them (stamped as sent)
+        self.drops_stale: dict[str, int] = {}
+        self.drops_full: dict[str, int] = {}
         self.frame_counts: dict[str, int] = {}   # the ended streams, with the frame count their EOS carries
         self.stopping = False
         self.fatal: StageFatalError | None = None  # a source's bad input, raised after its EOS went out
@@ -320,7 +324,22 @@ class StageRunner:
             msg = self._decode(parts)
             if msg is not None:
                 batch.append(msg)
-        return self._newest_per_stream(batch) if self.cfg.live else batch
+        return self._take(batch)
+
+    def _take(self, batch: list[FrameMessage]) -> list[FrameMessage]:
+        """The frames (and EOS) of a received batch this stage will handle, booked as they arrive."""
+        batch = self._newest_per_stream(batch) if self.cfg.live else batch
+        for msg in batch:
+            if not msg.is_eos:
+                self._arrived(msg)
+        return batch
+
+    def _arrived(self, msg: FrameMessage) -> None:
+        """Book what was dropped before the stage sees the frame: upstream's count as it came (apart,
+        when it came from another host) plus this stage's stale drops of the stream so far."""
+        if self.in_watch is not None:  # fed from another host: what was dropped before this host
+            msg.meta[REMOTE_DROPPED] = msg.meta.get(DROPPED, 0)
+        stamp(msg.meta, self.drops_stale.get(msg.stream_id, 0))
 
     def _decode(self, parts) -> FrameMessage | None:
         """The message, or None after counting why it was dropped: untrusted input never leaves here."""
@@ -358,7 +377,8 @@ class StageRunner:
     def _dropped(self, counter: str, stream_id: str) -> None:
         """A frame let go by the live policy: counted here, and carried on in the stream's later frames."""
         self.metrics.count(counter)
-        self.drops[stream_id] = self.drops.get(stream_id, 0) + 1
+        drops = self.drops_stale if counter == "dropped_stale" else self.drops_full
+        drops[stream_id] = drops.get(stream_id, 0) + 1
 
     def _handle(self, batch: list[FrameMessage]) -> None:
         frames = [m for m in batch if not m.is_eos]
@@ -379,10 +399,8 @@ class StageRunner:
                 self._send(msg)
 
     def _send(self, msg: FrameMessage) -> None:
-        if not msg.is_eos:
-            if self.in_watch is not None:  # fed from another host: what was dropped before this host
-                msg.meta[REMOTE_DROPPED] = msg.meta.get(DROPPED, 0)
-            stamp(msg.meta, self.drops.get(msg.stream_id, 0))
+        if not msg.is_eos:  # (its stale drops were stamped as it arrived: _arrived)
+            stamp(msg.meta, self.drops_full.get(msg.stream_id, 0))
         parts = msg.encode()
         if self.cfg.live and not msg.is_eos:
             try:
