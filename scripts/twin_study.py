@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "--synthetic-frames 150 --batch 16 --crop 256 --lr 1e-3 --warmup-steps 50 --threads 1 "
                    "--workers 1 --val-per-clip 10 --no-progress", help="the rest of the (shared) train command")
     p.add_argument("--eval-args", default="--split test --stride 10 --backend onnx --cache-dir .cache/eval_frames")
+    p.add_argument("--score-epochs", default=None, help="score only these epochs on test, e.g. 2,4 (default: all)")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: train (and score) the two arms of a "
+                   "seed side by side, one thread each (the same load on both arms)")
     p.add_argument("--report", action="store_true", help="summarise only; train and score nothing")
     return p.parse_args(argv)
 
@@ -90,15 +94,29 @@ def run_rows(args, model: str, seed: int, scoring: bool) -> list[dict]:
     if not log.is_file():
         return []
     rows = []
+    chosen = {int(e) for e in args.score_epochs.split(",")} if args.score_epochs else None
     for epoch in json.loads(log.read_text())["epochs"]:
+        if chosen is not None and epoch["epoch"] not in chosen:
+            continue
         weights = out / f"epoch-{epoch['epoch']}.pt"
         target = out / f"test-epoch-{epoch['epoch']}"
         if not (target / "report.json").is_file() and not (scoring and weights.is_file()):
             continue
         test = score(args, weights, target)
         rows.append({"model": model, "seed": seed, "step": epoch["step"], "val_map50_95": epoch["map50_95"],
-                     **{f"test_{m}": test[m] for m in METRICS}, "ms": test["latency_ms"].get("total")})
+                     **{f"test_{m}": test[m] for m in METRICS}, "ms": test["latency_ms"].get("total"),
+                     "gssam": gssam_scalars(weights) if weights.is_file() else {}})
     return rows
+
+
+def gssam_scalars(weights: Path) -> dict:
+    """The learned GSSAM scalars of a checkpoint (gate g, affine a and b per stage): how far the
+    module moved from the identity it started as."""
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)["state_dict"]
+    return {name: round(float(value), 4) for name, value in state.items()
+            if name.rsplit(".", 1)[-1] in ("gate", "contrast_scale", "contrast_shift")}
 
 
 def spread(values: list[float]) -> str:
@@ -136,6 +154,13 @@ def summarise(rows: list[dict], start: dict, args) -> str:
             wins = sum(d[1] > 0 for d in deltas)
             lines.append(f"| {step} | mean ({wins}/{len(deltas)} twin ahead on test) | "
                          + " | ".join(f"{100 * m:+.1f}" for m in means) + " |")
+    lines += ["", "Learned GSSAM scalars of the twin at its last scored step (g: gate, from 0; a, b: affine, from 1, 0):",
+              ""]
+    for row in rows:
+        if row["model"] == args.twin and row["step"] == max(r["step"] for r in rows) and row.get("gssam"):
+            gates = [f"{name.split('.')[-3]} g {value:+.3f}" for name, value in row["gssam"].items()
+                     if name.endswith("gate")]
+            lines.append(f"- seed {row['seed']}: " + ", ".join(gates))
     return "\n".join(lines) + "\n"
 
 
@@ -148,14 +173,16 @@ def main(argv=None) -> int:
     start = score(args, args.init, args.out / "test-start") if not args.report else \
         json.loads((args.out / "test-start" / "report.json").read_text())
     rows = []
-    for seed in seeds:
-        for model in (args.baseline, args.twin):
+    arms = (args.baseline, args.twin)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for seed in seeds:
             if not args.report:
-                train(args, model, seed)
-            rows += run_rows(args, model, seed, scoring=not args.report)
-        (args.out / "summary.json").write_text(json.dumps({"start": {m: start[m] for m in METRICS},
-                                                            "rows": rows}, indent=1) + "\n")
-        (args.out / "summary.md").write_text(summarise(rows, start, args))
+                list(pool.map(lambda model: train(args, model, seed), arms))
+            for arm_rows in pool.map(lambda model: run_rows(args, model, seed, scoring=not args.report), arms):
+                rows += arm_rows
+            (args.out / "summary.json").write_text(json.dumps({"start": {m: start[m] for m in METRICS},
+                                                                "rows": rows}, indent=1) + "\n")
+            (args.out / "summary.md").write_text(summarise(rows, start, args))
     print((args.out / "summary.md").read_text())
     return 0
 

@@ -49,6 +49,8 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--lr", type=float, default=None, help="default 2e-3 (adamw) / 0.01*batch/64 (sgd)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0.05 (adamw) / 5e-4 (sgd)")
+    p.add_argument("--gssam-lr-scale", type=float, default=1.0, help="multiply the lr of the GSSAM modules' "
+                   "parameters by this (new layers of a twin started from a plain YOLOX: docs/ablation.md)")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--amp", choices=("fp16", "bf16", "off"), default="fp16", help="CUDA autocast dtype")
     p.add_argument("--seed", type=int, default=0)

@@ -8,15 +8,36 @@ import math
 import torch
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only (not on norms and biases), as yolox does."""
-    decay, no_decay = [], []
-    for parameter_name, parameter in model.named_parameters():
-        (decay if parameter.ndim > 1 and parameter_name.endswith("weight") else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,
+                   gssam_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only (not on norms and biases), as yolox does.
+
+    With ``gssam_lr_scale`` != 1 the parameters of the GSSAM modules get their own groups whose
+    ``lr_scale`` multiplies the scheduled lr: a twin started from a trained YOLOX has its GSSAM
+    layers new and its gate at 0, and at the backbone's fine-tuning lr the gate moves by about the
+    lr per step (docs/ablation.md). At 1 the groups are the two they always were (old states resume).
+    """
+    from models.gssam import Gssam
+
+    scaled = {id(p) for m in model.modules() if isinstance(m, Gssam) for p in m.parameters()} \
+        if gssam_lr_scale != 1.0 else set()
+    groups = _decay_groups(model, lambda p: id(p) not in scaled, weight_decay, 1.0)
+    if scaled:  # AdamW shrinks by lr * decay per step: divided by the scale, these shrink as fast as the rest
+        groups += [g for g in _decay_groups(model, lambda p: id(p) in scaled, weight_decay / gssam_lr_scale,
+                                            gssam_lr_scale) if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def _decay_groups(model: torch.nn.Module, chosen, weight_decay: float, lr_scale: float) -> list[dict]:
+    """The chosen parameters as (decayed: conv/linear weights, not decayed: norms and biases)."""
+    decay, no_decay = [], []
+    for parameter_name, parameter in model.named_parameters():
+        if chosen(parameter):
+            (decay if parameter.ndim > 1 and parameter_name.endswith("weight") else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": lr_scale}]
 
 
 def lr_factor(step: int, warmup: int, total: int, final: float = 0.05) -> float:

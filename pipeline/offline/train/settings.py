@@ -50,6 +50,7 @@ class TrainSettings:
     optimizer: str = "adamw"
     lr: float | None = None               # None: the optimizer's default (see _resolve_defaults)
     weight_decay: float | None = None     # None: likewise
+    gssam_lr_scale: float = 1.0           # lr multiplier for the GSSAM modules' parameters
     warmup_steps: int = 100
     amp: str = "fp16"
     seed: int = 0
@@ -99,6 +100,8 @@ class TrainSettings:
                 raise TrainError(f"--{name.replace('_', '-')} must be in 0..1")
         if self.synthetic_look not in ("plain", "varied"):
             raise TrainError("--synthetic-look must be plain or varied")
+        if not 0 < self.gssam_lr_scale <= 1000:
+            raise TrainError("--gssam-lr-scale must be in (0, 1000]")
         if self.patience is not None and self.patience < 1:
             raise TrainError("--patience must be >= 1")
         if not 0 <= self.small_object_power <= 8:

@@ -34,7 +34,8 @@ class Trainer:
         self.settings, self.device, self.class_names, self.val_clips = settings, device, class_names, val_clips
         self.out = Path(settings.out)
         self.model = self._build_model()
-        self.optimizer = make_optimizer(self.model, settings.optimizer, settings.lr, settings.weight_decay)
+        self.optimizer = make_optimizer(self.model, settings.optimizer, settings.lr, settings.weight_decay,
+                                        settings.gssam_lr_scale)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.amp == "fp16")
         # the cross-process lock keeps parallel runs from all claiming GPU memory for frames at once
         with file_lock(Path(settings.cache or self.out) / ".frames.lock"):
@@ -136,7 +137,8 @@ class Trainer:
                 "visible_boxes": self.settings.visible_boxes, "camera_effects": float(self.settings.camera_effects),
                 # which effects a crop may get (camera.EFFECTS_VERSION) changes the draws of runs with effects
                 "effects_version": EFFECTS_VERSION if self.settings.camera_effects else 0,
-                "copy_paste": float(self.settings.copy_paste)}
+                "copy_paste": float(self.settings.copy_paste),
+                "gssam_lr_scale": float(self.settings.gssam_lr_scale)}
 
     def load_state(self, path: Path) -> None:
         state = self._read_state(path)
@@ -166,7 +168,8 @@ class Trainer:
     # -- one step
     def train_step(self) -> dict:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.lr * lr_factor(self.step, self.warmup, self.total_steps)
+            group["lr"] = self.settings.lr * group.get("lr_scale", 1.0) * lr_factor(self.step, self.warmup,
+                                                                                     self.total_steps)
         images, targets = self.sampler.batch(self.settings.batch, self.rng)
         with autocast(self.device, self.settings.amp):
             outputs = self.model(images, targets)
@@ -187,6 +190,7 @@ class Trainer:
 def started_recipe(state: dict, current: dict) -> dict:
     """The recipe a training state was made with; options older states did not record take the value
     they had then (a state without any recipe: the current one, unchecked)."""
-    started = {"visible_boxes": "dataset", "camera_effects": 0.0, "copy_paste": 0.0, **state.get("recipe", current)}
+    started = {"visible_boxes": "dataset", "camera_effects": 0.0, "copy_paste": 0.0, "gssam_lr_scale": 1.0,
+               **state.get("recipe", current)}
     started.setdefault("effects_version", 1 if started["camera_effects"] else 0)
     return started

@@ -78,14 +78,6 @@ def test_small_object_power_favours_small_objects_in_positive_crops(power, small
     assert (picks == 0).mean() == pytest.approx(small_share, abs=0.025)
 
 
-def test_lr_warmup_then_cosine():
-    assert train.lr_factor(0, 10, 100) == pytest.approx(0.1)
-    assert train.lr_factor(9, 10, 100) == pytest.approx(1.0)
-    assert train.lr_factor(10, 10, 100) == pytest.approx(1.0)
-    assert train.lr_factor(55, 10, 100) == pytest.approx(0.525)
-    assert train.lr_factor(100, 10, 100) == pytest.approx(0.05)
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--out", "x"], "give a budget"),
     (["--out", "x", "--epochs", "1", "--input-size", "500x640"], "--input-size"),
