@@ -266,11 +266,14 @@ class LinkWatch:
 
     def _on_event(self, event: int, fd: int) -> None:
         # libzmq reports the fd with CONNECTED/ACCEPTED/DISCONNECTED, but 0 with HANDSHAKE_SUCCEEDED:
-        # a handshake completes the oldest connection still waiting for one
+        # a handshake completes the newest connection still waiting for one. A ZMTP peer greets within
+        # milliseconds of connecting, while a connection that never greets (a port scan, a health
+        # check) stays pending until it closes: pairing with the oldest gave its place to the next
+        # real sender, which then "left" when the scan did
         if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
             self.pending.append(fd)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.peers.add(self.pending.pop(0) if self.pending else -1)
+            self.peers.add(self.pending.pop() if self.pending else -1)
             self._notes.append(f"connected to {self.address}" if self.side == "client" else
                                f"a sender connected on {self.address} ({len(self.peers)} now)")
             self.admitted = True

@@ -186,3 +186,36 @@ def test_a_bound_socket_watch_counts_its_senders_and_says_who_left():
         for sock in (server, *clients):
             sock.close(0)
         ctx.term()
+
+
+def test_a_connection_that_never_handshakes_does_not_take_a_senders_place():
+    """A port scan or health check (a raw TCP connection, no ZMTP greeting) is not a sender; a real
+    sender that connects after it is counted, and stays counted when the scan goes away."""
+    import socket
+
+    ctx = zmq.Context()
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    server, watch = open_watched_socket(ctx, f"pull+bind:{address}", "server")
+    scan = socket.create_connection(("127.0.0.1", port))
+    client = None
+    try:
+        deadline = time.time() + 5
+        while not watch.pending and time.time() < deadline:  # the scan is accepted first
+            watch.notes()
+            time.sleep(0.02)
+        client = open_socket(ctx, f"push+connect:{address}")
+        while len(watch.peers) != 1 and time.time() < deadline:
+            watch.notes()
+            time.sleep(0.02)
+        scan.close()
+        time.sleep(0.3)
+        notes = watch.notes()
+        assert len(watch.peers) == 1 and watch.connected, notes
+        assert not any("left" in note for note in notes), notes
+    finally:
+        watch.close()
+        for sock in (server, client):
+            if sock is not None:
+                sock.close(0)
+        ctx.term()
