@@ -1,8 +1,9 @@
 """Frames that did not arrive, split into the two kinds an operator must tell apart:
 
 - dropped: a live-mode stage let a stale frame go on purpose (the latency policy), counted where it
-  happened (``drop=`` in the status line) and carried downstream in every later frame of the stream
-  as ``meta["dropped_upstream"]``, the running count of such drops before this stage;
+  happened (``drop=`` in the status line) and carried in every later frame of the stream as
+  ``meta["dropped_upstream"]``, the running count of such drops before the stage holding the frame
+  (a stage's own stale drops are stamped as the next frame arrives, before its own books see the gap);
 - lost: every other missing index (a killed stage's queue, a network hiccup): ``lost=``.
 
 A stage that sees a gap between two frames of a stream subtracts what the upstream stages dropped in
