@@ -25,17 +25,22 @@ def _pct(value) -> str:
     return "–" if value is None or value < 0 else f"{100 * value:.1f}"
 
 
+def _ordinal(n: int) -> str:
+    """3 -> '3rd' (a bundle holds every 3rd frame and its runs record stride 3)."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def training_rows(logs: list[Path]) -> list[str]:
-    rows = ["| stage | hardware | budget | steps | images seen | batch × crop | lr | synthetic clips | visible boxes "
-            "| best val mAP50:95 |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stage | hardware | budget | steps | images seen | batch × crop | lr | train frames | synthetic clips "
+            "| visible boxes | best val mAP50:95 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in logs:
         log = json.loads(path.read_text())
         cfg = log["config"]
         start = f"from `{cfg['init']}`" if cfg.get("init") else "from scratch"
         rows.append(f"| {path.parent.parent.name}/{path.parent.name} ({start}) | {log['hardware']} | {log['train_loop_s'] / 60:.1f} min loop | "
                     f"{log['steps']} | {log['images_seen']:,} | {cfg['batch']} × {cfg['crop']} px | {cfg['lr']:g} | "
-                    f"{cfg.get('synthetic', 0)} | {cfg.get('visible_boxes', 'dataset')} | {log['best_val_map50_95']:.4f} |")
+                    f"every {_ordinal(cfg.get('stride', 3))} | {cfg.get('synthetic', 0)} | {cfg.get('visible_boxes', 'dataset')} | {log['best_val_map50_95']:.4f} |")
     return rows
 
 
@@ -88,7 +93,7 @@ def main() -> int:
         f"- **Model**: `{meta['name']}` (built by `models.build_model`), input {meta['input_size'][0]}×{meta['input_size'][1]} (H×W), "
         f"classes {', '.join(meta['class_names'])}; fp16 EMA weights, {args.weights.stat().st_size / 2**20:.1f} MiB.",
         "- **Data**: Halmstad drone-detection dataset (CC0), train split of `configs/splits.json` (by clip, stratified by "
-        "modality × class × distance), every 3rd frame; validation on the val split; scores below on the **test split** "
+        "modality × class × distance), the frames each stage below names; validation on the val split; scores below on the **test split** "
         "(clips never seen in training).",
         "",
         "## Training",
