@@ -27,7 +27,7 @@ def test_study_trains_both_arms_scores_each_epoch_and_pairs_them(tmp_path):
     init = save_checkpoint(tmp_path / "base.pt", build_model("yolox-nano", 4).eval(), name="yolox-nano",
                            input_size=(128, 160), class_names=["drone", "bird", "airplane", "helicopter"])
     argv = ["--out", str(tmp_path / "study"), "--init", str(init), "--seeds", "0,1", "--epochs", "2",
-            "--epoch-steps", "1",
+            "--epoch-steps", "1", "--jobs", "2", "--score-epochs", "2",
             "--train-args", f"--data {root} --splits {manifest} --stride 4 --batch 2 --crop 64 --input-size 128x160 "
                             "--val-per-clip 1 --warmup-steps 1 --threads 1 --workers 1 --no-progress",
             "--eval-args", f"--data {root} --split all --stride 4 --backend torch --tiling off"]
@@ -35,15 +35,18 @@ def test_study_trains_both_arms_scores_each_epoch_and_pairs_them(tmp_path):
     summary = json.loads((tmp_path / "study" / "summary.json").read_text())
     assert {(r["model"], r["seed"], r["step"]) for r in summary["rows"]} == {
         (model, seed, step) for model in ("yolox-nano", "yolox-nano-gssam-sigresid-p1")
-        for seed in (0, 1) for step in (1, 2)}
+        for seed in (0, 1) for step in (2,)}  # --score-epochs 2: the first epoch is not scored
     text = (tmp_path / "study" / "summary.md").read_text()
-    assert "| 2 | mean (" in text and "| 1 | 1 |" in text
+    assert "| 2 | mean (" in text and "| 2 | 1 |" in text and "| 1 | 1 |" not in text
+    twin_rows = [r for r in summary["rows"] if r["model"] == "yolox-nano-gssam-sigresid-p1"]
+    assert all(set(r["gssam"]) >= {"backbone.backbone.stem.attend_output.gate"} for r in twin_rows)
+    assert "- seed 1: stem g " in text  # the learned gates, read from the scored weights
     assert twin_study.main(["--out", str(tmp_path / "none"), "--report"]) == 2
 
     study = tmp_path / "study"
     files = (*study.glob("*/log.json"), *study.glob("*/*/report.json"), study / "test-start" / "report.json")
     kept = {path: path.stat().st_mtime_ns for path in files}
-    assert len(kept) == 4 + 8 + 1  # four runs, two scored epochs each, the start
+    assert len(kept) == 4 + 4 + 1  # four runs, one scored epoch each, the start
     assert twin_study.main(argv) == 0  # a second call trains and scores nothing again
     assert {path: path.stat().st_mtime_ns for path in kept} == kept
     changed = list(argv)
