@@ -39,7 +39,7 @@ from pipeline.runtime.config import PipelineConfig
 from pipeline.runtime.schema import setting
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageFatalError
-from pipeline.runtime.books import DROPPED, REMOTE_DROPPED, FrameBooks
+from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED, FrameBooks
 from pipeline.runtime.records import (SEGMENT_INDEX, SESSION, frame_record, frame_session, last_record, mot_lines,
                                       segment_entry)
 from pipeline.runtime.storage import is_storage_full, open_line_log, trim_partial_line
@@ -408,8 +408,10 @@ class RecordStage(Stage):
         if not same:
             return  # the folder holds earlier runs' records of other frames
         self.last_index[msg.stream_id] = last
-        # this host's own stages count their drops from 0 in a new run; the other host's go on
-        base = _count(record.get(DROPPED if this_run else REMOTE_DROPPED)) or 0
+        # this host's own stages count their drops from 0 in a new run; the other host's go on; and a
+        # restarted recorder counts its own stale drops from 0: upstream's part is what goes on
+        base = max(0, (_count(record.get(DROPPED)) or 0) - (_count(record.get(OWN_DROPPED)) or 0)) if this_run \
+            else _count(record.get(REMOTE_DROPPED)) or 0
         self.books.resume(msg.stream_id, last, base)
         log.info("stream %s: resuming after frame %d, the last one recorded", msg.stream_id, last)
 

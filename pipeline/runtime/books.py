@@ -17,6 +17,9 @@ DROPPED = "dropped_upstream"  # meta key: frames of this stream dropped on purpo
 # meta key: the part of DROPPED made on another host (stamped by the stage fed from there); a host
 # that restarts counts its own drops from 0 again, the other host's go on
 REMOTE_DROPPED = "dropped_remote"
+# meta key: the part of DROPPED made by the stage now holding the frame (its own stale drops); a
+# restarted stage counts its own from 0 again, so its books resume from DROPPED less this part
+OWN_DROPPED = "dropped_here"
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.runtime.books import DROPPED, REMOTE_DROPPED
+from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED
 from pipeline.runtime.messages import FrameMessage
 
 # meta key the source stamps on every frame: the id of the supervisor run that captured it. Frame
@@ -31,7 +31,7 @@ def frame_record(msg: FrameMessage) -> dict:
             "capture_wall": msg.capture_wall, "recorded_wall": time.time(),  # capture-to-record latency
             # where the books of a restarted recorder go on from (pipeline.runtime.books)
             "session": frame_session(msg), DROPPED: msg.meta.get(DROPPED, 0),
-            REMOTE_DROPPED: msg.meta.get(REMOTE_DROPPED, 0),
+            REMOTE_DROPPED: msg.meta.get(REMOTE_DROPPED, 0), OWN_DROPPED: msg.meta.get(OWN_DROPPED, 0),
             "detections": dets.tolist(),  # full precision: scored later
             "track_ids": [] if msg.track_ids is None else msg.track_ids.tolist(),
             "track_class_ids": msg.meta.get("track_class_ids", []),

@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator
 
 import zmq
 
-from pipeline.runtime.books import DROPPED, REMOTE_DROPPED, stamp
+from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED, stamp
 from pipeline.runtime.config import PipelineConfig, connect_side
 from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
@@ -339,7 +339,8 @@ class StageRunner:
         when it came from another host) plus this stage's stale drops of the stream so far."""
         if self.in_watch is not None:  # fed from another host: what was dropped before this host
             msg.meta[REMOTE_DROPPED] = msg.meta.get(DROPPED, 0)
-        stamp(msg.meta, self.drops_stale.get(msg.stream_id, 0))
+        msg.meta[OWN_DROPPED] = self.drops_stale.get(msg.stream_id, 0)
+        stamp(msg.meta, msg.meta[OWN_DROPPED])
 
     def _decode(self, parts) -> FrameMessage | None:
         """The message, or None after counting why it was dropped: untrusted input never leaves here."""

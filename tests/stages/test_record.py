@@ -295,6 +295,30 @@ def test_a_restarted_source_clock_starts_a_new_segment_and_never_stalls_the_pre_
     assert len(clips) == 2  # the clip open at the restart was cut there; the alert after it is its own clip
 
 
+def test_a_restarted_recorder_resumes_from_upstreams_drops_not_its_own(tmp_path):
+    """Upstream dropped 50 frames and the recorder itself 3 (stamped on arrival, dropped_here): a
+    restarted recorder counts its own from 0, so the next frame carries 50. Frames 10-13 died in the
+    killed recorder's queue: 4 lost, not 4 booked as drops against a count that seemed to go down."""
+    from pipeline.runtime.books import DROPPED, OWN_DROPPED
+
+    cfg = make_cfg(tmp_path, video=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run_config.yaml").write_text("{}")
+    first = RecordStage(cfg)
+    for i in range(10):
+        msg = gray_frame(i)
+        msg.meta.update({DROPPED: 53, OWN_DROPPED: 3})
+        first.process(msg)
+    first.close()
+    again = RecordStage(cfg)
+    again.restarts = 1
+    msg = gray_frame(14)
+    msg.meta.update({DROPPED: 50, OWN_DROPPED: 0})
+    again.process(msg)
+    assert again.counters["frames_missing"] == 4 and again.counters["frames_dropped_upstream"] == 0
+    again.close()
+
+
 def test_a_restarted_recorder_counts_what_died_in_its_predecessors_queue(tmp_path):
     """The predecessor recorded frames 0-9 and was killed with 10 and 11 in its queue: the restarted
     recorder starts after frame 9 (from tracks.jsonl), so 10 and 11 are lost, a resent 9 a duplicate."""
