@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -193,6 +194,14 @@ def _cache_index(cache_dir: Path | None, clip: Clip) -> tuple[Path | None, set[i
     return clip_dir, None
 
 
+def _write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: parallel evaluations share one frame cache, and a reader
+    must never see a file another process is still writing."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
 def iter_frames(clip: Clip, stride: int = 1, cache_dir: Path | str | None = None,
                 max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, BGR uint8) for every ``stride``-th frame, in decode order.
@@ -234,7 +243,7 @@ def iter_frames(clip: Clip, stride: int = 1, cache_dir: Path | str | None = None
                     break
                 if clip_dir is not None:
                     clip_dir.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(clip_dir / f"{index:06d}.png"), frame)
+                    _write_atomically(clip_dir / f"{index:06d}.png", lambda tmp: cv2.imwrite(str(tmp), frame))
                     written.append(index)
                 yield index, frame
                 yielded += 1
@@ -243,7 +252,8 @@ def iter_frames(clip: Clip, stride: int = 1, cache_dir: Path | str | None = None
             return  # stopped at max_frames: the cache index would be incomplete
         if clip_dir is not None:
             previous = sorted(cached or ())
-            (clip_dir / "frames.json").write_text(json.dumps({"indices": sorted(set(previous) | set(written))}))
+            index_text = json.dumps({"indices": sorted(set(previous) | set(written))})
+            _write_atomically(clip_dir / "frames.json", lambda tmp: tmp.write_text(index_text))
     finally:
         capture.release()
 
