@@ -65,7 +65,7 @@ def test_iter_frames_stride_and_cache(synthetic_dataset_root, tmp_path):
     assert (tmp_path / clip.name / "frames.json").is_file()
     # written under a temporary name and renamed: nothing half-written is ever left under a real name
     assert sorted(p.name for p in (tmp_path / clip.name).iterdir()) == \
-        ["frames.json"] + [f"{i:06d}.png" for i in (0, 7, 14, 21, 28)]
+        [f"{i:06d}.png" for i in (0, 7, 14, 21, 28)] + ["frames.json"]
     cached = list(dataset.iter_frames(clip, stride=14, cache_dir=tmp_path))
     assert [i for i, _ in cached] == [0, 14, 28]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(cached, first[::2]))
