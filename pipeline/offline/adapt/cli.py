@@ -30,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default out/adapt/<name of --data>)")
     p.add_argument("--base", default="auto", help="this project's dataset mixed in against forgetting: auto "
                    "(when present), none, or its root")
-    p.add_argument("--base-share", type=float, default=0.3, help="share of training crops from the base data")
+    p.add_argument("--base-share", type=float, default=0.5, help="share of training crops from the base data "
+                   "(0.5 and lr 1.5e-4: chosen on a tuning split, docs/generalisation.md)")
     p.add_argument("--base-stride", type=int, default=30, help="every k-th frame of the base train clips")
     p.add_argument("--base-clips", type=int, help="at most N base train clips (quick runs)")
     p.add_argument("--stride", type=int, default=2, help="every k-th frame of your clips")
     p.add_argument("--max-frames", type=int, help="at most N frames per clip of yours (quick runs)")
     p.add_argument("--holdout", type=float, default=0.3, help="share of --data's clips held out for the report")
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr", type=float, default=1.5e-4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--evals", type=int, default=6, help="validations on the val clips (each may keep the weights)")
