@@ -21,6 +21,7 @@ from .onnx_export import ensure_onnx
 
 KINDS = {"onnx-int8": ".int8.onnx", "openvino-int8": ".ov-int8.xml"}
 RUNTIMES = {"onnx-int8": ("onnxruntime",), "openvino-int8": ("openvino", "nncf")}  # their releases key the model
+FLAVOR = {"onnx-int8": "onnxruntime", "openvino-int8": "openvino"}  # the fp32 export each is made from
 FLOAT_NODES = re.compile(r"attend_output|/head/(cls|reg|obj)_preds")  # node names kept in float
 
 
@@ -34,7 +35,7 @@ def quantized_path(weights, input_size: tuple[int, int], cache_dir=None, kind: s
     (so new weights, code or torch mean a new INT8 model). ``must_exist``: BackendError if absent."""
     from .onnx_export import cached_onnx_path
 
-    fp32 = cached_onnx_path(weights, input_size, cache_dir)
+    fp32 = cached_onnx_path(weights, input_size, cache_dir, flavor=FLAVOR[kind])
     path = fp32.with_name(f"{fp32.stem}-{_recipe_digest(kind)}{KINDS[kind]}")
     if must_exist and not path.is_file():
         from .backends import BackendError
@@ -85,7 +86,7 @@ def quantize(weights, input_size: tuple[int, int], frames: np.ndarray, kind: str
              cache_dir=None) -> Path:
     """Make (or remake) the ``kind`` INT8 model of ``weights`` from calibration ``frames``."""
     frames = _check_frames(frames, input_size)
-    source = ensure_onnx(weights, input_size, cache_dir)
+    source = ensure_onnx(weights, input_size, cache_dir, flavor=FLAVOR[kind])
     path = quantized_path(weights, input_size, cache_dir, kind)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # two runs at once do not collide
     try:

@@ -33,21 +33,27 @@ class OpenVinoBackend(Backend):
 
         from models.onnx_export import ensure_onnx
 
-        self.onnx_path = ensure_onnx(self.weights, self.input_size, self.cache_dir)
+        self.onnx_path = ensure_onnx(self.weights, self.input_size, self.cache_dir, flavor="openvino")
         path = self.model_path()
         # OpenVINO names its compiled blobs by the model's path and options, not its content: a model
         # remade in place (python -m pipeline quantize again) gets a folder of its own
         blobs = path.parent / "openvino" / _content_digest(path)
         config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": self.precision, "CACHE_DIR": str(blobs)}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        core = ov.Core()
+        model = core.read_model(str(path))
+        # compiled for one image of a fixed shape: a dynamic batch measured 1.5x slower (16 vs 25 ms
+        # a frame), and batching gains nothing on a CPU (docs/benchmarks.md), so a batch runs image by image
+        model.reshape({model.inputs[0].any_name: [1, 3, *self.input_size]})
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def model_path(self):
         return self.onnx_path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: batch})[0], dtype=np.float32)
+        outputs = [np.array(self.request.infer({0: image[None]})[0], dtype=np.float32) for image in batch]
+        return np.concatenate(outputs)
 
 
 class OpenVinoBf16Backend(OpenVinoBackend):

@@ -13,6 +13,7 @@ from models.gssam import (
     sampled_contrast,
     sampled_contrast_broadcast,
     sampled_contrast_exact,
+    sampled_contrast_interpolated,
 )
 
 # (batch, height, width, pool): N = 1 (pool >= map, and a 1x1 map), non-divisible H and W,
@@ -100,6 +101,34 @@ def test_unrolled_search_counts_equal_searchsorted(num_points):
     values = torch.randint(-1, 7, (2, 200)).float()
     k, _ = gssam._counts_by_unrolled_search(points, values)
     assert torch.equal(k, torch.searchsorted(points, values, right=True))
+
+
+@pytest.mark.parametrize("batch, height, width, pool", SHAPES)
+@pytest.mark.parametrize("knots", [4, 256])
+def test_interpolated_contrast_is_within_its_bound(batch, height, width, pool, knots):
+    """|D_table - D| / N <= h / 2 with h = (max point - min point) / K, per image."""
+    torch.manual_seed(height * knots)
+    c = torch.randn(batch, 1, height, width, dtype=torch.float64) * 3
+    exact, table = sampled_contrast_exact(c, pool), sampled_contrast_interpolated(c, pool, knots)
+    points = gssam.sample_points(c, pool)
+    bound = (points.amax(1) - points.amin(1)) / knots / 2 + 1e-9
+    error = ((table - exact).abs().flatten(1) / points.shape[1]).amax(1)
+    assert torch.all(error <= bound)
+
+
+def test_interpolated_contrast_is_exact_outside_the_points_and_when_all_points_tie():
+    c = torch.linspace(-4, 4, 9 * 9, dtype=torch.float64).view(1, 1, 9, 9)
+    c[0, 0, 0, 0] = -50.0  # far below every point (the block's max is higher)
+    c[0, 0, 8, 8] = 60.0   # a point, and the highest value
+    exact = sampled_contrast_exact(c, 3)
+    table = sampled_contrast_interpolated(c, 3, 8)
+    points = gssam.sample_points(c, 3)
+    outside = (c.flatten(1) <= points.amin()) | (c.flatten(1) >= points.amax())
+    assert outside.sum() > 1
+    torch.testing.assert_close(table.flatten(1)[outside], exact.flatten(1)[outside])
+    flat = torch.full((1, 1, 8, 8), 2.0)
+    flat[0, 0, 3, 3] = -1.0  # below every point (each 8x8 block's max is 2)
+    torch.testing.assert_close(sampled_contrast_interpolated(flat, 4, 16), sampled_contrast_exact(flat, 4))
 
 
 def test_point_count_includes_partial_blocks():

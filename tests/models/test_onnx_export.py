@@ -8,7 +8,7 @@ import torch
 
 from models import Detector, build_model, gssam, load_checkpoint, save_checkpoint
 from models.yolox_gssam import gssam_modules
-from models.onnx_export import OPSET, cached_onnx_path
+from models.onnx_export import OPSET, cached_onnx_path, ensure_onnx
 
 CLASSES = ["drone", "bird"]
 # At 128 x 160 every stage's broadcast is small enough to be chosen; the tests that force
@@ -62,7 +62,8 @@ def test_graph_is_opset17_and_contains_the_sampling(weights, tmp_path, monkeypat
     graph = onnx.load(str(detector.onnx_path))
     assert any(o.domain in ("", "ai.onnx") and o.version == OPSET for o in graph.opset_import)
     ops = {node.op_type for node in graph.graph.node}
-    assert {"MaxPool", "TopK", "CumSum", "GatherElements", "Sigmoid"} <= ops
+    assert {"MaxPool", "Floor", "GatherElements", "Sigmoid"} <= ops
+    assert "TopK" not in ops  # the table of sampled_contrast_interpolated needs no sort
     assert "Exp" not in ops  # box decoding runs outside the graph
     # the 1-channel context convs are exported 3-D (kept out of ONNX Runtime's blocked 2-D layout)
     kernels_3d = {t.name for t in graph.graph.initializer if len(t.dims) == 5}
@@ -74,11 +75,17 @@ def test_graph_is_opset17_and_contains_the_sampling(weights, tmp_path, monkeypat
     assert readers.count("Squeeze") == len(list(gssam_modules(load_checkpoint(weights)[0])))
 
 
-def test_forced_exact_everywhere_still_matches(weights, tmp_path, monkeypatch):
+@pytest.mark.parametrize("knots", [0, gssam.EXPORT_CONTRAST_KNOTS])
+def test_forced_sampled_comparison_everywhere_still_matches(weights, tmp_path, monkeypatch, knots):
+    """Every stage exported without the broadcast: the exact sort and unrolled search (knots 0) or
+    the interpolated table, against eager torch's exact comparison."""
     monkeypatch.setattr(gssam, "BROADCAST_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(gssam, "EXPORT_CONTRAST_KNOTS", knots)
     torch_detector = Detector(weights, backend="torch")
-    onnx_detector = Detector(weights, backend="onnx", cache_dir=tmp_path)
-    batch = _batch(seed=1, count=2)  # each image searches its own points
+    onnx_detector = Detector(weights, backend="onnx", cache_dir=tmp_path / str(knots))
+    ops = {node.op_type for node in onnx.load(str(onnx_detector.onnx_path)).graph.node}
+    assert ({"TopK", "CumSum"} <= ops) == (knots == 0)
+    batch = _batch(seed=1, count=2)  # each image samples its own points
     expected, actual = torch_detector.infer(batch), onnx_detector.infer(batch)
     assert np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))) < 1e-4
 
@@ -103,4 +110,41 @@ def test_identity_start_twin_exports_with_its_gate(tmp_path):
     batch = _batch(seed=4)
     expected = Detector(path, backend="torch").infer(batch)
     actual = Detector(path, backend="onnx", cache_dir=tmp_path).infer(batch)
+    assert np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))) < 1e-4
+
+
+def test_the_stem_reads_the_image_with_one_strided_conv(weights, tmp_path):
+    """Focus's slices and concat are exported as the 6x6 stride-2 conv they equal."""
+    graph = onnx.load(str(Detector(weights, backend="onnx", cache_dir=tmp_path).onnx_path)).graph
+    readers = [node for node in graph.node if "images" in node.input]
+    assert [node.op_type for node in readers] == ["Conv"]
+    attributes = {a.name: list(a.ints) for a in readers[0].attribute}
+    assert attributes["strides"] == [2, 2] and attributes["pads"] == [2, 2, 2, 2]
+
+
+def _reductions(path) -> dict[str, int]:
+    """GSSAM channel reductions in an exported graph, by op type."""
+    nodes = [n for n in onnx.load(str(path)).graph.node if "attend_output/context.0/" in n.name]
+    return {op: sum(n.op_type == op for n in nodes) for op in ("MatMul", "Conv")}
+
+
+def test_each_runtime_gets_its_own_export_with_the_reduction_it_runs_fast(weights, tmp_path):
+    modules = len(gssam_modules(load_checkpoint(weights)[0]))
+    for_onnxruntime = cached_onnx_path(weights, INPUT_SIZE, tmp_path)
+    for_openvino = cached_onnx_path(weights, INPUT_SIZE, tmp_path, flavor="openvino")
+    assert for_onnxruntime != for_openvino
+    assert ensure_onnx(weights, INPUT_SIZE, tmp_path) == for_onnxruntime
+    assert ensure_onnx(weights, INPUT_SIZE, tmp_path, flavor="openvino") == for_openvino
+    assert _reductions(for_onnxruntime) == {"MatMul": modules, "Conv": 0}
+    assert _reductions(for_openvino) == {"MatMul": 0, "Conv": modules}
+    with pytest.raises(ValueError, match="unknown export flavor 'tensorrt'"):
+        cached_onnx_path(weights, INPUT_SIZE, tmp_path, flavor="tensorrt")
+
+
+def test_openvino_equals_torch_image_by_image(weights, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino backend's package is not installed")
+    batch = _batch(seed=2, count=3)  # compiled for one image: a batch runs image by image
+    expected = Detector(weights, backend="torch").infer(batch)
+    actual = Detector(weights, backend="openvino", cache_dir=tmp_path).infer(batch)
+    assert actual.shape == expected.shape
     assert np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))) < 1e-4

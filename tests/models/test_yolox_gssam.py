@@ -10,7 +10,9 @@ from models.yolox_gssam import (
     SIZES,
     STAGES,
     baseline_name,
+    StridedFocus,
     count_parameters,
+    focus_as_strided_conv,
     fuse_for_inference,
     gssam_modules,
     model_names,
@@ -156,6 +158,31 @@ def test_fuse_for_inference_keeps_outputs():
         before = model(images)
         after = fuse_for_inference(model)(images)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["yolox-nano", "yolox-s-gssam-sigres-p1"])
+def test_focus_as_one_strided_conv_computes_what_focus_computes(name):
+    model = build_model(name, num_classes=NUM_CLASSES)
+    images, targets = _images_and_targets()
+    model(images, targets)
+    model.eval()
+    for parameter in model.backbone.backbone.stem.parameters():  # no zero or symmetric taps to hide a wrong map
+        parameter.data.normal_()
+    with torch.no_grad():  # the stem's own output: an untrained head's barely depends on the input
+        stem_before, before = model.backbone.backbone.stem(images), model(images)
+        rewritten = focus_as_strided_conv(model)
+        stem_after, after = rewritten.backbone.backbone.stem(images), rewritten(images)
+    assert sum(isinstance(m, StridedFocus) for m in rewritten.modules()) == 1
+    assert stem_before.abs().mean() > 0.1
+    torch.testing.assert_close(stem_after, stem_before, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)
+
+
+def test_strided_focus_refuses_a_focus_it_does_not_equal():
+    from yolox.models.network_blocks import Focus
+
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        StridedFocus(Focus(3, 8, ksize=1))
 
 
 @pytest.mark.parametrize("name", ["yolox-nano-gssam-sigresid-p1", "yolox-nano-gssam-sigresid-p2",
