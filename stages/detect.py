@@ -51,7 +51,10 @@ class DetectConfig:
     device: str = "cpu"
     fp16: bool = False
     batch_size: int = setting(4, gt=0)
-    threads: int = setting(2, ge=1, le=256)  # intra-op threads of the CPU runtimes
+    threads: int = setting(2, ge=1, le=256)  # intra-op threads of the CPU runtimes (per worker)
+    # copies of the model that run the images of a batch side by side: for several streams or tiles,
+    # two 1-thread workers outrun one 2-thread copy on 2 cores; one image runs on one worker alone
+    workers: int = setting(1, ge=1, le=16)
     # ONNX Runtime's threads spin between runs (faster alone, but on a small machine they take the CPU
     # the other stages need; docs/benchmarks.md "Backends in the pipeline")
     spin: bool = True
@@ -103,7 +106,7 @@ class DetectStage(Stage):
                 weights_path(cfg), backend=det.backend, device=det.device, fp16=det.fp16,
                 conf_threshold=det.conf_threshold, nms_threshold=det.nms_threshold,
                 class_agnostic_nms=det.class_agnostic_nms, input_size=model_input_size(cfg),
-                onnx_threads=det.threads, spin=det.spin)
+                onnx_threads=det.threads, spin=det.spin, workers=det.workers)
         self.detector.warm_up()  # before the first beat: the first frame is not the one that waits for it
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
                  self.detector.class_names)

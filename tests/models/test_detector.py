@@ -114,10 +114,21 @@ def test_torch_detector_equals_unfused_model(detector, weights):
     ({"backend": "tensorrt"}, "unknown backend"),
     ({"fp16": True}, "fp16 needs a cuda device"),
     ({"backend": "onnx", "device": "cuda"}, "cpu only"),
+    ({"workers": 0}, "workers must be a whole number >= 1"),
 ])
 def test_bad_arguments(weights, kwargs, problem):
     with pytest.raises(ValueError, match=problem):
         Detector(weights, **kwargs)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_workers_split_a_batch_and_keep_its_order(weights, tmp_path, count):
+    """Two 1-thread copies run a batch side by side: the same outputs, image for image, as one copy."""
+    single = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path)
+    pair = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path, workers=2)
+    assert len(pair.engines) == 2 and pair.engines[0] is not pair.engines[1]
+    images = np.stack([single.preprocess(_image(60, 90, seed))[0] for seed in range(count)])
+    np.testing.assert_array_equal(pair.infer(images), single.infer(images))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
