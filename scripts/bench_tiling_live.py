@@ -57,10 +57,12 @@ def model_call_ms(backend: str, repeats: int = 30) -> float:
     return float(np.median(times))
 
 
-def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | None = None) -> dict:
+def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | None = None,
+             record: dict | None = None) -> dict:
     detect = {"backend": backend, "tiling": tiling, **(detect or {})}
+    record = {"segment_seconds": 600, **(record or {})}
     cfg = {"mode": "live", "sources": [{"id": "cam", "uri": str(clip), "pace": True}], "output_dir": str(out),
-           "stages": {"detect": detect, "record": {"segment_seconds": 600}},
+           "stages": {"detect": detect, "record": record},
            "consumers": [], "supervisor": {"status_interval_s": 1}}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -102,13 +104,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="stages.detect.threads (per worker)")
     parser.add_argument("--workers", type=int, default=1, help="stages.detect.workers")
     parser.add_argument("--no-spin", action="store_true", help="stages.detect.spin: false")
+    parser.add_argument("--event-recording", action="store_true",
+                        help="stages.record.mode: event (video only around alerts) instead of continuous")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip", args.seconds)
         call_ms = model_call_ms(args.backend)
         detect = {"threads": args.threads, "workers": args.workers, "spin": not args.no_spin}
-        results = {name: run_live(clip, tmp / f"run{i}", tiling, args.backend, detect)
+        record = {"mode": "event"} if args.event_recording else {}
+        results = {name: run_live(clip, tmp / f"run{i}", tiling, args.backend, detect, record)
                    for i, (name, tiling) in enumerate(SETTINGS.items())}
     print_table(results, call_ms)
     if args.json:
