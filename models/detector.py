@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_WEIGHTS
-from .backends import BackendError, backend_class, check_available, check_backend
+from .backends import BackendError, backend_class, check_available, check_backend, resolve_backend
 from .letterbox import check_input_size, letterbox, to_source_pixels
 from .meta import checkpoint_meta
 from .postprocess import decode, select
@@ -17,7 +17,9 @@ class Detector:
     """Run a checkpoint on BGR uint8 images; results are K x 6 [x1, y1, x2, y2, score, class_id].
 
     ``backend`` names one of models.backends (``BACKENDS``): "torch" (device "cpu" or "cuda[:i]";
-    fp16=True on CUDA runs half precision with channels_last), "onnx" (ONNX Runtime), "openvino", ...
+    fp16=True on CUDA runs half precision with channels_last), "onnx" (ONNX Runtime), "openvino", ...,
+    or "auto": the fastest this machine runs at fp32 accuracy (``resolve_backend``; ``self.backend``
+    holds the one chosen).
     ``onnx_threads`` intra-op threads for the CPU runtimes (``spin``: ONNX Runtime's threads wait
     spinning between runs); their exports (one per input size) are cached in ``cache_dir`` (see
     models.onnx_export). ``input_size`` (h, w) defaults to the checkpoint's. ``workers`` copies of the
@@ -31,6 +33,7 @@ class Detector:
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
         check_backend(backend, device, fp16)
+        backend = resolve_backend(backend, device)
         check_available(backend)
         self.device = device
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS

@@ -159,7 +159,7 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, help="video to use (default: a synthetic 640x512 clip)")
     parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic clip")
     parser.add_argument("--weights", default="default")
-    parser.add_argument("--backend", default="onnx", choices=BACKENDS)
+    parser.add_argument("--backend", default="onnx", choices=("auto", *BACKENDS))
     parser.add_argument("--repeats", type=int, default=50, help="transport repetitions")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--rounds", type=int, default=1,

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 import models
-from models.backends import BACKENDS, BackendError, backend_class, check_available, check_backend
+from models.backends import AUTO, BACKENDS, BackendError, backend_class, check_available, check_backend, resolve_backend
 from models.letterbox import letterbox
 from models.tiling import merge_regions, region_input, tile_ratio, to_frame
 from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
@@ -47,7 +47,9 @@ log = logging.getLogger("stages.detect")
 @dataclass
 class DetectConfig:
     weights: str = "default"  # a checkpoint path, or "default": the shipped default model
-    backend: str = setting("onnx", choices=BACKENDS)  # models.backends: onnx, openvino, torch (CPU or CUDA), ...
+    # models.backends: onnx, openvino, torch (CPU or CUDA), ..., or auto (the fastest this machine runs
+    # at fp32 accuracy: openvino-bf16 where the CPU has bf16 and openvino is installed, else onnx)
+    backend: str = setting("onnx", choices=(AUTO, *BACKENDS))
     device: str = "cpu"
     fp16: bool = False
     batch_size: int = setting(4, gt=0)
@@ -88,7 +90,7 @@ class DetectStage(Stage):
         have what it runs on (an INT8 backend its quantized model); the detect process itself checks
         the weights against the model when it loads them."""
         input_size = model_input_size(cfg)
-        backend = cfg.stages.detect.backend
+        backend = resolve_backend(cfg.stages.detect.backend, cfg.stages.detect.device)
         try:
             check_available(backend)  # here, where detect runs: a host that only reads the config needs no runtime
         except BackendError as exc:
@@ -108,7 +110,7 @@ class DetectStage(Stage):
                 class_agnostic_nms=det.class_agnostic_nms, input_size=model_input_size(cfg),
                 onnx_threads=det.threads, spin=det.spin, workers=det.workers)
         self.detector.warm_up()  # before the first beat: the first frame is not the one that waits for it
-        log.info("detector %s (%s on %s), classes %s", weights_path(cfg), det.backend, det.device,
+        log.info("detector %s (%s on %s), classes %s", weights_path(cfg), self.detector.backend, det.device,
                  self.detector.class_names)
         self.planner = planner_for(cfg, self.detector.input_size)
         self.tile_scale = tile_ratio(self.planner.tile_hw, self.detector.input_size)

@@ -88,18 +88,42 @@ def cpu_flags() -> frozenset[str]:
 
 def backend_class(backend: str) -> type[Backend]:
     if backend not in REGISTRY:
-        raise BackendError("backend", f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        raise BackendError("backend", f"unknown backend {backend!r}; valid: {AUTO}, {', '.join(BACKENDS)}")
     return REGISTRY[backend]
+
+
+# "auto": the fastest backend this machine can run that keeps the fp32 accuracy (docs/benchmarks.md,
+# "Backends": OpenVINO bf16 1.13x ONNX Runtime fp32 at the same mAP), in this order; torch on CUDA
+AUTO = "auto"
+AUTO_CPU_ORDER = ("openvino-bf16", "onnx")
+
+
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """The backend ``backend`` names here: itself, or for "auto" the first of AUTO_CPU_ORDER this
+    machine can run (its package installed, its instruction set present), "torch" on a CUDA device."""
+    if backend != AUTO:
+        return backend
+    if device.startswith("cuda"):
+        return "torch"
+    for name in AUTO_CPU_ORDER:
+        try:
+            check_available(name)
+            return name
+        except BackendError:
+            continue
+    return AUTO_CPU_ORDER[-1]
 
 
 def check_backend(backend: str, device: str, fp16: bool) -> None:
     """BackendError (one line) for a combination no machine can run: the rules a config is checked
     against wherever it is loaded (on every host of a split run). What this machine lacks is
     ``check_available``'s."""
-    cls = backend_class(backend)
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
         raise BackendError("device", f"device must be cpu or cuda[:N], got {device!r}")
+    if backend == AUTO:  # judged as what it falls back to: each of its choices runs where that does
+        backend = "torch" if kind == "cuda" else AUTO_CPU_ORDER[-1]
+    cls = backend_class(backend)
     if kind not in cls.devices:
         raise BackendError("device", f"the {backend} backend runs on {' or '.join(cls.devices)} only, "
                                      f"got device {device!r}")
@@ -120,5 +144,5 @@ def check_available(backend: str) -> None:
                                       "this one has none of them")
 
 
-__all__ = ["BACKENDS", "REGISTRY", "Backend", "BackendError", "backend_class", "check_available", "check_backend",
-           "cpu_flags"]
+__all__ = ["AUTO", "AUTO_CPU_ORDER", "BACKENDS", "REGISTRY", "Backend", "BackendError", "backend_class",
+           "check_available", "check_backend", "cpu_flags", "resolve_backend"]

@@ -38,7 +38,10 @@ class OpenVinoBackend(Backend):
         # OpenVINO names its compiled blobs by the model's path and options, not its content: a model
         # remade in place (python -m pipeline quantize again) gets a folder of its own
         blobs = path.parent / "openvino" / _content_digest(path)
-        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+        # no pinning: OpenVINO pins its threads to cores by default, so two 1-thread copies (Detector
+        # workers) both ran on the first core (12.7 ms an image vs 6.4 unpinned), and a pinned detect
+        # process takes cores from the other stage processes
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
                   "INFERENCE_PRECISION_HINT": self.precision, "CACHE_DIR": str(blobs)}
         core = ov.Core()
         model = core.read_model(str(path))

@@ -6,7 +6,17 @@ import importlib.util
 import pytest
 
 import models.backends as backends
-from models.backends import BACKENDS, REGISTRY, Backend, BackendError, backend_class, check_available, check_backend
+from models.backends import (
+    AUTO,
+    BACKENDS,
+    REGISTRY,
+    Backend,
+    BackendError,
+    backend_class,
+    check_available,
+    check_backend,
+    resolve_backend,
+)
 
 
 def test_the_shipped_backends_are_registered():
@@ -61,3 +71,25 @@ def test_a_cpu_without_bf16_is_refused(monkeypatch):
 def test_cpu_flags_come_from_proc_cpuinfo():
     flags = backends.cpu_flags()
     assert "sse2" in flags or not flags  # x86 lists sse2; elsewhere (no /proc/cpuinfo flags line) empty
+
+
+def test_auto_picks_bf16_where_the_cpu_and_packages_allow_else_onnx(monkeypatch):
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert resolve_backend(AUTO) == "openvino-bf16"
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_backend(AUTO) == "onnx"
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert resolve_backend(AUTO) == "onnx"
+    assert resolve_backend(AUTO, "cuda:1") == "torch"
+    assert resolve_backend("openvino") == "openvino"  # a named backend is itself, whatever the machine
+
+
+def test_auto_is_judged_as_its_fallback():
+    check_backend(AUTO, "cpu", False)
+    check_backend(AUTO, "cuda", True)
+    with pytest.raises(BackendError, match="fp16 needs a cuda device"):
+        check_backend(AUTO, "cpu", True)
+    with pytest.raises(BackendError, match="valid: auto, "):
+        backend_class("fastest")

@@ -150,3 +150,11 @@ def test_cli_missing_config_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "nope.yaml")], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "does not exist" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO_ROOT) for p in (REPO_ROOT / "configs").rglob("*.yaml")),
+                         ids=str)
+def test_every_shipped_config_loads(path):
+    """What README points operators at must load (files they name are checked where they run)."""
+    cfg = load_config(REPO_ROOT / path, check_files=False)
+    assert cfg.sources
