@@ -1,7 +1,7 @@
 """Detector: letterbox -> a backend (models.backends) -> models.postprocess -> original pixels."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ class Detector:
 
     ``backend`` names one of models.backends (``BACKENDS``): "torch" (device "cpu" or "cuda[:i]";
     fp16=True on CUDA runs half precision with channels_last), "onnx" (ONNX Runtime), "openvino", ...,
-    or "auto": the fastest this machine runs at fp32 accuracy (``resolve_backend``; ``self.backend``
+    or "auto": the fastest this machine runs at the fp32 mAP, measured (``resolve_backend``; ``self.backend``
     holds the one chosen).
     ``onnx_threads`` intra-op threads for the CPU runtimes (``spin``: ONNX Runtime's threads wait
     spinning between runs); their exports (one per input size) are cached in ``cache_dir`` (see
@@ -30,7 +30,7 @@ class Detector:
                  conf_threshold: float = 0.25, nms_threshold: float = 0.45, onnx_threads: int = 2,
                  cache_dir=None, input_size: tuple[int, int] | None = None, class_agnostic_nms: bool = False,
                  spin: bool = True, workers: int = 1):
-        if not isinstance(workers, int) or workers < 1:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
         check_backend(backend, device, fp16)
         backend = resolve_backend(backend, device)
@@ -73,13 +73,21 @@ class Detector:
         2-core CPU two 1-thread copies measured ~1.5x the images per second of one 2-thread copy
         whose threads sleep between runs, and ~1.1x one whose threads spin (docs/benchmarks.md).
         One image still runs on one copy alone, with its threads only."""
-        if self._pool is None or len(batch) == 1:
+        if self._pool is None or len(batch) <= 1:
             return self.engine.run(batch)
         parts = [part for part in np.array_split(batch, len(self.engines)) if len(part)]
         pending = [self._pool.submit(engine.run, np.ascontiguousarray(part))
                    for engine, part in zip(self.engines[1:], parts[1:])]
-        first = self.engine.run(np.ascontiguousarray(parts[0]))  # this thread is the first worker
+        try:
+            first = self.engine.run(np.ascontiguousarray(parts[0]))  # this thread is the first worker
+        finally:  # no engine is handed out again while a copy still runs (an error here or there)
+            wait(pending)
         return np.concatenate([first] + [future.result() for future in pending])
+
+    def close(self) -> None:
+        """Stop the workers' threads (the engines go with the Detector)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def warm_up(self) -> None:
         """One run on a blank input per worker: the runtimes' first call sets up kernels and memory (a

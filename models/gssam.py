@@ -58,8 +58,9 @@ BROADCAST_MAX_ELEMENTS = 1 << 19
 # (ONNX GatherElements takes int32 indices).
 SEARCH_INDEX_DTYPE = torch.int32
 # Exports compute D from a table of this many cells (sampled_contrast_interpolated) instead of the
-# exact sort and search: ONNX Runtime 9.6 -> 8.5 ms a frame for the default model (2 threads), outputs
-# within 2e-6 of the exact ones; 64 cells measured as fast and 10x less close. 0: the exact search.
+# exact sort and search: ONNX Runtime 9.6 -> 8.5 ms a frame for the default model (2 threads, one A/B
+# run; docs/benchmarks.md), outputs within 2e-6 of the exact ones; 64 cells measured as fast and 10x
+# less close. 0: the exact search.
 EXPORT_CONTRAST_KNOTS = 256
 
 
@@ -157,8 +158,10 @@ def sampled_contrast_interpolated(c: torch.Tensor, pool: int, knots: int) -> tor
 
     D is convex and piecewise linear in c (its slope rises by 2 at each point), so the chord over a
     cell of width h = (hi - lo) / K holding m points is off by at most m h / 2: at most h / 2 on D / N
-    anywhere (all points in one cell), and ~(hi - lo) / (2 K^2) where they spread. Inference only (the
-    gradient of a table lookup is not the module's); used in ONNX exports (``EXPORT_CONTRAST_KNOTS``).
+    anywhere (all points in one cell), and ~(hi - lo) / (2 K^2) where they spread. That bound is in
+    exact arithmetic; in float32 add rounding of the order of the exact form's own (both sum N terms).
+    A NaN in c gives NaN there, as the exact form does. Inference only (the gradient of a table lookup
+    is not the module's); used in ONNX exports (``EXPORT_CONTRAST_KNOTS``).
     """
     dtype = c.dtype
     c32 = c.to(torch.promote_types(dtype, torch.float32))
@@ -174,11 +177,13 @@ def sampled_contrast_interpolated(c: torch.Tensor, pool: int, knots: int) -> tor
     total = points.sum(1, keepdim=True)
     below_at_low, outside_slope = total - count * low, count * width     # D(lo) from below, |dD/du| outside
     slope = torch.cat([-outside_slope, rise, outside_slope], 1)
-    offset = torch.cat([below_at_low + outside_slope, at_knots[:, :-1] - rise * grid[1:], at_knots[:, -1:] - outside_slope * (knots + 1)], 1)
+    offset = torch.cat([below_at_low + outside_slope, at_knots[:, :-1] - rise * grid[1:],
+                        at_knots[:, -1:] - outside_slope * (knots + 1)], 1)
     values = c32.flatten(1)
     units = (values - low) / width + 1
     index_dtype = SEARCH_INDEX_DTYPE if torch.onnx.is_in_onnx_export() else torch.int64
-    cell = torch.floor(units).clamp(0, knots + 1).to(index_dtype)
+    finite_units = torch.where(units == units, units, torch.zeros_like(units))  # NaN: any cell, D stays NaN
+    cell = torch.floor(finite_units).clamp(0, knots + 1).to(index_dtype)
     contrast = torch.gather(offset, 1, cell) + torch.gather(slope, 1, cell) * units
     return contrast.view_as(c).to(dtype)
 
@@ -191,7 +196,9 @@ def num_points(height: int, width: int, pool: int) -> int:
 def sampled_contrast(c: torch.Tensor, pool: int) -> torch.Tensor:
     """D(x) = sum_j |c(x) - p_j| over the points of an r x r, stride-r max-pool (ceil mode).
 
-    c: B x 1 x H x W. Returns B x 1 x H x W. Exact; picks the faster of the two equal forms by the size H*W*N of the broadcast.
+    c: B x 1 x H x W. Returns B x 1 x H x W. Exact; picks the faster of the two equal forms by the size
+    H*W*N of the broadcast. An ONNX export reads D from a table where the broadcast is too large
+    (``sampled_contrast_interpolated``; ``EXPORT_CONTRAST_KNOTS = 0`` exports the exact search).
     """
     if c.dim() != 4 or c.shape[1] != 1:
         raise ValueError(f"sampled_contrast expects B x 1 x H x W, got {tuple(c.shape)}")

@@ -213,9 +213,12 @@ class StridedFocus(nn.Module):
 
     def __init__(self, focus: nn.Module):
         super().__init__()
-        conv = focus.conv.conv
-        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1:
-            raise ValueError(f"StridedFocus expects Focus with a 3x3 stride-1 conv, got {conv}")
+        conv = getattr(focus.conv, "conv", None)
+        plain = (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+                 and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+                 and conv.in_channels % len(FOCUS_PHASES) == 0 and hasattr(focus.conv, "bn"))
+        if not plain:
+            raise ValueError(f"StridedFocus expects an unfused Focus with a 3x3 stride-1 conv, got {focus.conv}")
         phase_channels = conv.in_channels // len(FOCUS_PHASES)
         weight = conv.weight.new_zeros(conv.out_channels, phase_channels, 6, 6)
         for phase, (dy, dx) in enumerate(FOCUS_PHASES):

@@ -32,7 +32,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models.backends import BACKENDS  # noqa: E402
+from models.backends import BACKEND_CHOICES  # noqa: E402
 from pipeline.runtime.config import config_from_dict  # noqa: E402
 from pipeline.runtime.messages import FrameMessage  # noqa: E402
 from pipeline.runtime.transport import open_socket  # noqa: E402
@@ -159,13 +159,15 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, help="video to use (default: a synthetic 640x512 clip)")
     parser.add_argument("--frames", type=int, default=300, help="frames of the synthetic clip")
     parser.add_argument("--weights", default="default")
-    parser.add_argument("--backend", default="onnx", choices=("auto", *BACKENDS))
+    parser.add_argument("--backend", default="onnx", choices=BACKEND_CHOICES)
     parser.add_argument("--repeats", type=int, default=50, help="transport repetitions")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--rounds", type=int, default=1,
                         help="(e): runs of each detect setting, in turn (the median is reported)")
     parser.add_argument("--two-cameras-only", action="store_true", help="run (e) alone")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.two_cameras_only:
         return two_cameras_only(args)
 
@@ -224,22 +226,26 @@ def print_table(results: dict) -> None:
 
 
 def compare_two_cameras(clip: Path, tmp: Path, args, frames: int) -> dict:
-    """(e) for each detect setting, ``args.rounds`` runs in turn: the median run (by fps) of each."""
+    """(e) for each detect setting, ``args.rounds`` runs in turn: the median run (by fps) of each
+    (the upper of the two middle runs for an even count)."""
     runs = {name: [] for name in DETECT_SETTINGS}
     for round_index in range(args.rounds):
         for index, (name, detect) in enumerate(DETECT_SETTINGS.items()):
             out = tmp / f"two_{round_index}_{index}"
             runs[name].append(two_cameras(clip, out, args.weights, args.backend, frames, detect))
             print(f"(e) {name}, round {round_index + 1}: {runs[name][-1]['fps_total']:.1f} fps", flush=True)
-    return {name: {**sorted(rows, key=lambda r: r["fps_total"])[len(rows) // 2], "fps_runs": [r["fps_total"] for r in rows]}
-            for name, rows in runs.items()}
+    def median_run(rows: list[dict]) -> dict:
+        return {**sorted(rows, key=lambda r: r["fps_total"])[len(rows) // 2], "fps_runs": [r["fps_total"] for r in rows]}
+
+    return {name: median_run(rows) for name, rows in runs.items()}
 
 
 def two_camera_rows(cameras: dict) -> list[tuple[str, str, str]]:
     rows = []
     for name, row in cameras.items():
         rows.append((f"(e) two live cameras, {name}: fps", f"{row['fps_total']:.1f}", ">= 45 in total"))
-        rows.append(("    dropped before recording / p99 ms", f"{row['dropped_share']:.0%} / {row['latency_p99_ms']:.0f}", ""))
+        dropped = f"{row['dropped_share']:.0%} / {row['latency_p99_ms']:.0f}"
+        rows.append(("    dropped before recording / p99 ms", dropped, ""))
     return rows
 
 

@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from models.backends import BACKENDS  # noqa: E402
+from models.backends import BACKEND_CHOICES  # noqa: E402
 
 FPS = 25
 SETTINGS = {  # name -> stages.detect.tiling
@@ -99,7 +99,7 @@ def print_table(results: dict, call_ms: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20, help="length of the paced 1080p25 clip")
-    parser.add_argument("--backend", default="onnx", choices=("auto", *BACKENDS))
+    parser.add_argument("--backend", default="onnx", choices=BACKEND_CHOICES)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--threads", type=int, default=2, help="stages.detect.threads (per worker)")
     parser.add_argument("--workers", type=int, default=1, help="stages.detect.workers")

@@ -19,7 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 import models
-from models.backends import AUTO, BACKENDS, BackendError, backend_class, check_available, check_backend, resolve_backend
+from models.backends import (
+    BACKEND_CHOICES,
+    BackendError,
+    backend_class,
+    check_available,
+    check_backend,
+    resolve_backend,
+)
 from models.letterbox import letterbox
 from models.tiling import merge_regions, region_input, tile_ratio, to_frame
 from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
@@ -48,8 +55,8 @@ log = logging.getLogger("stages.detect")
 class DetectConfig:
     weights: str = "default"  # a checkpoint path, or "default": the shipped default model
     # models.backends: onnx, openvino, torch (CPU or CUDA), ..., or auto (the fastest this machine runs
-    # at fp32 accuracy: openvino-bf16 where the CPU has bf16 and openvino is installed, else onnx)
-    backend: str = setting("onnx", choices=(AUTO, *BACKENDS))
+    # at the fp32 mAP, measured: openvino-bf16 where the CPU has bf16 and openvino is installed, else onnx)
+    backend: str = setting("onnx", choices=BACKEND_CHOICES)
     device: str = "cpu"
     fp16: bool = False
     batch_size: int = setting(4, gt=0)

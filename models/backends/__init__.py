@@ -92,10 +92,16 @@ def backend_class(backend: str) -> type[Backend]:
     return REGISTRY[backend]
 
 
-# "auto": the fastest backend this machine can run that keeps the fp32 accuracy (docs/benchmarks.md,
+# "auto": the fastest backend this machine can run that kept the fp32 mAP when measured (docs/benchmarks.md,
 # "Backends": OpenVINO bf16 1.13x ONNX Runtime fp32 at the same mAP), in this order; torch on CUDA
 AUTO = "auto"
 AUTO_CPU_ORDER = ("openvino-bf16", "onnx")
+BACKEND_CHOICES = (AUTO, *BACKENDS)  # what a config or a --backend option may name
+
+
+def _auto_fallback(device: str) -> str:
+    """What "auto" runs where nothing faster can: torch on CUDA, else the last of AUTO_CPU_ORDER."""
+    return "torch" if device.startswith("cuda") else AUTO_CPU_ORDER[-1]
 
 
 def resolve_backend(backend: str, device: str = "cpu") -> str:
@@ -104,14 +110,14 @@ def resolve_backend(backend: str, device: str = "cpu") -> str:
     if backend != AUTO:
         return backend
     if device.startswith("cuda"):
-        return "torch"
+        return _auto_fallback(device)
     for name in AUTO_CPU_ORDER:
         try:
             check_available(name)
             return name
         except BackendError:
             continue
-    return AUTO_CPU_ORDER[-1]
+    return _auto_fallback(device)
 
 
 def check_backend(backend: str, device: str, fp16: bool) -> None:
@@ -122,7 +128,7 @@ def check_backend(backend: str, device: str, fp16: bool) -> None:
     if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
         raise BackendError("device", f"device must be cpu or cuda[:N], got {device!r}")
     if backend == AUTO:  # judged as what it falls back to: each of its choices runs where that does
-        backend = "torch" if kind == "cuda" else AUTO_CPU_ORDER[-1]
+        backend = _auto_fallback(device)
     cls = backend_class(backend)
     if kind not in cls.devices:
         raise BackendError("device", f"the {backend} backend runs on {' or '.join(cls.devices)} only, "
@@ -144,5 +150,5 @@ def check_available(backend: str) -> None:
                                       "this one has none of them")
 
 
-__all__ = ["AUTO", "AUTO_CPU_ORDER", "BACKENDS", "REGISTRY", "Backend", "BackendError", "backend_class",
-           "check_available", "check_backend", "cpu_flags", "resolve_backend"]
+__all__ = ["AUTO", "AUTO_CPU_ORDER", "BACKEND_CHOICES", "BACKENDS", "REGISTRY", "Backend", "BackendError",
+           "backend_class", "check_available", "check_backend", "cpu_flags", "resolve_backend"]

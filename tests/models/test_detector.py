@@ -115,20 +115,40 @@ def test_torch_detector_equals_unfused_model(detector, weights):
     ({"fp16": True}, "fp16 needs a cuda device"),
     ({"backend": "onnx", "device": "cuda"}, "cpu only"),
     ({"workers": 0}, "workers must be a whole number >= 1"),
+    ({"workers": True}, "workers must be a whole number >= 1"),
 ])
 def test_bad_arguments(weights, kwargs, problem):
     with pytest.raises(ValueError, match=problem):
         Detector(weights, **kwargs)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 5])
-def test_workers_split_a_batch_and_keep_its_order(weights, tmp_path, count):
-    """Two 1-thread copies run a batch side by side: the same outputs, image for image, as one copy."""
+@pytest.mark.parametrize("workers, count", [(2, 1), (2, 2), (2, 3), (2, 5), (3, 2), (3, 7)])
+def test_workers_split_a_batch_and_keep_its_order(weights, tmp_path, workers, count):
+    """1-thread copies run a batch side by side (fewer images than copies too): the same outputs,
+    image for image, as one copy."""
     single = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path)
-    pair = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path, workers=2)
-    assert len(pair.engines) == 2 and pair.engines[0] is not pair.engines[1]
+    several = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path, workers=workers)
+    assert len({id(engine) for engine in several.engines}) == workers
     images = np.stack([single.preprocess(_image(60, 90, seed))[0] for seed in range(count)])
-    np.testing.assert_array_equal(pair.infer(images), single.infer(images))
+    np.testing.assert_array_equal(several.infer(images), single.infer(images))
+    several.close()
+
+
+def test_a_failing_worker_fails_the_batch_in_one_error_after_every_copy_stopped(weights, tmp_path):
+    detector = Detector(weights, backend="onnx", onnx_threads=1, cache_dir=tmp_path, workers=2)
+    running = []
+
+    class Failing:
+        def run(self, batch):
+            running.append(len(batch))
+            raise RuntimeError("model run failed")
+
+    detector.engines[1] = Failing()
+    images = np.stack([detector.preprocess(_image(60, 90, seed))[0] for seed in range(4)])
+    with pytest.raises(RuntimeError, match="model run failed"):
+        detector.infer(images)
+    assert running == [2]
+    detector.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -114,6 +116,29 @@ def test_interpolated_contrast_is_within_its_bound(batch, height, width, pool, k
     bound = (points.amax(1) - points.amin(1)) / knots / 2 + 1e-9
     error = ((table - exact).abs().flatten(1) / points.shape[1]).amax(1)
     assert torch.all(error <= bound)
+
+
+@pytest.mark.parametrize("knots", [4, 256])
+def test_interpolated_contrast_is_the_chord_of_the_exact_one_between_its_knots(knots):
+    """Inside [lo, hi] the table gives linear interpolation of the exact D between K + 1 even knots."""
+    torch.manual_seed(knots)
+    c = torch.randn(2, 1, 24, 30, dtype=torch.float64) * 2
+    table = sampled_contrast_interpolated(c, 4, knots)
+    for image in range(2):
+        points = gssam.sample_points(c[image:image + 1], 4)[0]
+        grid = points.min() + (points.max() - points.min()) / knots * torch.arange(knots + 1, dtype=torch.float64)
+        at_knots = (grid[:, None] - points[None]).abs().sum(1)
+        values = c[image].flatten()
+        inside = (values >= points.min()) & (values <= points.max())
+        chord = np.interp(values[inside].numpy(), grid.numpy(), at_knots.numpy())
+        np.testing.assert_allclose(table[image].flatten()[inside].numpy(), chord, rtol=1e-9, atol=1e-9)
+
+
+def test_interpolated_contrast_carries_nan_like_the_exact_one():
+    c = torch.randn(1, 1, 16, 16)
+    c[0, 0, 3, 3] = float("nan")
+    table, exact = sampled_contrast_interpolated(c, 4, 8), sampled_contrast_exact(c, 4)
+    assert torch.equal(torch.isnan(table), torch.isnan(exact))
 
 
 def test_interpolated_contrast_is_exact_outside_the_points_and_when_all_points_tie():

@@ -12,7 +12,8 @@ from models.onnx_export import OPSET, cached_onnx_path, ensure_onnx
 
 CLASSES = ["drone", "bird"]
 # At 128 x 160 every stage's broadcast is small enough to be chosen; the tests that force
-# BROADCAST_MAX_ELEMENTS = 0 export the exact comparison (sort + unrolled binary search) instead.
+# BROADCAST_MAX_ELEMENTS = 0 export the sampled comparison instead: the table of
+# gssam.sampled_contrast_interpolated, or with EXPORT_CONTRAST_KNOTS = 0 the exact sort + search.
 INPUT_SIZE = (128, 160)
 
 

@@ -181,8 +181,12 @@ def test_focus_as_one_strided_conv_computes_what_focus_computes(name):
 def test_strided_focus_refuses_a_focus_it_does_not_equal():
     from yolox.models.network_blocks import Focus
 
-    with pytest.raises(ValueError, match="3x3 stride-1"):
+    with pytest.raises(ValueError, match="unfused Focus with a 3x3 stride-1 conv"):
         StridedFocus(Focus(3, 8, ksize=1))
+    fused = Focus(3, 8, ksize=3)
+    del fused.conv.bn  # as yolox's fuse_model leaves it
+    with pytest.raises(ValueError, match="unfused Focus"):
+        StridedFocus(fused)
 
 
 @pytest.mark.parametrize("name", ["yolox-nano-gssam-sigresid-p1", "yolox-nano-gssam-sigresid-p2",

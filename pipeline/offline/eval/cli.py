@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from models.backends import AUTO, BACKENDS, resolve_backend
+from models.backends import BACKEND_CHOICES, resolve_backend
 from pipeline.offline.data.dataset import DEFAULT_ROOT, MODALITIES, DatasetError
 from pipeline.offline.data.formats import formats
 from pipeline.offline.eval.settings import METRIC_LIBRARIES, EvalError, EvalSettings
@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "this dataset, all of a folder in another format)")
     parser.add_argument("--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped default model)")
-    parser.add_argument("--backend", choices=(AUTO, *BACKENDS), default="torch",
-                        help="auto: the fastest this machine runs at fp32 accuracy (the report names the one chosen)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="torch",
+                        help="auto: the fastest this machine runs at the fp32 mAP, measured (the report names it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--conf", type=float, default=0.001, help="score threshold (low: mAP needs the full PR curve)")
     parser.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold")
