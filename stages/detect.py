@@ -182,6 +182,9 @@ class DetectStage(Stage):
         self.planner.saw(msg.stream_id, self.planner.tiles_holding(msg.stream_id, merged))
         return merged
 
+    def close(self) -> None:
+        self.detector.close()
+
     def status(self) -> dict:
         coverage = self.planner.coverage()
         if not coverage:

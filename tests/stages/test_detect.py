@@ -55,3 +55,5 @@ def test_auto_backend_and_workers_run_what_this_machine_runs_fastest(tmp_path, r
                          class_agnostic_nms=cfg.stages.detect.class_agnostic_nms)
     for msg, image in zip(out, images):
         np.testing.assert_allclose(msg.detections, reference([image])[0], rtol=1e-4, atol=1e-3)
+    det.close()
+    assert det.detector._pool._shutdown  # the workers' threads are stopped with the stage
