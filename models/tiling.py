@@ -45,6 +45,9 @@ MAX_TILES_PER_FRAME = 64
 # two overlapping boxes of different regions are one object only if the smaller has at least this share
 # of the larger's area (or one was cut by a tile border): a drone in front of an airplane stays two
 MIN_AREA_RATIO = 0.2
+# tiles may be shrunk to this scale (never below) when that covers a frame in fewer tiles: 1 keeps every
+# tile at the source's own scale (the input's size in source pixels)
+DEFAULT_MIN_SCALE = 1.0
 
 
 def axis_starts(length: int, tile: int, min_overlap: int) -> list[int]:
@@ -79,6 +82,39 @@ def tile_count(image_hw, tile_hw, min_overlap: int) -> int:
     """How many tiles tile_grid makes for a frame, without making them (a guard against forged sizes)."""
     rows = len(axis_starts(int(image_hw[0]), int(tile_hw[0]), min_overlap))
     return rows * len(axis_starts(int(image_hw[1]), int(tile_hw[1]), min_overlap))
+
+
+def fitted_tile_size(image_hw, input_hw, min_overlap: int, min_scale: float) -> tuple[int, int]:
+    """The tile size (source pixels, the input's aspect) that covers a frame in the fewest tiles while
+    tiles are fed at a scale of at least ``min_scale``; of equally few, the one at the largest scale.
+
+    1920x1080 at 512x640 tiles takes 3 rows of 4 (rows overlapping by 228 px, not 64); shrunk to 0.895 the
+    tiles are 572x715 and 2 rows of 3 cover it: half the model inputs. A scale only matters where the
+    count along an axis changes: n tiles of T px with overlap o cover L px when T >= (L + (n-1) o) / n,
+    so those scales are the only candidates besides 1."""
+    input_h, input_w = int(input_hw[0]), int(input_hw[1])
+    candidates = {1.0}
+    for length, side in ((int(image_hw[0]), input_h), (int(image_hw[1]), input_w)):
+        for n in range(1, len(axis_starts(length, side, min_overlap)) + 1):
+            candidates.add(side * n / (length + (n - 1) * min_overlap))
+    best = None
+    for scale in sorted((s for s in candidates if min_scale <= s <= 1.0), reverse=True):
+        tile = (math.ceil(input_h / scale - 1e-9), math.ceil(input_w / scale - 1e-9))
+        count = tile_count(image_hw, tile, min_overlap)
+        if best is None or count < best[0]:
+            best = (count, tile)
+    return best[1]
+
+
+def tile_size_for(image_hw, input_hw, tile_hw=None, min_overlap: int = DEFAULT_OVERLAP,
+                  min_scale: float = DEFAULT_MIN_SCALE) -> tuple[int, int]:
+    """The tiles a frame is cut in (source pixels): ``tile_hw`` where one is configured, else the input's
+    size, shrunk towards ``min_scale`` where that saves tiles (``fitted_tile_size``)."""
+    if tile_hw is not None:
+        return int(tile_hw[0]), int(tile_hw[1])
+    if min_scale >= 1.0:
+        return int(input_hw[0]), int(input_hw[1])
+    return fitted_tile_size(image_hw, input_hw, min_overlap, min_scale)
 
 
 def wants_tiles(mode: str, image_hw, input_hw, auto_factor: float) -> bool:
@@ -189,13 +225,15 @@ def frame_tiles(image_hw, tile_hw, min_overlap: int) -> list[tuple[int, int, int
     return [r for r in tile_grid(image_hw, tile_hw, min_overlap) if r != whole]
 
 
-def frame_regions(image_hw, input_hw, tile_hw, min_overlap: int, whole_frame: bool = True) -> list[tuple]:
+def frame_regions(image_hw, input_hw, tile_hw, min_overlap: int, whole_frame: bool = True,
+                  min_scale: float = DEFAULT_MIN_SCALE) -> list[tuple]:
     """The regions a fully tiled frame is examined in: the whole frame first (if asked), then the
-    tiles; the whole frame alone where it would need more than MAX_TILES_PER_FRAME tiles."""
+    tiles (``tile_size_for``); the whole frame alone where it would need more than MAX_TILES_PER_FRAME tiles."""
     whole = [(0, 0, int(image_hw[1]), int(image_hw[0]))]
-    if tile_count(image_hw, tile_hw or input_hw, min_overlap) > MAX_TILES_PER_FRAME:
+    tile_hw = tile_size_for(image_hw, input_hw, tile_hw, min_overlap, min_scale)
+    if tile_count(image_hw, tile_hw, min_overlap) > MAX_TILES_PER_FRAME:
         return whole
-    return (whole if whole_frame else []) + frame_tiles(image_hw, tile_hw or input_hw, min_overlap)
+    return (whole if whole_frame else []) + frame_tiles(image_hw, tile_hw, min_overlap)
 
 
 def region_inputs(image: np.ndarray, regions, input_hw, tile_hw=None, whole_first: bool = True
@@ -247,8 +285,10 @@ def merge_regions(per_region: list[np.ndarray], regions, image_hw, ios_threshold
 
 def detect_tiled(detector, image: np.ndarray, tile_hw=None, min_overlap: int = DEFAULT_OVERLAP,
                  whole_frame: bool = True, batch_size: int = 8, ios_threshold: float = DEFAULT_MERGE_IOS,
-                 class_agnostic: bool = True, objectness: bool = False) -> np.ndarray:
+                 class_agnostic: bool = True, objectness: bool = False,
+                 min_scale: float = DEFAULT_MIN_SCALE) -> np.ndarray:
     """Every tile of one frame plus the whole-frame pass, merged (what replay mode and eval run)."""
+    tile_hw = tile_size_for(image.shape[:2], detector.input_size, tile_hw, min_overlap, min_scale)
     regions = frame_regions(image.shape[:2], detector.input_size, tile_hw, min_overlap, whole_frame)
     whole_first = whole_frame or len(regions) == 1  # a frame with too many tiles: the whole frame alone
     per_region = detect_regions(detector, image, regions, tile_hw, batch_size, whole_first, objectness)

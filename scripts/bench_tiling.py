@@ -6,9 +6,11 @@ render_hd; V and IR alternate), (b) mosaics of held-out clips (the test split) o
 (pipeline.offline.data.mosaic). Modes per setting:
   full      the whole frame letterboxed into the detector's input (a 4K frame shrinks 6x);
   tiled     every tile at the source's scale plus the whole-frame pass (models.tiling.detect_tiled);
-  budgeted  the whole frame every frame plus the tiles stages.tile_schedule.TileSchedule picks
-            (--every, --budget; no motion input), fed with .saw of tiles whose own detections
-            score above --saw-conf;
+  fitted    the same with tiles shrunk to no less than --min-scale where that covers the frame in
+            fewer tiles (models.tiling.fitted_tile_size: 1080p in 6 tiles at 0.895 instead of 12);
+  budgeted  the tiles and whole-frame pass stages.tile_schedule.TileSchedule picks (--every,
+            --budget; no motion input, no load: as a live stage that keeps up), fed with .saw of
+            regions whose own detections score above --saw-conf;
   per-clip  (mosaics only) each clip's cell scored alone at 640x512: the accuracy tiling should
             recover (goal: tiled within 2 points of its mAP50:95).
 Metrics: recall at IoU 0.5 by target size (longest side, canvas pixels; a box counts as found when some
@@ -45,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.backends import BACKENDS
-from models.tiling import detect_regions, detect_tiled, frame_regions, merge_regions
+from models.tiling import DEFAULT_MIN_SCALE, detect_regions, detect_tiled, frame_regions, merge_regions, tile_size_for
 from pipeline.offline.data import dataset, mosaic
 from pipeline.offline.data.coco import CocoBuilder, coco_result
 from pipeline.offline.eval.coco import class_to_category, run_cocoeval
@@ -55,7 +57,7 @@ from stages.tile_schedule import TileSchedule
 SIZE_BUCKETS_PX = (("<8", 0, 8), ("8-16", 8, 16), ("16-32", 16, 32), (">=32", 32, float("inf")))
 RECALL_IOU = 0.5
 MAP_CONF, MAP_NMS = 0.001, 0.65      # pipeline.offline.eval.settings: the whole PR curve
-MODES = ("full", "tiled", "budgeted", "per-clip")
+MODES = ("full", "tiled", "fitted", "budgeted", "per-clip")
 GOAL_POINTS = 2.0                    # tiled on a mosaic within this many mAP50:95 points of per-clip
 
 
@@ -84,28 +86,33 @@ def timed(call: Callable, *args):
 
 
 class Budgeted:
-    """Live-mode tiling of one stream: the whole frame plus the tiles its TileSchedule picks."""
+    """Live-mode tiling of one stream: the tiles and whole-frame pass its TileSchedule picks."""
 
-    def __init__(self, detector, image_hw, overlap: int, every: int, budget: int, saw_conf: float):
+    def __init__(self, detector, image_hw, overlap: int, every: int, budget: int, saw_conf: float,
+                 min_scale: float = DEFAULT_MIN_SCALE):
         self.detector, self.image_hw, self.saw_conf, self.overlap = detector, tuple(image_hw), saw_conf, overlap
-        regions = frame_regions(image_hw, detector.input_size, None, overlap, whole_frame=True)
+        self.tile_hw = tile_size_for(image_hw, detector.input_size, None, overlap, min_scale)
+        regions = frame_regions(image_hw, detector.input_size, self.tile_hw, overlap, whole_frame=True)
         self.whole, self.tiles = regions[0], regions[1:]
-        self.schedule = TileSchedule(len(self.tiles), every, budget)
+        self.schedule = TileSchedule(len(self.tiles), every, budget, whole=True)
         self.last_regions = 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         chosen = self.schedule.choose(None)  # no motion score here: the preprocess stage computes it live
-        regions = [self.whole] + [self.tiles[i] for i in chosen]
-        per_region = detect_regions(self.detector, image, regions)
-        self.schedule.saw([tile for tile, dets in zip(chosen, per_region[1:])
-                           if len(dets) and float(dets[:, 4].max()) > self.saw_conf])
+        whole = self.schedule.whole_now or not chosen
+        regions = [self.whole] * whole + [self.tiles[i] for i in chosen]
+        per_region = detect_regions(self.detector, image, regions, self.tile_hw, whole_first=whole)
+        found = [(i, dets) for i, dets in zip([None] * whole + chosen, per_region)
+                 if len(dets) and float(dets[:, 4].max()) > self.saw_conf]
+        large = any(float(np.maximum(d[:, 2] - d[:, 0], d[:, 3] - d[:, 1]).max()) >= self.overlap for _, d in found)
+        self.schedule.saw([i for i, _ in found if i is not None], whole=large)
         self.last_regions = len(regions)
-        return merge_regions(per_region, regions, image.shape[:2], min_overlap=self.overlap)
+        return merge_regions(per_region, regions, image.shape[:2], min_overlap=self.overlap, whole_first=whole)
 
 
 def run_frame(detector, frame: mosaic.MosaicFrame, records: dict, budgeted: Budgeted, overlap: int,
-              layout) -> None:
-    """Full, tiled and budgeted detection of one frame, each timed and recorded."""
+              layout, min_scale: float) -> None:
+    """Full, tiled, fitted and budgeted detection of one frame, each timed and recorded."""
     found, seconds = timed(lambda image: detector([image])[0], frame.image)
     records["full"].seconds.append(seconds)
     records["full"].add(frame, found, layout, 1)
@@ -113,6 +120,11 @@ def run_frame(detector, frame: mosaic.MosaicFrame, records: dict, budgeted: Budg
     records["tiled"].seconds.append(seconds)
     tiles = len(frame_regions(frame.image.shape[:2], detector.input_size, None, overlap))
     records["tiled"].add(frame, found, layout, tiles)
+    if "fitted" in records:
+        found, seconds = timed(lambda image: detect_tiled(detector, image, None, overlap, min_scale=min_scale), frame.image)
+        records["fitted"].seconds.append(seconds)
+        tiles = len(frame_regions(frame.image.shape[:2], detector.input_size, None, overlap, True, min_scale))
+        records["fitted"].add(frame, found, layout, tiles)
     found, seconds = timed(budgeted, frame.image)
     records["budgeted"].seconds.append(seconds)
     records["budgeted"].add(frame, found, layout, budgeted.last_regions)
@@ -130,6 +142,10 @@ def run_cells(detector, frame: mosaic.MosaicFrame, cells: list[mosaic.CellFrame]
         record.seconds.append(seconds)
         shifted.append(found + np.array([x, y, x, y, 0, 0], dtype=np.float32))
     record.add(frame, np.concatenate(shifted), layout, len(cells))
+
+
+def modes(args) -> tuple[str, ...]:
+    return tuple(mode for mode in MODES if mode != "fitted" or args.min_scale < 1)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -192,14 +208,15 @@ def score(record: Record, categories: dict[int, int], recall_conf: float) -> dic
 def synthetic_setting(detector, size: int, args) -> tuple[dict, dict]:
     """Synthetic HD clips (V, IR, V, ... by clip), seeds --seed, --seed + 1, ..."""
     width, height = mosaic.canvas_size(size)
-    records = {mode: Record() for mode in MODES[:3]}
+    records = {mode: Record() for mode in modes(args) if mode != "per-clip"}
     clips = []
     for k in range(args.synthetic_clips):
         modality = ("V", "IR")[k % 2]
         clips.append(f"{modality} seed {args.seed + k}")
-        budgeted = Budgeted(detector, (height, width), args.overlap, args.every, args.budget, args.saw_conf)
+        budgeted = Budgeted(detector, (height, width), args.overlap, args.every, args.budget, args.saw_conf,
+                            args.budget_min_scale)
         for frame in mosaic.render_hd(args.seed + k, args.frames, size, modality):
-            run_frame(detector, frame, records, budgeted, args.overlap, None)
+            run_frame(detector, frame, records, budgeted, args.overlap, None, args.min_scale)
     return {"setting": f"synthetic {width}x{height}", "kind": "synthetic", "clips": clips}, records
 
 
@@ -207,15 +224,16 @@ def mosaic_setting(detector, size: int, clips: list, args, cache: dict) -> tuple
     """Mosaics of ``clips``, as many canvases as they fill (the last one may have empty grey cells)."""
     layout = mosaic.grid_layout(size)
     width, height = layout.canvas_wh
-    records = {mode: Record() for mode in MODES}
+    records = {mode: Record() for mode in modes(args)}
     for start in range(0, len(clips), layout.cells):
         group = clips[start:start + layout.cells]
         used = mosaic.Layout(layout.canvas_wh, layout.offsets[:len(group)])
-        budgeted = Budgeted(detector, (height, width), args.overlap, args.every, args.budget, args.saw_conf)
+        budgeted = Budgeted(detector, (height, width), args.overlap, args.every, args.budget, args.saw_conf,
+                            args.budget_min_scale)
         rows = mosaic.iter_cell_rows(group, args.frames, loop=True, visible_boxes=args.visible_boxes)
         for index, cells in enumerate(rows):
             frame = mosaic.compose(cells, layout, args.fill)
-            run_frame(detector, frame, records, budgeted, args.overlap, used)
+            run_frame(detector, frame, records, budgeted, args.overlap, used, args.min_scale)
             run_cells(detector, frame, cells, used, records["per-clip"], cache,
                       [(clip.name, index) for clip in group])
     canvases = -(-len(clips) // layout.cells)
@@ -240,6 +258,7 @@ def _percent(value) -> str:
 
 
 MODE_NAMES = {"full": "full frame (letterbox)", "tiled": "tiled (all tiles + whole)",
+              "fitted": "fitted tiles (all, shrunk to fewer + whole)",
               "budgeted": "budgeted tiled", "per-clip": "per-clip 640x512 (baseline)"}
 
 
@@ -276,7 +295,7 @@ def goals(results: list[dict]) -> list[dict]:
         modes = {mode: row["map50_95"] for mode, row in result["modes"].items()}
         if None in modes.values():
             continue
-        gap = {mode: 100 * (modes[mode] - modes["per-clip"]) for mode in ("tiled", "budgeted", "full")}
+        gap = {mode: 100 * (value - modes["per-clip"]) for mode, value in modes.items() if mode != "per-clip"}
         verdicts.append({"setting": result["setting"], "points_vs_per_clip": gap,
                          "tiled_within_goal": gap["tiled"] >= -GOAL_POINTS})
     return verdicts
@@ -301,6 +320,10 @@ def parse_args(argv):
     parser.add_argument("--overlap", type=int, default=64, help="minimum tile overlap, px (the stage's default)")
     parser.add_argument("--budget", type=int, default=3, help="budgeted mode: tiles per frame besides due ones")
     parser.add_argument("--every", type=int, default=5, help="budgeted mode: every tile at least every N frames")
+    parser.add_argument("--min-scale", type=float, default=0.85, help="fitted mode: tiles shrunk to no less "
+                        "than this where that saves tiles (1: no fitted mode)")
+    parser.add_argument("--budget-min-scale", type=float, default=DEFAULT_MIN_SCALE,
+                        help="budgeted mode's tiles, likewise (default: the detect stage's)")
     parser.add_argument("--saw-conf", type=float, default=0.3, help="budgeted mode: a tile is hot above this score")
     parser.add_argument("--recall-conf", type=float, default=0.25, help="recall counts detections above this "
                         "(the detect stage's conf_threshold); mAP uses all down to 0.001")
@@ -352,14 +375,15 @@ def report(detector, args, settings, argv, seconds: float) -> dict:
                for info, records in settings]
     print(f"detector {detector.model_name} {detector.input_size[1]}x{detector.input_size[0]}, {args.backend}, "
           f"weights {detector.weights.name}; {machine()}; split {args.split}; visible boxes {args.visible_boxes}")
-    print(f"overlap {args.overlap}, budget {args.budget}, every {args.every}, saw conf {args.saw_conf}; "
+    print(f"overlap {args.overlap}, fitted min scale {args.min_scale}, budget {args.budget}, every {args.every}, "
+          f"budgeted min scale {args.budget_min_scale}, saw conf {args.saw_conf}; "
           f"mAP at conf {MAP_CONF}, recall at IoU {RECALL_IOU} and conf {args.recall_conf}; run {seconds:.0f} s\n")
     print(format_table(results) + "\n\n" + format_counts(results))
     verdicts = goals(results)
     for verdict in verdicts:
         gap = verdict["points_vs_per_clip"]
-        print(f"{verdict['setting']}: mAP50:95 vs per-clip: tiled {gap['tiled']:+.1f}, budgeted {gap['budgeted']:+.1f}, "
-              f"full frame {gap['full']:+.1f} points; tiled within {GOAL_POINTS:g}: "
+        points = ", ".join(f"{mode} {value:+.1f}" for mode, value in gap.items())
+        print(f"{verdict['setting']}: mAP50:95 vs per-clip, points: {points}; tiled within {GOAL_POINTS:g}: "
               f"{'yes' if verdict['tiled_within_goal'] else 'no'}")
     return {"command": "python scripts/bench_tiling.py " + " ".join(argv), "machine": machine(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

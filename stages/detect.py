@@ -13,6 +13,7 @@ cached, so the process is up in well under a second.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,13 +29,13 @@ from models.backends import (
     resolve_backend,
 )
 from models.letterbox import letterbox
-from models.tiling import merge_regions, region_input, tile_ratio, to_frame
+from models.tiling import merge_regions, region_input, to_frame
 from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage
 from stages.model_input import model_input_size, weights_path, weights_problems_as_config_errors
-from stages.tiling import TilingConfig, planner_for
+from stages.tiling import FramePace, TilingConfig, planner_for
 
 MODEL_BATCH = 8  # inputs per model call: the whole-frame passes and tiles of a batch of frames
 MAX_TILE_MOTION = 4096  # entries of meta "tile_motion" accepted (far more than MAX_TILES_PER_FRAME)
@@ -120,7 +121,7 @@ class DetectStage(Stage):
         log.info("detector %s (%s on %s), classes %s", weights_path(cfg), self.detector.backend, det.device,
                  self.detector.class_names)
         self.planner = planner_for(cfg, self.detector.input_size)
-        self.tile_scale = tile_ratio(self.planner.tile_hw, self.detector.input_size)
+        self.pace = FramePace()  # the load signal of the live tile budget
 
     def accept(self, msg: FrameMessage) -> str | None:
         problem = _motion_problem(msg.meta.get("tile_motion"))
@@ -139,17 +140,20 @@ class DetectStage(Stage):
         return msg.buffers.pop("input")
 
     def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
-        jobs = []
+        jobs, grids, now = [], {}, time.time()  # grids: id(msg) -> the tile grid its frame was planned with
         for msg in msgs:
             whole, letterboxed = (0, 0, msg.image.shape[1], msg.image.shape[0]), self._input(msg)
-            tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None))
-            if not tiles or self.settings.tiling.whole_frame:
+            tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None),
+                                      msg.frame_index, self.pace.late(msg, now))
+            if not tiles or self.planner.whole_now(msg.stream_id, msg.image.shape[:2]):
                 jobs.append(Job(msg, None, whole, letterboxed, msg.meta["ratio"]))
-            jobs += [Job(msg, index, region, None, self.tile_scale) for index, region in tiles]
+            if tiles:
+                grid = grids[id(msg)] = self.planner.grid_of(msg.stream_id, msg.image.shape[:2])
+                jobs += [Job(msg, index, region, None, grid.scale) for index, region in tiles]
         found = self._run(jobs)
         for msg in msgs:
             mine = [(job, dets) for job, dets in zip(jobs, found) if job.msg is msg]
-            merged = self._merged(msg, mine)
+            merged = self._merged(msg, mine, grids.get(id(msg)))
             msg.detections = np.ascontiguousarray(merged[:, :6])
             msg.meta["object_scores"] = [round(float(v), 4) for v in merged[:, 6]]
             msg.meta["class_names"] = self.detector.class_names
@@ -170,16 +174,15 @@ class DetectStage(Stage):
             found += [to_frame(dets, job.region) for job, dets in zip(chunk, results)]
         return found
 
-    def _merged(self, msg: FrameMessage, mine: list) -> np.ndarray:
-        """One frame's detections: the whole-frame pass alone, or merged with its tiles' (models.tiling)."""
-        if len(mine) == 1 and mine[0][0].tile is None:
+    def _merged(self, msg: FrameMessage, mine: list, grid) -> np.ndarray:
+        """One frame's detections: the whole-frame pass alone, or merged with its tiles' (models.tiling)
+        of ``grid`` (stages.tiling.StreamGrid)."""
+        if grid is None:
             return np.asarray(mine[0][1], dtype=np.float32).reshape(-1, 7)
         regions, per_region = [job.region for job, _ in mine], [dets for _, dets in mine]
-        tiling = self.settings.tiling
-        merged = merge_regions(per_region, regions, msg.image.shape[:2], tiling.merge_ios,
-                               self.settings.class_agnostic_nms, self.planner.overlap,
-                               whole_first=mine[0][0].tile is None)
-        self.planner.saw(msg.stream_id, self.planner.tiles_holding(msg.stream_id, merged))
+        merged = merge_regions(per_region, regions, msg.image.shape[:2], self.settings.tiling.merge_ios,
+                               self.settings.class_agnostic_nms, grid.overlap, whole_first=mine[0][0].tile is None)
+        self.planner.saw(msg.stream_id, grid, merged)
         return merged
 
     def close(self) -> None:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from models.tiling import (DEFAULT_AUTO_FACTOR, DEFAULT_MERGE_IOS, DEFAULT_MODE, DEFAULT_OVERLAP, TILING_MODES,
-                           MAX_TILES_PER_FRAME, effective_overlap, frame_tiles, tile_count, wants_tiles)
+from models.tiling import (DEFAULT_AUTO_FACTOR, DEFAULT_MERGE_IOS, DEFAULT_MIN_SCALE, DEFAULT_MODE, DEFAULT_OVERLAP,
+                           MAX_TILES_PER_FRAME, TILING_MODES, effective_overlap, frame_tiles, tile_count, tile_ratio,
+                           tile_size_for, wants_tiles)
 from pipeline.runtime.config import ConfigError
+from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.schema import setting
 from pipeline.runtime.zones import Zones
 from stages.tile_schedule import TileSchedule
@@ -27,6 +29,8 @@ MOTION_SCALE = 4  # motion is measured on the frame shrunk this many times (chea
 MOTION_LAG = 5  # ... against the frame this many frames back (slow targets, frames dropped before detect)
 MIN_TILE_SIDE = 32  # px: smaller tiles would make thousands of model calls per frame
 GRIDS_PER_STREAM = 4  # frame sizes whose grid and schedule a stream keeps
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 1.0  # frame intervals FramePace believes (1000 fps .. 1 fps)
+LATE_SHARE = 0.5  # a frame that reaches detect this share of an interval after capture waited behind another
 
 
 @dataclass
@@ -35,12 +39,19 @@ class TilingConfig:
     mode: str = setting(DEFAULT_MODE, choices=TILING_MODES)
     auto_factor: float = setting(DEFAULT_AUTO_FACTOR, gt=0)
     tile_size: list[int] | None = None  # [h, w] in source pixels; default the model input (scale 1)
+    # without tile_size: tiles may be shrunk down to this scale where that covers a frame in fewer of them
+    # (1080p: 6 tiles at 0.895 instead of 12 at 1; models.tiling.fitted_tile_size); 1: never shrunk
+    min_scale: float = setting(DEFAULT_MIN_SCALE, gt=0, le=1)
     overlap: int = setting(DEFAULT_OVERLAP, ge=0)  # pixels shared by neighbours: an object this large is whole in one
-    whole_frame: bool = True  # also one downscaled pass over the whole frame, for objects larger than a tile
+    # also one downscaled pass over the whole frame, for objects larger than a tile (in live mode
+    # scheduled like a tile: stages.tile_schedule)
+    whole_frame: bool = True
     merge_ios: float = setting(DEFAULT_MERGE_IOS, gt=0, le=1)  # models.tiling.merge: overlap that makes two boxes one
-    budget: int = setting(3, ge=0)  # live mode: tiles per frame and stream besides the whole frame (0: all)
-    every: int = setting(5, ge=1)  # live mode: each tile is examined at least every this many frames
-    hold_frames: int = setting(10, ge=0)  # a tile with a detection is examined every frame for this long
+    # live mode: regions (tiles and the whole-frame pass) per frame and stream (0: all) while the stage
+    # keeps up; fewer, down to the due ones alone, while it falls behind (stages.tile_schedule)
+    budget: int = setting(3, ge=0)
+    every: int = setting(5, ge=1)  # live mode: each region is examined at least every this many source frames
+    hold_frames: int = setting(10, ge=0)  # a tile with a detection counts as hot for this many source frames
     motion_threshold: float = setting(8.0, ge=0)  # grey-level change (frame shrunk 4x) that marks a tile moving
 
     def validate(self, where: str) -> None:
@@ -65,6 +76,8 @@ def planner_for(cfg, input_hw) -> TilePlanner:
 class StreamGrid:
     regions: list  # the tiles examined at all: the frame's tiles less those an ignore zone covers
     schedule: TileSchedule
+    scale: float  # the tiles' letterbox ratio (1: the source's own scale)
+    overlap: int  # the overlap the tiles keep (models.tiling.effective_overlap), for the merge
 
 
 class TilePlanner:
@@ -73,8 +86,6 @@ class TilePlanner:
 
     def __init__(self, settings: TilingConfig, input_hw, live: bool, zones: dict | None = None):
         self.settings, self.input_hw, self.live = settings, tuple(input_hw), live
-        self.tile_hw = tuple(settings.tile_size or input_hw)
-        self.overlap = effective_overlap(self.tile_hw, settings.overlap)
         self.zones = zones or {}  # stream id -> pipeline.runtime.zones.Zones
         self.grids: dict[str, OrderedDict] = {}  # stream id -> frame (h, w) -> StreamGrid, last used last
         self.current: dict[str, tuple] = {}  # stream id -> the frame size it had last
@@ -84,65 +95,104 @@ class TilePlanner:
         """Whether a frame of this size is examined in tiles: as the mode says, unless it would need
         more than MAX_TILES_PER_FRAME (then the whole-frame pass alone, as models.tiling does)."""
         return (wants_tiles(self.settings.mode, image_hw, self.input_hw, self.settings.auto_factor)
-                and tile_count(image_hw, self.tile_hw, self.settings.overlap) <= MAX_TILES_PER_FRAME)
+                and tile_count(image_hw, self.tile_size(image_hw), self.settings.overlap) <= MAX_TILES_PER_FRAME)
+
+    def tile_size(self, image_hw) -> tuple[int, int]:
+        """The tiles a frame of this size is cut in, source pixels (models.tiling.tile_size_for)."""
+        s = self.settings
+        return tile_size_for(image_hw, self.input_hw, s.tile_size, s.overlap, s.min_scale)
 
     def grid(self, stream_id: str, image_hw) -> StreamGrid:
         sizes = self.grids.setdefault(stream_id, OrderedDict())
         size = self.current[stream_id] = tuple(int(v) for v in image_hw[:2])
         if size not in sizes:
-            zones = self.zones.get(stream_id)
-            regions = [r for r in frame_tiles(size, self.tile_hw, self.settings.overlap)
-                       if zones is None or not zones.covers(r)]
-            s = self.settings
+            zones, s, tile_hw = self.zones.get(stream_id), self.settings, self.tile_size(size)
+            regions = [r for r in frame_tiles(size, tile_hw, s.overlap) if zones is None or not zones.covers(r)]
             budget = s.budget if self.live else 0  # replay examines every tile of every frame
-            sizes[size] = StreamGrid(regions, TileSchedule(len(regions), s.every, budget, s.hold_frames,
-                                                           s.motion_threshold))
+            schedule = TileSchedule(len(regions), s.every, budget, s.hold_frames, s.motion_threshold, s.whole_frame)
+            sizes[size] = StreamGrid(regions, schedule, tile_ratio(tile_hw, self.input_hw),
+                                     effective_overlap(tile_hw, s.overlap))
             while len(sizes) > GRIDS_PER_STREAM:
                 sizes.popitem(last=False)
         sizes.move_to_end(size)
         return sizes[size]
 
-    def plan(self, stream_id: str, image_hw, motion=None) -> list[tuple[int, tuple]]:
-        """(tile index, region) of the tiles to examine in this frame; [] for a frame not tiled."""
+    def plan(self, stream_id: str, image_hw, motion=None, frame_index: int | None = None,
+             late: bool = False) -> list[tuple[int, tuple]]:
+        """(tile index, region) of the tiles to examine in source frame ``frame_index``; [] for a
+        frame not tiled. ``late``: it waited behind other frames (FramePace). Whether the whole-frame
+        pass runs too: ``whole_now``."""
         if not self.tiled(image_hw):
             return []
         grid = self.grid(stream_id, image_hw)
         if motion is not None and len(motion) != len(grid.regions):
             self.motion_mismatched += 1  # preprocess tiled with other settings, or a forged list
             motion = None
-        return [(i, grid.regions[i]) for i in grid.schedule.choose(motion)]
+        return [(i, grid.regions[i]) for i in grid.schedule.choose(motion, frame_index, late)]
 
-    def _current(self, stream_id: str) -> StreamGrid | None:
+    def current_grid(self, stream_id: str) -> StreamGrid | None:
+        """The grid of the stream's last planned frame size."""
         size = self.current.get(stream_id)
         return self.grids[stream_id].get(size) if size is not None else None
 
-    def saw(self, stream_id: str, tile_indices) -> None:
-        grid = self._current(stream_id)
-        if grid is not None:
-            grid.schedule.saw(tile_indices)
+    def whole_now(self, stream_id: str, image_hw) -> bool:
+        """Whether the frame just planned gets the whole-frame pass: a frame not tiled always does."""
+        grid = self.grid_of(stream_id, image_hw)
+        return grid is None or grid.schedule.whole_now
 
-    def tiles_holding(self, stream_id: str, dets: np.ndarray) -> list[int]:
-        """Tiles of a stream's current grid whose area holds the centre of one of ``dets`` (frame
-        pixels) that its ignore zones keep (a steady false box in an ignored corner heats nothing)."""
-        grid = self._current(stream_id)
-        if grid is None or not len(dets):
-            return []
+    def grid_of(self, stream_id: str, image_hw) -> StreamGrid | None:
+        """The grid a frame of this size was planned with (None where it was not tiled)."""
+        return self.grids.get(stream_id, {}).get(tuple(int(v) for v in image_hw[:2]))
+
+    def saw(self, stream_id: str, grid: StreamGrid, dets: np.ndarray) -> None:
+        """A frame's merged detections (frame pixels): the tiles of the grid it was planned with that
+        hold the centre of one the stream's ignore zones keep turn hot (a steady false box in an
+        ignored corner heats nothing)."""
+        if not len(dets):
+            return
         if stream_id in self.zones:
             dets = dets[self.zones[stream_id].keep_mask(dets)]
         cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
-        return [i for i, (x0, y0, x1, y1) in enumerate(grid.regions)
-                if np.any((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1))]
+        large = np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1]) >= grid.overlap
+        grid.schedule.saw([i for i, (x0, y0, x1, y1) in enumerate(grid.regions)
+                           if np.any((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1))], whole=bool(large.any()))
 
     def coverage(self) -> list[list]:
-        """[stream, tiles, tiles examined per frame, share of tile area per frame, longest gap in frames]
-        of each stream's current grid."""
+        """[stream, tiles, tiles examined per frame, share of tile area per frame, longest gap in source
+        frames, whole-frame passes per frame, share of frames that came behind] of each stream's current grid."""
         rows = []
         for stream_id in sorted(self.current):
-            grid = self._current(stream_id)
+            grid = self.current_grid(stream_id)
             if grid is not None:
                 c = grid.schedule.coverage()
-                rows.append([stream_id, c["tiles"], c["tiles_per_frame"], c["share_per_frame"], c["longest_gap"]])
+                rows.append([stream_id, c["tiles"], c["tiles_per_frame"], c["share_per_frame"], c["longest_gap"],
+                             c["whole_per_frame"], c["behind_share"]])
         return rows
+
+
+class FramePace:
+    """Detect side, per stream: the source's frame interval (from its timestamps), and whether a frame
+    reached the stage later than one interval after capture, i.e. waited behind another: the load
+    signal of the tile budget (stages.tile_schedule). Wall clocks of capture and detect hosts must
+    agree to within a frame interval (NTP); where they do not, the budget only sheds (due tiles and
+    the whole frame every ``every`` frames stay)."""
+
+    SMOOTHING = 0.1  # weight of a new interval in the running estimate (jitter of a camera's clock)
+
+    def __init__(self):
+        self.last: dict[str, tuple[int, float]] = {}  # stream id -> (frame_index, source_ts) seen last
+        self.interval: dict[str, float] = {}  # stream id -> seconds between its frames
+
+    def late(self, msg: FrameMessage, now: float) -> bool:
+        sid = msg.stream_id
+        previous, self.last[sid] = self.last.get(sid), (msg.frame_index, msg.source_ts)
+        if previous is not None and msg.frame_index > previous[0] and msg.source_ts > previous[1]:
+            seen = min(max((msg.source_ts - previous[1]) / (msg.frame_index - previous[0]), MIN_INTERVAL_S),
+                       MAX_INTERVAL_S)
+            old = self.interval.get(sid, seen)
+            self.interval[sid] = old + self.SMOOTHING * (seen - old)
+        interval = self.interval.get(sid)
+        return interval is not None and now - msg.capture_wall > LATE_SHARE * interval
 
 
 class MotionMeter:

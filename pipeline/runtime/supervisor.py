@@ -516,15 +516,18 @@ def format_status(snapshot: dict, depths: dict[str, int]) -> str:
 
 
 def _tiling_text(rows) -> str:
-    """The detect stage's tiled streams: share of the tiles examined per frame and the longest a tile
-    waited, e.g. `` tiles[cam]=25%/5f`` (rows as stages.tiling.TilePlanner.coverage gives them)."""
+    """The detect stage's tiled streams: share of the tiles examined per frame, the longest a tile
+    waited and the share of frames taken behind, e.g. `` tiles[cam]=25%/5f behind=8%`` (rows as
+    stages.tiling.TilePlanner.coverage gives them)."""
     if not isinstance(rows, list):
         return ""
     texts = []
     for row in rows[:8]:
-        if (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)
+        if (isinstance(row, list) and 5 <= len(row) <= 16 and isinstance(row[0], str)
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9 for v in row[1:])):
             texts.append(f" tiles[{row[0][:24]}]={100 * row[3]:.0f}%/{int(row[4])}f")
+            if len(row) >= 7 and row[6] > 0:  # the share of frames the stage took behind (its budget shed)
+                texts.append(f" behind={100 * min(row[6], 1):.0f}%")
     return "".join(texts)
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from models.tiling import (axis_starts, cut_mask, detect_tiled, frame_regions, merge, merge_regions, region_input,
-                           tile_grid, tile_ratio, to_frame, wants_tiles)
+from models.tiling import (axis_starts, cut_mask, detect_tiled, fitted_tile_size, frame_regions, merge, merge_regions,
+                           region_input, tile_count, tile_grid, tile_ratio, tile_size_for, to_frame, wants_tiles)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(1920, 640, 64), (1080, 512, 64), (3840, 640, 0), (2160, 512, 100),
@@ -35,6 +35,29 @@ def test_grid_of_1080p_and_4k_and_an_odd_frame():
     for x0, y0, x1, y1 in grid:
         covered[y0:y1, x0:x1] = True
     assert covered.all()
+
+
+def test_fitted_tiles_cover_1080p_in_half_the_tiles_and_4k_in_fewer_never_below_the_scale():
+    assert tile_size_for((1080, 1920), (512, 640)) == (512, 640)  # the default: the source's own scale
+    fitted = tile_size_for((1080, 1920), (512, 640), None, 64, 0.85)
+    assert tile_count((1080, 1920), fitted, 64) == 6 and tile_ratio(fitted, (512, 640)) >= 0.85
+    assert tile_count((2160, 3840), tile_size_for((2160, 3840), (512, 640), None, 64, 0.85), 64) == 24
+    assert tile_size_for((1080, 1920), (512, 640), (256, 320), 64, 0.5) == (256, 320)  # a set size wins
+    assert tile_size_for((512, 640), (512, 640), None, 64, 0.5) == (512, 640)  # nothing to save
+
+
+@pytest.mark.parametrize("image_hw", [(1080, 1920), (2160, 3840), (720, 1280), (1440, 2560), (1000, 777)])
+@pytest.mark.parametrize("min_scale", [0.95, 0.85, 0.7, 0.5])
+def test_the_fitted_size_needs_no_more_tiles_than_any_scale_allowed_and_is_the_largest_that_few(image_hw, min_scale):
+    fitted = fitted_tile_size(image_hw, (512, 640), 64, min_scale)
+    count, scale = tile_count(image_hw, fitted, 64), tile_ratio(fitted, (512, 640))
+    assert scale >= min_scale - 1e-9
+    scanned = {s: tile_count(image_hw, (int(np.ceil(512 / s)), int(np.ceil(640 / s))), 64)
+               for s in np.linspace(min_scale, 1.0, 400)}
+    assert count == min(scanned.values())  # as few as the finest scan of allowed scales finds
+    assert not any(n == count and s > scale + 0.01 for s, n in scanned.items())  # at the largest scale that few
+    overlaps = [a + fitted[1] - b for a, b in itertools.pairwise(axis_starts(image_hw[1], fitted[1], 64))]
+    assert all(o >= 64 for o in overlaps)  # neighbours still share the overlap
 
 
 def test_auto_tiles_only_frames_larger_than_the_input_by_the_factor():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.tiling import tile_grid
+from models.tiling import tile_grid, tile_size_for
 from pipeline.offline.data import mosaic
 from pipeline.offline.data.dataset import DEFAULT_ROOT
 
@@ -67,9 +67,11 @@ def _run(tmp_path, argv):
 
 def _check_rows(result, modes, input_hw):
     tiles = len(tile_grid((1080, 1920), input_hw, 64))
+    fitted = len(tile_grid((1080, 1920), tile_size_for((1080, 1920), input_hw, None, 64, 0.85), 64))
     assert list(result["modes"]) == modes
     rows = result["modes"]
     assert rows["full"]["regions_per_frame"] == 1 and rows["tiled"]["regions_per_frame"] == 1 + tiles
+    assert rows["fitted"]["regions_per_frame"] == 1 + fitted < 1 + tiles  # --min-scale 0.85: fewer, larger tiles
     assert 1 < rows["budgeted"]["regions_per_frame"] < 1 + tiles
     for row in rows.values():
         assert row["frames"] == 2 and row["ms_per_call"] > 0
@@ -84,8 +86,8 @@ def test_bench_runs_end_to_end_on_synthetic_data(tmp_path, synthetic_dataset_roo
                              "--synthetic-clips", "1", "--weights", str(random_weights), "--backend", "torch"])
     synthetic, tiled_mosaic = report["results"]
     assert synthetic["setting"] == "synthetic 1920x1080" and tiled_mosaic["setting"] == "mosaic 1920x1080"
-    _check_rows(synthetic, ["full", "tiled", "budgeted"], (256, 320))
-    _check_rows(tiled_mosaic, ["full", "tiled", "budgeted", "per-clip"], (256, 320))
+    _check_rows(synthetic, ["full", "tiled", "fitted", "budgeted"], (256, 320))
+    _check_rows(tiled_mosaic, ["full", "tiled", "fitted", "budgeted", "per-clip"], (256, 320))
     assert tiled_mosaic["modes"]["per-clip"]["images_scored"] == 2 * 3   # 2 frames x 3 cells
     assert len(report["goals"]) <= 1
     printed = capsys.readouterr().out
@@ -96,7 +98,7 @@ def test_bench_runs_end_to_end_on_synthetic_data(tmp_path, synthetic_dataset_roo
 def test_bench_on_real_test_clips_with_the_shipped_model(tmp_path):
     report = _run(tmp_path, ["--no-synthetic", "--clips", "6"])
     (result,) = report["results"]
-    _check_rows(result, ["full", "tiled", "budgeted", "per-clip"], (512, 640))
+    _check_rows(result, ["full", "tiled", "fitted", "budgeted", "per-clip"], (512, 640))
     test_split = set(json.loads((REPO / "configs" / "splits.json").read_text())["splits"]["test"])
     assert len(result["clips"]) == 6 and set(result["clips"]) <= test_split   # held-out clips only
     # the shipped model finds the held-out clips' objects when it sees them at their own scale

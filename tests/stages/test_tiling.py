@@ -55,7 +55,76 @@ def test_hot_then_moving_tiles_come_first_within_the_budget():
 def test_budget_zero_examines_every_tile_and_reports_full_coverage():
     schedule = TileSchedule(12, 5, 0)
     assert all(schedule.choose() == list(range(12)) for _ in range(4))
-    assert schedule.coverage() == {"tiles": 12, "tiles_per_frame": 12.0, "share_per_frame": 1.0, "longest_gap": 1}
+    assert schedule.coverage() == {"tiles": 12, "tiles_per_frame": 12.0, "share_per_frame": 1.0, "longest_gap": 1,
+                                   "whole_per_frame": 0.0, "behind_share": 0.0}
+    with_whole = TileSchedule(12, 5, 0, whole=True)
+    assert with_whole.choose() == list(range(12)) and with_whole.whole_now
+    assert with_whole.coverage()["whole_per_frame"] == 1.0
+
+
+def test_ages_count_source_frames_so_a_stage_that_skips_frames_examines_more_tiles_each_frame():
+    steady, skipping = TileSchedule(12, 5, 1), TileSchedule(12, 5, 1)
+    steady_tiles = [len(steady.choose(None, i)) for i in range(100)]
+    skipping_tiles = [len(skipping.choose(None, 2 * i)) for i in range(100)]  # every other frame dropped before
+    assert np.mean(steady_tiles[10:]) == pytest.approx(12 / 5, abs=0.1)
+    # a tile is due once 5 source frames old: 6 when it comes every other frame (no more tiles per source
+    # frame than a stage that keeps up examines, so falling behind never makes the stage slower still)
+    assert np.mean(skipping_tiles[10:]) == pytest.approx(12 / 3, abs=0.1)
+    assert steady.coverage()["longest_gap"] == 5 and skipping.coverage()["longest_gap"] == 6  # in source frames
+    assert skipping.coverage()["behind_share"] > 0.9 and steady.coverage()["behind_share"] == 0.0
+
+
+def test_the_budget_halves_when_frames_come_late_or_skipped_and_grows_back_one_region_at_a_time():
+    schedule = TileSchedule(12, 1000, 3, hold=10_000)  # after the first 12 frames nothing is due for long
+    for i in range(12):
+        schedule.choose(None, i)
+    schedule.saw(range(12))  # every tile hot: only the allowance limits what is taken
+    assert len(schedule.choose(None, 12)) == 3  # in time: the whole budget
+    assert len(schedule.choose(None, 13, late=True)) == 1  # waited in a queue: 3 // 2
+    assert len(schedule.choose(None, 15)) == 0  # frames skipped before it: 1 // 2, due tiles alone (none)
+    counts = [len(schedule.choose(None, i)) for i in range(16, 16 + 3000)]
+    assert counts[998] == 0 and counts[999] == 1 and counts[1999] == 2 and max(counts) == 3  # +1 per `every`
+
+
+def test_the_whole_frame_pass_takes_its_turn_like_a_tile_and_runs_every_frame_while_it_sees_a_large_object():
+    schedule = TileSchedule(6, 5, 1, hold=3, whole=True)
+    wholes = []
+    for i in range(50):
+        schedule.choose(None, i)
+        wholes.append(schedule.whole_now)
+    assert 0 < sum(wholes) < 50 and all(any(wholes[i:i + 5]) for i in range(45))  # at least every 5 frames
+    quiet = TileSchedule(6, 1000, 1, hold=3, whole=True)  # nothing due after the first 7 frames
+    for i in range(20):
+        quiet.choose(None, i)
+    quiet.saw([], whole=True)  # an airplane larger than the overlap: the pass is the one to see it whole
+    assert all(quiet.choose(None, i) == [] and quiet.whole_now for i in range(20, 23))  # for `hold` frames
+    assert quiet.choose(None, 23) != [] and not quiet.whole_now
+
+
+def test_frame_pace_learns_the_interval_and_calls_a_frame_late_once_it_waited_half_of_one():
+    from stages.tiling import FramePace
+
+    pace, now = FramePace(), 1000.0
+    def frame(index, waited, ts=None):
+        return FrameMessage("a", index, index / 25 if ts is None else ts, now - waited)
+    assert not pace.late(frame(0, 1.0), now)  # no interval known yet: never late
+    assert not pace.late(frame(1, 0.005), now)  # 5 ms after capture at 25 fps: in time
+    assert pace.late(frame(2, 0.03), now)  # 30 ms: more than half of a 40 ms interval
+    assert not pace.late(frame(4, 0.015), now)  # a skipped index: the interval is per frame, still 40 ms
+    for forged in (frame(3, 0.0, ts=1e12), frame(5, 0.0, ts=-5.0), frame(6, 0.0, ts=1e12)):
+        pace.late(forged, now)  # a source clock that jumps or goes back moves the estimate at most to 1 s
+    assert 0.001 <= pace.interval["a"] <= 1.0
+
+
+def test_the_stage_takes_a_frame_that_waited_in_a_queue_as_behind(tmp_path):
+    from stages.detect import DetectStage
+
+    stage = DetectStage(_cfg(tmp_path, run_mode="live", budget=2, every=5))
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    for i, waited in enumerate([0.0, 0.0, 0.0, 0.5]):  # the last one reached detect half a second after capture
+        stage.process_batch([FrameMessage("a", i, i / 25, time.time() - waited, {"image": image})])
+    (_, _, _, _, _, _, behind), = stage.status()["tiling"]
+    assert behind == 0.25
 
 
 # ---------------------------------------------------------------- the planner and motion
@@ -74,7 +143,7 @@ def test_a_stream_whose_frame_size_changes_gets_a_new_grid():
     planner = TilePlanner(TilingConfig(), (512, 640), live=False)
     assert len(planner.plan("a", (1080, 1920))) == 12
     assert len(planner.plan("a", (2160, 3840))) == 35
-    assert planner.coverage() == [["a", 35, 35.0, 1.0, 0]]
+    assert planner.coverage() == [["a", 35, 35.0, 1.0, 0, 1.0, 0.0]]
 
 
 def test_a_stream_whose_size_flips_keeps_each_sizes_schedule_and_examines_every_tile():
@@ -113,6 +182,9 @@ def test_tile_settings_are_checked_at_load(tmp_path):
         _cfg(tmp_path, mode="sometimes")
     with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.every' must be >= 1"):
         _cfg(tmp_path, every=0)
+    for bad in (0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"stages\.detect\.tiling\.min_scale'"):
+            _cfg(tmp_path, min_scale=bad)
 
 
 # ---------------------------------------------------------------- the detect stage
@@ -132,16 +204,17 @@ def _through(cfg, images):
     return det, det.process_batch(msgs)
 
 
-def test_the_stage_gives_what_models_tiling_gives_on_each_frame(tmp_path, hd_frames):
+@pytest.mark.parametrize("min_scale,tiles", [(1.0, 12), (0.85, 6)])
+def test_the_stage_gives_what_models_tiling_gives_on_each_frame(tmp_path, hd_frames, min_scale, tiles):
     from models.tiling import detect_tiled
 
-    det, out = _through(_cfg(tmp_path), [im for im, _ in hd_frames])
+    det, out = _through(_cfg(tmp_path, min_scale=min_scale), [im for im, _ in hd_frames])
     for msg, (image, _) in zip(out, hd_frames):
-        expected = detect_tiled(det.detector, image)
+        expected = detect_tiled(det.detector, image, min_scale=min_scale)
         np.testing.assert_allclose(msg.detections[np.lexsort(msg.detections.T[:2])],
                                    expected[np.lexsort(expected.T[:2])], rtol=1e-4, atol=1e-2)
         assert len(expected) >= 4 and "tile_motion" not in msg.meta
-    assert det.status() == {"tiling": [["a", 12, 12.0, 1.0, 1]], "tile_motion_mismatched": 0}
+    assert det.status() == {"tiling": [["a", tiles, float(tiles), 1.0, 1, 1.0, 0.0]], "tile_motion_mismatched": 0}
 
 
 def test_live_frames_carry_motion_and_the_stage_examines_the_moving_tile_first(tmp_path):
@@ -160,8 +233,9 @@ def test_live_frames_carry_motion_and_the_stage_examines_the_moving_tile_first(t
         chosen.append(det.planner.plan("a", (1080, 1920), msg.meta.pop("tile_motion")))
     assert [i for i, _ in chosen[-1]] == [11]  # the one tile the budget allows goes where something moved
     det.process_batch([pre.process(FrameMessage("a", 14, 14 / 25, time.time(), {"image": moved}))[0]])
-    (stream, tiles, per_frame, _, _), = det.status()["tiling"]
-    assert stream == "a" and tiles == 12 and per_frame == 1.0  # one tile per frame, as budgeted
+    (stream, tiles, per_frame, _, _, whole, _), = det.status()["tiling"]
+    # one region per frame, as budgeted: a tile, or the whole-frame pass in its turn (first due in frame 13)
+    assert stream == "a" and tiles == 12 and per_frame + whole == 1.0 and whole > 0
 
 
 def test_a_motion_list_that_does_not_fit_the_grid_is_ignored_and_counted():

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiling", choices=("off", "on", "auto"), default="auto",
                         help="tiled detection as the pipeline runs it (models.tiling; auto: frames larger than the "
                              "model input by more than 1.5x); the dataset's 640x512 clips are never tiled in auto")
+    parser.add_argument("--tile-min-scale", type=float, default=1.0, metavar="S",
+                        help="tiles shrunk down to this scale where that covers a frame in fewer (the pipeline's "
+                             "stages.detect.tiling.min_scale; 1: tiles at the source's own scale)")
     parser.add_argument("--export-yolo", type=Path, metavar="DIR",
                         help="also write the predictions as a YOLO folder (labels/, images/ links, data.yaml) to "
                              "correct in a labeling tool and bring back with --data")

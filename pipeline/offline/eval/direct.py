@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.tiling import DEFAULT_AUTO_FACTOR, detect_tiled, wants_tiles
+from models.tiling import DEFAULT_AUTO_FACTOR, DEFAULT_MIN_SCALE, detect_tiled, wants_tiles
 from pipeline.offline.data import dataset
 from pipeline.offline.data.dataset import DatasetError
 from pipeline.offline.eval.coco import Detections
@@ -47,12 +47,14 @@ def _expected_images(clip: dataset.Clip, stride: int, max_frames: int | None) ->
     return expected if max_frames is None else min(expected, max_frames)
 
 
-def _detect_image(detector, image: np.ndarray, tiling: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _detect_image(detector, image: np.ndarray, tiling: str,
+                  min_scale: float = DEFAULT_MIN_SCALE) -> tuple[np.ndarray, tuple[float, float, float]]:
     """One image's detections and its (preprocess, inference, postprocess) ms; a tiled image's time is
     all counted as inference (its steps interleave per batch of tiles)."""
     start = time.perf_counter()
     if wants_tiles(tiling, image.shape[:2], detector.input_size, DEFAULT_AUTO_FACTOR):
-        dets = detect_tiled(detector, image, class_agnostic=detector.class_agnostic_nms, objectness=True)
+        dets = detect_tiled(detector, image, class_agnostic=detector.class_agnostic_nms, objectness=True,
+                            min_scale=min_scale)
         return dets, (0.0, (time.perf_counter() - start) * 1e3, 0.0)
     chw, ratio = detector.preprocess(image)
     prepared = time.perf_counter()
@@ -64,12 +66,12 @@ def _detect_image(detector, image: np.ndarray, tiling: str) -> tuple[np.ndarray,
 
 
 def _detect_clip(detector, clip: dataset.Clip, run: DirectRun, stride: int, max_frames, cache_dir,
-                 tiling: str = "off") -> None:
+                 tiling: str = "off", min_scale: float = DEFAULT_MIN_SCALE) -> None:
     dataset.read_labels(clip)  # an unusable label file skips the clip before any compute
     expected = _expected_images(clip, stride, max_frames)
     last_index, seen = -1, 0
     for frame_index, image in dataset.iter_frames(clip, stride, cache_dir=cache_dir, max_frames=max_frames):
-        run.detections[(clip.name, frame_index)], timing = _detect_image(detector, image, tiling)
+        run.detections[(clip.name, frame_index)], timing = _detect_image(detector, image, tiling, min_scale)
         run.timings_ms.append(timing)
         last_index, seen = frame_index, seen + 1
     if seen < expected:
@@ -80,14 +82,14 @@ def _detect_clip(detector, clip: dataset.Clip, run: DirectRun, stride: int, max_
 
 
 def run_detector(detector, clips, stride: int = 1, max_frames: int | None = None, cache_dir=None,
-                 tiling: str = "off") -> DirectRun:
-    """Detections for every stride-th frame, tiled as ``tiling`` says (models.tiling.wants_tiles); a
-    clip whose video or labels are unusable is skipped and listed."""
+                 tiling: str = "off", min_scale: float = DEFAULT_MIN_SCALE) -> DirectRun:
+    """Detections for every stride-th frame, tiled as ``tiling`` and ``min_scale`` say (models.tiling);
+    a clip whose video or labels are unusable is skipped and listed."""
     run = DirectRun()
     started = time.perf_counter()
     for clip in clips:
         try:
-            _detect_clip(detector, clip, run, stride, max_frames, cache_dir, tiling)
+            _detect_clip(detector, clip, run, stride, max_frames, cache_dir, tiling, min_scale)
         except DatasetError as exc:
             log.warning("skipping clip: %s", exc)
             run.skipped.append({"clip": clip.name, "reason": str(exc)})

@@ -72,7 +72,8 @@ def _detections(clips, settings: EvalSettings, report: dict, skipped: list[dict]
     detector = load_detector(settings)
     categories = class_to_category(detector.class_names)
     report["weights"] = str(detector.weights)
-    run = run_detector(detector, clips, settings.stride, settings.max_frames, settings.cache_dir, settings.tiling)
+    run = run_detector(detector, clips, settings.stride, settings.max_frames, settings.cache_dir, settings.tiling,
+                       settings.tile_min_scale)
     skipped += run.skipped
     report["latency_ms"] = latency_summary(run.timings_ms)
     report["throughput_fps"] = run.images / max(run.seconds, 1e-9)

@@ -37,6 +37,7 @@ class EvalSettings:
     visible_boxes: str = "dataset"          # dataset | tight (pipeline.offline.data.tighten)
     metrics: str = "faster"                 # one of METRIC_LIBRARIES
     tiling: str = "auto"                    # off | on | auto: the pipeline's stages.detect.tiling.mode
+    tile_min_scale: float = 1.0             # ... and its min_scale (models.tiling.tile_size_for)
     export_yolo: Path | None = None         # also write the predictions as a YOLO folder (formats.export)
     export_cvat: Path | None = None         # ... and/or as CVAT for images 1.1 (formats.export)
     export_conf: float = 0.25               # ... those scored at least this
@@ -48,6 +49,8 @@ class EvalSettings:
             raise EvalError("--stride must be >= 1")
         if self.max_frames is not None and self.max_frames < 1:
             raise EvalError("--max-frames must be >= 1")
+        if not 0 < self.tile_min_scale <= 1:  # (NaN fails too)
+            raise EvalError(f"--tile-min-scale must be in (0, 1], got {self.tile_min_scale}")
         if self.metrics not in METRIC_LIBRARIES:
             raise EvalError(f"unknown metrics library {self.metrics!r}; valid: {', '.join(METRIC_LIBRARIES)}")
 

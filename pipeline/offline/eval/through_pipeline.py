@@ -94,7 +94,7 @@ def _pipeline_config(clips, settings: EvalSettings, output_dir: Path) -> dict:
                                   "backend": settings.backend, "device": settings.device, "batch_size": 1,
                                   "conf_threshold": settings.conf, "nms_threshold": settings.nms,
                                   "class_agnostic_nms": False,   # COCO scoring: what direct evaluation runs
-                                  "tiling": {"mode": settings.tiling}},
+                                  "tiling": {"mode": settings.tiling, "min_scale": settings.tile_min_scale}},
                        "track": {"annotate": False}, "record": {"annotated": False}}}
 
 

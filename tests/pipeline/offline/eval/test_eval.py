@@ -178,14 +178,14 @@ def test_bad_clips_are_skipped_and_counted(synthetic_dataset_root, tiny_checkpoi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tiling", ["off", "on"])
-def test_through_pipeline_scores_exactly_what_direct_evaluation_scores(tiny_checkpoint, tmp_path, tiling):
+@pytest.mark.parametrize("tiling,min_scale", [("off", "1"), ("on", "1"), ("on", "0.7")])
+def test_through_pipeline_scores_exactly_what_direct_evaluation_scores(tiny_checkpoint, tmp_path, tiling, min_scale):
     """Lossless replay: the same model on the same frames gives the same predictions and mAP, tiled
     (the detect stage and the eval run one tiling rule) or not."""
     data = tmp_path / "data"
     synthetic.make_dataset(data, clips=[("IR", "drone", 910, 3), ("V", "bird", 911, 4)], frames=8)
     common = ["--data", str(data), "--split", "all", "--weights", str(tiny_checkpoint), "--conf", "1e-9",
-              "--stride", "2", "--tiling", tiling]
+              "--stride", "2", "--tiling", tiling, "--tile-min-scale", min_scale]
     assert evaluate.main(common + ["--out", str(tmp_path / "direct")]) == 0
     assert evaluate.main(common + ["--out", str(tmp_path / "pipe"), "--through-pipeline",
                                    "--pipeline-timeout", "300"]) == 0
@@ -271,6 +271,13 @@ def test_eval_tiling_on_scores_the_small_drones_of_a_1080p_clip_that_letterboxin
                               "--out", str(out)]) == 0
         scores[tiling] = json.loads((out / "report.json").read_text())["map50"]
     assert scores["on"] >= 0.8 and scores["off"] <= 0.3 and scores["auto"] == scores["on"], scores
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "nan", "-1"])
+def test_a_tile_scale_outside_0_to_1_is_one_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--tile-min-scale", bad])
+    assert exit_info.value.code == 2 and "--tile-min-scale must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_class_agnostic_ap_forgives_a_wrong_class_but_not_a_missed_object(ground_truth):
