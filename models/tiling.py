@@ -24,6 +24,7 @@ box. Class-agnostic unless told otherwise. No torch here.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -88,17 +89,22 @@ def fitted_tile_size(image_hw, input_hw, min_overlap: int, min_scale: float) -> 
     """The tile size (source pixels, the input's aspect) that covers a frame in the fewest tiles while
     tiles are fed at a scale of at least ``min_scale``; of equally few, the one at the largest scale.
 
-    1920x1080 at 512x640 tiles takes 3 rows of 4 (rows overlapping by 228 px, not 64); shrunk to 0.895 the
-    tiles are 572x715 and 2 rows of 3 cover it: half the model inputs. A scale only matters where the
-    count along an axis changes: n tiles of T px with overlap o cover L px when T >= (L + (n-1) o) / n,
-    so those scales are the only candidates besides 1."""
-    input_h, input_w = int(input_hw[0]), int(input_hw[1])
-    candidates = {1.0}
-    for length, side in ((int(image_hw[0]), input_h), (int(image_hw[1]), input_w)):
-        for n in range(1, len(axis_starts(length, side, min_overlap)) + 1):
-            candidates.add(side * n / (length + (n - 1) * min_overlap))
+    1920x1080 at 512x640 tiles takes 3 rows of 4 (rows overlapping by 228 px, not 64); shrunk to 0.895
+    the tiles are 572x715 and 2 rows of 3 cover it: half the model inputs. Every whole-pixel tile
+    height and width the scale allows is tried (the count is not monotone in the size where the
+    overlap is capped at half a tile); cached per frame size."""
+    return _fitted(tuple(int(v) for v in image_hw[:2]), (int(input_hw[0]), int(input_hw[1])), int(min_overlap),
+                   float(min_scale))
+
+
+@functools.lru_cache(maxsize=64)
+def _fitted(image_hw: tuple, input_hw: tuple, min_overlap: int, min_scale: float) -> tuple[int, int]:
+    input_h, input_w = input_hw
+    scales = {1.0}
+    for side in input_hw:
+        scales.update(side / size for size in range(side + 1, math.floor(side / min_scale + 1e-9) + 1))
     best = None
-    for scale in sorted((s for s in candidates if min_scale <= s <= 1.0), reverse=True):
+    for scale in sorted(scales, reverse=True):
         tile = (math.ceil(input_h / scale - 1e-9), math.ceil(input_w / scale - 1e-9))
         count = tile_count(image_hw, tile, min_overlap)
         if best is None or count < best[0]:

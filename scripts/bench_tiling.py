@@ -99,7 +99,7 @@ class Budgeted:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         chosen = self.schedule.choose(None)  # no motion score here: the preprocess stage computes it live
-        whole = self.schedule.whole_now or not chosen
+        whole = self.schedule.whole_now  # (never late here: always some region, as in a stage that keeps up)
         regions = [self.whole] * whole + [self.tiles[i] for i in chosen]
         per_region = detect_regions(self.detector, image, regions, self.tile_hw, whole_first=whole)
         found = [(i, dets) for i, dets in zip([None] * whole + chosen, per_region)

@@ -145,11 +145,10 @@ class DetectStage(Stage):
             whole, letterboxed = (0, 0, msg.image.shape[1], msg.image.shape[0]), self._input(msg)
             tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None),
                                       msg.frame_index, self.pace.late(msg, now))
-            if not tiles or self.planner.whole_now(msg.stream_id, msg.image.shape[:2]):
+            grid = grids[id(msg)] = self.planner.grid_of(msg.stream_id, msg.image.shape[:2])  # None: not tiled
+            if grid is None or grid.schedule.whole_now:  # (a stage behind may examine nothing of a frame)
                 jobs.append(Job(msg, None, whole, letterboxed, msg.meta["ratio"]))
-            if tiles:
-                grid = grids[id(msg)] = self.planner.grid_of(msg.stream_id, msg.image.shape[:2])
-                jobs += [Job(msg, index, region, None, grid.scale) for index, region in tiles]
+            jobs += [Job(msg, index, region, None, grid.scale) for index, region in tiles]
         found = self._run(jobs)
         for msg in msgs:
             mine = [(job, dets) for job, dets in zip(jobs, found) if job.msg is msg]
@@ -179,6 +178,8 @@ class DetectStage(Stage):
         of ``grid`` (stages.tiling.StreamGrid)."""
         if grid is None:
             return np.asarray(mine[0][1], dtype=np.float32).reshape(-1, 7)
+        if not mine:  # a tiled frame of a stage behind, none of whose regions was due
+            return np.zeros((0, 7), dtype=np.float32)
         regions, per_region = [job.region for job, _ in mine], [dets for _, dets in mine]
         merged = merge_regions(per_region, regions, msg.image.shape[:2], self.settings.tiling.merge_ios,
                                self.settings.class_agnostic_nms, grid.overlap, whole_first=mine[0][0].tile is None)

@@ -10,8 +10,9 @@ regions, chosen in this order:
 2. regions *hot*: a detection was seen in them within the last ``hold`` frames (a tile holding a
    tracked target; the whole frame while it shows an object larger than the tiles' overlap, which no
    tile is sure to hold whole). Up to ``budget`` of them are taken even when due regions filled the
-   budget, so a frame costs at most the due regions plus the budget, and a tracked drone is never
-   skipped for a round-robin turn;
+   budget (the ``allowance`` below, while the stage keeps up), so a frame costs at most the due
+   regions plus the budget, and while the stage keeps up a tracked drone is never skipped for a
+   round-robin turn;
 3. tiles showing motion (the preprocess stage's per-tile motion score above ``motion_threshold``);
 4. the rest, longest unexamined first.
 
@@ -27,10 +28,13 @@ the stage falls behind. So a frame examined after skipped ones finds its regions
 The budget follows the load: it is a ceiling (``allowance``, from 0 to ``budget``) that rises by one
 after ``every`` frames in a row examined in time, and halves after one that was not: frames were
 skipped before it (the stage, or one upstream of it, fell behind), or it waited in a queue (it
-reached the stage more than a frame interval after capture: stages.tiling.FramePace). So on a machine
+reached the stage half a frame interval later than the fastest recent frame: stages.tiling.FramePace).
+With no allowance a frame may get no region at all (none due). So on a machine
 that keeps up, hot and moving tiles are examined every frame; on one that does not, only the due
 regions are, and the live latency stays bounded instead of growing with each tile a drone makes hot.
-Replay mode examines every region of every frame (``budget`` 0 means the same in live mode).
+Replay mode examines every region of every frame (``budget`` 0 means the same in live mode). A stream
+whose frame size alternates has one schedule per size, each seeing every other frame: it counts as
+behind and is examined in due regions alone.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ class TileSchedule:
         ``late``: the frame waited behind others before the stage took it."""
         step = self._advance(frame_index)
         self.age += step
+        self.hot = np.maximum(self.hot - step, 0)  # (before ranking: heat older than `hold` frames is gone)
         self.frames += 1
         if self.budget <= 0 or self.budget >= self.slots:
             chosen = np.arange(self.slots)
@@ -77,7 +82,6 @@ class TileSchedule:
         self.longest_gap = max(self.longest_gap, int(self.age[seen_before].max(initial=0)))
         self.age[chosen] = 0
         self.examined[chosen] += 1
-        self.hot = np.maximum(self.hot - step, 0)
         self.whole_now = bool(self.slots > self.tile_count and (chosen == self.tile_count).any())
         return sorted(int(i) for i in chosen if i < self.tile_count)
 
@@ -116,11 +120,12 @@ class TileSchedule:
     def saw(self, tile_indices, whole: bool = False) -> None:
         """Tiles where this frame found something, and whether the whole-frame pass is the one to see
         it (an object larger than a tile's overlap): hot for the next ``hold`` source frames."""
+        heat = self.hold + 1  # counted down as the next frame is chosen: hot in the next `hold` frames
         for i in tile_indices:
             if 0 <= i < self.tile_count:
-                self.hot[i] = self.hold
+                self.hot[i] = heat
         if whole and self.slots > self.tile_count:
-            self.hot[self.tile_count] = self.hold
+            self.hot[self.tile_count] = heat
 
     def coverage(self) -> dict:
         """What share of the frame was examined how often, for the status report."""

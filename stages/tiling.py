@@ -30,7 +30,8 @@ MOTION_LAG = 5  # ... against the frame this many frames back (slow targets, fra
 MIN_TILE_SIDE = 32  # px: smaller tiles would make thousands of model calls per frame
 GRIDS_PER_STREAM = 4  # frame sizes whose grid and schedule a stream keeps
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.001, 1.0  # frame intervals FramePace believes (1000 fps .. 1 fps)
-LATE_SHARE = 0.5  # a frame that reaches detect this share of an interval after capture waited behind another
+LATE_SHARE = 0.5  # a frame this share of an interval later than the fastest recent one waited behind another
+PACE_WINDOW = 500  # frames over which FramePace finds the shortest capture-to-detect delay (20 s at 25 fps)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class TilePlanner:
              late: bool = False) -> list[tuple[int, tuple]]:
         """(tile index, region) of the tiles to examine in source frame ``frame_index``; [] for a
         frame not tiled. ``late``: it waited behind other frames (FramePace). Whether the whole-frame
-        pass runs too: ``whole_now``."""
+        pass runs too: ``grid_of(...).schedule.whole_now`` (a frame not tiled, with no grid, always)."""
         if not self.tiled(image_hw):
             return []
         grid = self.grid(stream_id, image_hw)
@@ -134,11 +135,6 @@ class TilePlanner:
         """The grid of the stream's last planned frame size."""
         size = self.current.get(stream_id)
         return self.grids[stream_id].get(size) if size is not None else None
-
-    def whole_now(self, stream_id: str, image_hw) -> bool:
-        """Whether the frame just planned gets the whole-frame pass: a frame not tiled always does."""
-        grid = self.grid_of(stream_id, image_hw)
-        return grid is None or grid.schedule.whole_now
 
     def grid_of(self, stream_id: str, image_hw) -> StreamGrid | None:
         """The grid a frame of this size was planned with (None where it was not tiled)."""
@@ -172,16 +168,18 @@ class TilePlanner:
 
 class FramePace:
     """Detect side, per stream: the source's frame interval (from its timestamps), and whether a frame
-    reached the stage later than one interval after capture, i.e. waited behind another: the load
-    signal of the tile budget (stages.tile_schedule). Wall clocks of capture and detect hosts must
-    agree to within a frame interval (NTP); where they do not, the budget only sheds (due tiles and
-    the whole frame every ``every`` frames stay)."""
+    reached the stage late, i.e. waited behind another: the load signal of the tile budget
+    (stages.tile_schedule). Late means more than LATE_SHARE of an interval beyond the shortest delay
+    from capture to detect seen over the last PACE_WINDOW frames: that floor is the cost of decoding,
+    preprocessing and moving a frame, which a stage cannot shed, and a constant offset between the
+    capture host's clock and this one's cancels out of it."""
 
     SMOOTHING = 0.1  # weight of a new interval in the running estimate (jitter of a camera's clock)
 
     def __init__(self):
         self.last: dict[str, tuple[int, float]] = {}  # stream id -> (frame_index, source_ts) seen last
         self.interval: dict[str, float] = {}  # stream id -> seconds between its frames
+        self.delays: dict[str, deque] = {}  # stream id -> its last PACE_WINDOW capture-to-detect delays
 
     def late(self, msg: FrameMessage, now: float) -> bool:
         sid = msg.stream_id
@@ -191,8 +189,10 @@ class FramePace:
                        MAX_INTERVAL_S)
             old = self.interval.get(sid, seen)
             self.interval[sid] = old + self.SMOOTHING * (seen - old)
+        delays = self.delays.setdefault(sid, deque(maxlen=PACE_WINDOW))
+        delays.append(now - msg.capture_wall)
         interval = self.interval.get(sid)
-        return interval is not None and now - msg.capture_wall > LATE_SHARE * interval
+        return interval is not None and delays[-1] - min(delays) > LATE_SHARE * interval
 
 
 class MotionMeter:

@@ -110,7 +110,10 @@ def test_frame_pace_learns_the_interval_and_calls_a_frame_late_once_it_waited_ha
     assert not pace.late(frame(0, 1.0), now)  # no interval known yet: never late
     assert not pace.late(frame(1, 0.005), now)  # 5 ms after capture at 25 fps: in time
     assert pace.late(frame(2, 0.03), now)  # 30 ms: more than half of a 40 ms interval
-    assert not pace.late(frame(4, 0.015), now)  # a skipped index: the interval is per frame, still 40 ms
+    assert not pace.late(frame(4, 0.015), now) and pace.interval["a"] == pytest.approx(0.04)  # per frame, not gap
+    assert pace.late(frame(5, 0.03), now)
+    skewed = FramePace()  # the capture host's clock 5 s behind this one's: only the change counts
+    assert [skewed.late(frame(i, 5.004 + (0.03 if i == 6 else 0)), now) for i in range(8)] == [False] * 6 + [True, False]
     for forged in (frame(3, 0.0, ts=1e12), frame(5, 0.0, ts=-5.0), frame(6, 0.0, ts=1e12)):
         pace.late(forged, now)  # a source clock that jumps or goes back moves the estimate at most to 1 s
     assert 0.001 <= pace.interval["a"] <= 1.0
