@@ -135,19 +135,21 @@ class DetectStage(Stage):
         return None
 
     def _input(self, msg: FrameMessage) -> np.ndarray:
-        if "input" not in msg.buffers:  # no preprocess stage in this frame path
+        if "input" not in msg.buffers:  # no preprocess stage in this frame path, or a live tiled frame
             msg.buffers["input"], msg.meta["ratio"] = letterbox(msg.image, self.detector.input_size)
         return msg.buffers.pop("input")
 
     def process_batch(self, msgs: list[FrameMessage]) -> list[FrameMessage]:
         jobs, grids, now = [], {}, time.time()  # grids: id(msg) -> the tile grid its frame was planned with
         for msg in msgs:
-            whole, letterboxed = (0, 0, msg.image.shape[1], msg.image.shape[0]), self._input(msg)
+            whole = (0, 0, msg.image.shape[1], msg.image.shape[0])
             tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None),
                                       msg.frame_index, self.pace.late(msg, now))
             grid = grids[id(msg)] = self.planner.grid_of(msg.stream_id, msg.image.shape[:2])  # None: not tiled
             if grid is None or grid.schedule.whole_now:  # (a stage behind may examine nothing of a frame)
+                letterboxed = self._input(msg)
                 jobs.append(Job(msg, None, whole, letterboxed, msg.meta["ratio"]))
+            msg.buffers.pop("input", None)  # (sent on by a preprocess stage of other settings: not needed)
             jobs += [Job(msg, index, region, None, grid.scale) for index, region in tiles]
         found = self._run(jobs)
         for msg in msgs:

@@ -233,12 +233,34 @@ def test_live_frames_carry_motion_and_the_stage_examines_the_moving_tile_first(t
     for i, image in enumerate([still] * 13 + [moved]):  # each tile is first due in frame 1 + i: all seen by 13
         msg = pre.process(FrameMessage("a", i, i / 25, time.time(), {"image": image}))[0]
         assert len(msg.meta["tile_motion"]) == 12
+        assert "input" not in msg.buffers  # few frames get the whole-frame pass: detect letterboxes those
         chosen.append(det.planner.plan("a", (1080, 1920), msg.meta.pop("tile_motion")))
     assert [i for i, _ in chosen[-1]] == [11]  # the one tile the budget allows goes where something moved
-    det.process_batch([pre.process(FrameMessage("a", 14, 14 / 25, time.time(), {"image": moved}))[0]])
+    out, = det.process_batch([pre.process(FrameMessage("a", 14, 14 / 25, time.time(), {"image": moved}))[0]])
+    assert out.detections.shape[1] == 6 and "input" not in out.buffers
     (stream, tiles, per_frame, _, _, whole, _), = det.status()["tiling"]
     # one region per frame, as budgeted: a tile, or the whole-frame pass in its turn (first due in frame 13)
     assert stream == "a" and tiles == 12 and per_frame + whole == 1.0 and whole > 0
+
+
+def test_a_live_tiled_frame_given_the_whole_frame_pass_is_letterboxed_by_detect_as_preprocess_would(tmp_path):
+    from stages.detect import DetectStage
+    from stages.preprocess import PreprocessStage
+
+    cfg = _cfg(tmp_path, run_mode="live", budget=1, every=5)
+    pre, det = PreprocessStage(cfg), DetectStage(cfg)
+    image = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    wholes = 0
+    for i in range(5):  # the whole-frame pass comes at least once in 5 frames
+        msg = pre.process(FrameMessage("a", i, i / 25, time.time(), {"image": image}))[0]
+        assert "input" not in msg.buffers and "tile_motion" in msg.meta
+        out, = det.process_batch([msg])
+        if det.planner.grid_of("a", (1080, 1920)).schedule.whole_now:
+            wholes += 1
+            assert out.meta["ratio"] == 640 / 1920  # letterboxed here, by the one rule
+    assert wholes >= 1
+    small = pre.process(FrameMessage("a", 9, 9 / 25, time.time(), {"image": image[:512, :640]}))[0]
+    assert small.buffers["input"].shape == (512, 640, 3)  # a frame not tiled still comes letterboxed
 
 
 def test_a_motion_list_that_does_not_fit_the_grid_is_ignored_and_counted():
