@@ -55,8 +55,17 @@ class OpenVinoBackend(Backend):
         return self.onnx_path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = [np.array(self.request.infer({0: image[None]})[0], dtype=np.float32) for image in batch]
-        return np.concatenate(outputs)
+        """Image by image (the model is compiled for one); each result copied once, into its row (the
+        request reuses its output memory on the next call)."""
+        if not len(batch):
+            raise ValueError("an empty batch: nothing to run")
+        out = None
+        for i, image in enumerate(batch):
+            result = self.request.infer({0: image[None]})[0]
+            if out is None:
+                out = np.empty((len(batch), *result.shape[1:]), dtype=np.float32)
+            out[i] = result[0]
+        return out
 
 
 class OpenVinoBf16Backend(OpenVinoBackend):
