@@ -87,6 +87,8 @@ def cpu_flags() -> frozenset[str]:
 
 
 def backend_class(backend: str) -> type[Backend]:
+    if backend == AUTO:  # a caller's slip, not the user's: "auto" names a choice, not a class
+        raise BackendError("backend", "'auto' must be resolved first (models.backends.resolve_backend)")
     if backend not in REGISTRY:
         raise BackendError("backend", f"unknown backend {backend!r}; valid: {AUTO}, {', '.join(BACKENDS)}")
     return REGISTRY[backend]

@@ -93,3 +93,5 @@ def test_auto_is_judged_as_its_fallback():
         check_backend(AUTO, "cpu", True)
     with pytest.raises(BackendError, match="valid: auto, "):
         backend_class("fastest")
+    with pytest.raises(BackendError, match="'auto' must be resolved first"):
+        backend_class(AUTO)  # not "unknown backend 'auto'; valid: auto, ..."
