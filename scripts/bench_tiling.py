@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.backends import BACKENDS
-from models.tiling import DEFAULT_MIN_SCALE, detect_regions, detect_tiled, frame_regions, merge_regions, tile_size_for
+from models.tiling import (DEFAULT_MIN_SCALE, detect_regions, detect_tiled, frame_regions, held_by, merge_regions,
+                           tile_size_for)
 from pipeline.offline.data import dataset, mosaic
 from pipeline.offline.data.coco import CocoBuilder, coco_result
 from pipeline.offline.eval.coco import class_to_category, run_cocoeval
@@ -104,10 +105,10 @@ class Budgeted:
         per_region = detect_regions(self.detector, image, regions, self.tile_hw, whole_first=whole)
         found = [(i, dets) for i, dets in zip([None] * whole + chosen, per_region)
                  if len(dets) and float(dets[:, 4].max()) > self.saw_conf]
-        large = any(float(np.maximum(d[:, 2] - d[:, 0], d[:, 3] - d[:, 1]).max()) >= self.overlap for _, d in found)
-        self.schedule.saw([i for i, _ in found if i is not None], whole=large)
+        unheld = any(not held_by(d, self.tiles).all() for _, d in found)  # an object no tile holds whole
+        self.schedule.saw([i for i, _ in found if i is not None], whole=unheld)
         self.last_regions = len(regions)
-        return merge_regions(per_region, regions, image.shape[:2], min_overlap=self.overlap, whole_first=whole)
+        return merge_regions(per_region, regions, image.shape[:2], whole_first=whole)
 
 
 def run_frame(detector, frame: mosaic.MosaicFrame, records: dict, budgeted: Budgeted, overlap: int,

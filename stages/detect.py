@@ -184,7 +184,7 @@ class DetectStage(Stage):
             return np.zeros((0, 7), dtype=np.float32)
         regions, per_region = [job.region for job, _ in mine], [dets for _, dets in mine]
         merged = merge_regions(per_region, regions, msg.image.shape[:2], self.settings.tiling.merge_ios,
-                               self.settings.class_agnostic_nms, grid.overlap, whole_first=mine[0][0].tile is None)
+                               self.settings.class_agnostic_nms, whole_first=mine[0][0].tile is None)
         self.planner.saw(msg.stream_id, grid, merged)
         return merged
 

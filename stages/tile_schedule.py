@@ -8,8 +8,7 @@ regions, chosen in this order:
 1. regions *due*: not examined for ``every`` source frames (always taken, so every tile and the
    whole frame are examined at least every ``every`` frames, whatever the budget says);
 2. regions *hot*: a detection was seen in them within the last ``hold`` frames (a tile holding a
-   tracked target; the whole frame while it shows an object larger than the tiles' overlap, which no
-   tile is sure to hold whole). Up to ``budget`` of them are taken even when due regions filled the
+   tracked target; the whole frame while it shows an object that no tile holds whole). Up to ``budget`` of them are taken even when due regions filled the
    budget (the ``allowance`` below, while the stage keeps up), so a frame costs at most the due
    regions plus the budget, and while the stage keeps up a tracked drone is never skipped for a
    round-robin turn;
@@ -18,8 +17,8 @@ regions, chosen in this order:
 
 The whole-frame pass is scheduled like a tile because it is one more model input: measured at 1080p25
 on 2 cores (docs/benchmarks.md), taking it every frame on top of the due tiles doubled the live p99
-latency, while objects larger than the overlap are also seen, cut by tile borders and merged, in the
-tiles.
+latency, while objects are also seen in the tiles (those larger than a tile cut by its borders, and
+merged).
 
 Frames here are the source's frames (``frame_index``), not the frames the detect stage examines: in
 live mode it skips stale ones, and a tile due every 5 frames must not become a tile due every 14 when
@@ -119,7 +118,7 @@ class TileSchedule:
 
     def saw(self, tile_indices, whole: bool = False) -> None:
         """Tiles where this frame found something, and whether the whole-frame pass is the one to see
-        it (an object larger than a tile's overlap): hot for the next ``hold`` source frames."""
+        it (an object no tile holds whole): hot for the next ``hold`` source frames."""
         heat = self.hold + 1  # counted down as the next frame is chosen: hot in the next `hold` frames
         for i in tile_indices:
             if 0 <= i < self.tile_count:

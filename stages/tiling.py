@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from models.tiling import (DEFAULT_AUTO_FACTOR, DEFAULT_MERGE_IOS, DEFAULT_MIN_SCALE, DEFAULT_MODE, DEFAULT_OVERLAP,
-                           MAX_TILES_PER_FRAME, TILING_MODES, effective_overlap, frame_tiles, tile_count, tile_ratio,
+                           MAX_TILES_PER_FRAME, TILING_MODES, frame_tiles, held_by, tile_count, tile_ratio,
                            tile_size_for, wants_tiles)
 from pipeline.runtime.config import ConfigError
 from pipeline.runtime.messages import FrameMessage
@@ -78,7 +78,6 @@ class StreamGrid:
     regions: list  # the tiles examined at all: the frame's tiles less those an ignore zone covers
     schedule: TileSchedule
     scale: float  # the tiles' letterbox ratio (1: the source's own scale)
-    overlap: int  # the overlap the tiles keep (models.tiling.effective_overlap), for the merge
 
 
 class TilePlanner:
@@ -111,8 +110,7 @@ class TilePlanner:
             regions = [r for r in frame_tiles(size, tile_hw, s.overlap) if zones is None or not zones.covers(r)]
             budget = s.budget if self.live else 0  # replay examines every tile of every frame
             schedule = TileSchedule(len(regions), s.every, budget, s.hold_frames, s.motion_threshold, s.whole_frame)
-            sizes[size] = StreamGrid(regions, schedule, tile_ratio(tile_hw, self.input_hw),
-                                     effective_overlap(tile_hw, s.overlap))
+            sizes[size] = StreamGrid(regions, schedule, tile_ratio(tile_hw, self.input_hw))
             while len(sizes) > GRIDS_PER_STREAM:
                 sizes.popitem(last=False)
         sizes.move_to_end(size)
@@ -149,9 +147,9 @@ class TilePlanner:
         if stream_id in self.zones:
             dets = dets[self.zones[stream_id].keep_mask(dets)]
         cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
-        large = np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1]) >= grid.overlap
         grid.schedule.saw([i for i, (x0, y0, x1, y1) in enumerate(grid.regions)
-                           if np.any((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1))], whole=bool(large.any()))
+                           if np.any((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1))],
+                          whole=not held_by(dets, grid.regions).all())  # an object no tile holds whole
 
     def coverage(self) -> list[list]:
         """[stream, tiles, tiles examined per frame, share of tile area per frame, longest gap in source

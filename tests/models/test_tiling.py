@@ -176,11 +176,19 @@ def test_a_drone_in_front_of_an_airplane_stays_two_objects():
 
 def test_a_large_object_split_by_tiles_keeps_the_whole_frame_box_over_higher_scored_parts():
     regions = [(0, 0, 1920, 1080), (0, 0, 640, 512), (427, 0, 1067, 512)]
-    whole = np.array([[560, 200, 760, 300, 0.5, 2]], np.float32)  # a 200-px airplane, longer than the overlap
-    left = np.array([[560, 200, 640, 300, 0.8, 2]], np.float32)  # cut at x=640
-    right = np.array([[427, 200, 760, 300, 0.7, 2]], np.float32)  # cut at x=427
+    whole = np.array([[300, 200, 1000, 300, 0.5, 2]], np.float32)  # a 700-px airplane: no tile holds it whole
+    left = np.array([[300, 200, 640, 300, 0.8, 2]], np.float32)  # cut at x=640
+    right = np.array([[427, 200, 1000, 300, 0.7, 2]], np.float32)  # cut at x=427
     merged = merge_regions([whole, left, right], regions, (1080, 1920))
-    assert merged[:, :4].tolist() == [[560, 200, 760, 300]]
+    assert merged[:, :4].tolist() == [[300, 200, 1000, 300]]
+
+
+def test_an_object_a_tile_holds_whole_keeps_the_tiles_sharp_box_over_a_long_whole_frame_box():
+    regions = [(0, 0, 1920, 1080), (0, 0, 640, 512), (427, 0, 1067, 512)]
+    whole = np.array([[552, 194, 770, 306, 0.9, 2]], np.float32)  # 218 px, blurred at a third of the scale
+    inside = np.array([[560, 200, 760, 300, 0.7, 2]], np.float32)  # the second tile holds it whole
+    merged = merge_regions([whole, np.zeros((0, 6), np.float32), inside], regions, (1080, 1920))
+    assert merged[:, :4].tolist() == [[560, 200, 760, 300]] and merged[0, 4] == pytest.approx(0.9)
 
 
 def test_a_frame_that_would_need_too_many_tiles_is_examined_whole():
