@@ -144,7 +144,7 @@ class DetectStage(Stage):
         for msg in msgs:
             whole = (0, 0, msg.image.shape[1], msg.image.shape[0])
             tiles = self.planner.plan(msg.stream_id, msg.image.shape[:2], msg.meta.pop("tile_motion", None),
-                                      msg.frame_index, self.pace.late(msg, now))
+                                      msg.frame_index, self.planner.live and self.pace.late(msg, now))
             grid = grids[id(msg)] = self.planner.grid_of(msg.stream_id, msg.image.shape[:2])  # None: not tiled
             if grid is None or grid.schedule.whole_now:  # (a stage behind may examine nothing of a frame)
                 letterboxed = self._input(msg)
