@@ -67,6 +67,8 @@ def cmd_stage(argv: list[str]) -> int:
     parser.add_argument("--source", help="source stages: the source id")
     parser.add_argument("--start-frame", type=int, default=0, help="source stages: skip frames already sent")
     parser.add_argument("--restarts", type=int, default=0, help="how often the supervisor restarted this stage")
+    parser.add_argument("--ended", default={}, type=_ended_arg, help="a restarted stage fed from another host: the streams "
+                        "its earlier process had finished, as id=frame_count,...")
     parser.add_argument("--session", default="", help="the supervisor run's id (sources stamp it on every frame)")
     args = parser.parse_args(argv)
     try:
@@ -76,6 +78,15 @@ def cmd_stage(argv: list[str]) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     return _run_stage(cfg, args)
+
+
+def _ended_arg(text: str) -> dict[str, int]:
+    from pipeline.runtime.remote_ends import parse_ended
+
+    try:
+        return parse_ended(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
@@ -89,6 +100,7 @@ def _run_stage(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             return run_stage(stage, cfg, instance=f"{args.name}:{args.source}")
         stage = cls(cfg)
         stage.restarts, stage.session = args.restarts, args.session
+        stage.ended_before = args.ended
         return stage.run() if cls.role == "consumer" else run_stage(stage, cfg)
     except StageFatalError as exc:  # bad input a restart cannot fix (a source that cannot be read, ...)
         return _fail(f"{args.name}: {exc}", EXIT_BAD_INPUT)

@@ -24,6 +24,7 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
+from pipeline.runtime.remote_ends import EndReceipts, await_confirmations
 from pipeline.runtime.transport import CurveKeys, Endpoint, close_context, open_socket, open_watched_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
@@ -64,6 +65,7 @@ class Stage:
     subscribes: ClassVar[tuple[str, ...]] = ()
     batch_size = 1
     restarts = 0  # set by `pipeline stage --restarts N`: how often the supervisor restarted this stage
+    ended_before: dict[str, int] = {}  # `--ended`: streams an earlier process had finished (id -> frames)
     session = ""  # set by `pipeline stage --session ID`: the supervisor run this process belongs to
 
     def __init_subclass__(cls, **kwargs):
@@ -151,23 +153,27 @@ class StageRunner:
         curve = curve_keys(cfg)
         self.inp = self.out = self.in_watch = self.out_watch = None
         self.unreachable = False  # the downstream refused us: nothing queued for it can ever go
+        # fed from another host: the sender there waits for this stage to confirm its ends of stream
+        remote_upstream = stage.role != "source" and cfg.runs_elsewhere(cfg.upstream(stage.name))
+        self.receipts = EndReceipts() if remote_upstream else None
         if stage.role != "source":
             in_spec = cfg.endpoint(input_key(stage.name))
-            if cfg.runs_elsewhere(cfg.upstream(stage.name)) and Endpoint.parse(in_spec).is_tcp:
+            if remote_upstream and Endpoint.parse(in_spec).is_tcp:
                 self.inp, self.in_watch = open_watched_socket(self.ctx, in_spec, "server", hwm=hwm, curve=curve,
-                                                              max_message_bytes=cfg.max_message_bytes)
+                                                              max_message_bytes=cfg.max_message_bytes, routed=True)
             else:
                 self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve,
-                                       max_message_bytes=cfg.max_message_bytes)
+                                       max_message_bytes=cfg.max_message_bytes, routed=remote_upstream)
         downstream = cfg.downstream(stage.name)
         self.remote_downstream = cfg.runs_elsewhere(downstream)
         if downstream is not None:
             out_spec = connect_side(cfg.endpoint(input_key(downstream)))
             # a link to another host: its state is logged, a receiver that does not admit us is exit 3
             if Endpoint.parse(out_spec).is_tcp and (self.remote_downstream or curve is not None):
-                self.out, self.out_watch = open_watched_socket(self.ctx, out_spec, "client", hwm=hwm, curve=curve)
+                self.out, self.out_watch = open_watched_socket(self.ctx, out_spec, "client", hwm=hwm, curve=curve,
+                                                               routed=self.remote_downstream)
             else:
-                self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve)
+                self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve, routed=self.remote_downstream)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         # per stream, frames this stage let go by the live policy: stale ones before the stage saw the
@@ -186,6 +192,7 @@ class StageRunner:
         signal.signal(signal.SIGINT, self._on_term)
         self.eos_resend_due = self.downstream_gone = False
         self.sender_noted = 0.0  # when this stage last said it waits for a sender on another host
+        self.handshakes_seen = 1  # connections to a downstream on another host (the first is no reconnect)
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
 
@@ -220,53 +227,67 @@ class StageRunner:
                 self._run_source()
             else:
                 self._run_filter()
+            if self.remote_downstream and self.out is not None and not (self.unreachable or self.orphaned):
+                self._await_confirmations()
             if self.fatal is not None:
                 raise self.fatal  # its EOS is in the downstream's pipe: closing with linger delivers it
             if self.out is not None and not self.remote_downstream:
                 self._await_release()
         finally:
-            # a downstream on another host: delivering the queued frames may take up to the drain
-            # timeout, and the supervisor allows it that long without a beat
-            self._beat(force=True, state="delivering" if self.remote_downstream else "exiting")
+            self._beat(force=True, state="exiting")
             try:
                 self.stage.close()
             finally:
-                delivered = self._close_sockets()
-        if not delivered:
-            raise StageFatalError(f"frames or ends of stream queued for {self.cfg.downstream(self.stage.name)} "
-                                  "on the other host were not taken within supervisor.drain_timeout_s: "
-                                  "the remote side may have missed them")
+                self._close_sockets()
         return 0
 
-    def _close_sockets(self) -> bool:
-        """Close everything; False when a downstream on another host did not take what was queued."""
+    def _close_sockets(self) -> None:
         # queued output (the stream's last frames and its EOS) must still reach a downstream stage
         # that is slow to start: linger as long as the drain may take, never forever; nothing can
-        # reach a downstream that has exited (an EOS sent again for a restarted one may be left)
-        gone = self.orphaned or self.downstream_gone
+        # reach a downstream that has exited (an EOS sent again for a restarted one may be left), and
+        # one on another host has confirmed what it took (or was given up on: _await_confirmations)
+        gone = self.orphaned or self.downstream_gone or self.remote_downstream or self.unreachable
         linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
         for watch in (self.in_watch, self.out_watch):
             if watch is not None:
                 watch.close()
         for sock in (self.inp, self.out, self.control):
-            if sock is not None:
-                sock.close(linger=linger_ms if sock is self.out and not self.unreachable else
-                           CONTROL_LINGER_MS if sock is self.control else 0)
-        started = time.monotonic()
+            if sock is not None:  # (the input lingers for the last confirmations to another host)
+                sock.close(linger=linger_ms if sock is self.out else
+                           CONTROL_LINGER_MS if sock is self.control or self.receipts is not None else 0)
         close_context(self.ctx)  # returns once ZeroMQ has handed every queued message to its peer
-        if self.remote_downstream and not self.unreachable and linger_ms:
-            return self._report_remote_delivery(time.monotonic() - started, linger_ms / 1000)
-        return True
 
-    def _report_remote_delivery(self, took_s: float, linger_s: float) -> bool:
-        """A downstream on another host has no supervisor here to say it is done: the frames and EOS
-        queued for it are delivered when ZeroMQ's context ends before the linger does, else some were
-        left behind (the remote side was down or too slow), which must not pass unnoticed."""
-        if took_s >= linger_s * 0.98:
-            return False
-        log.info("%s: every queued frame and end of stream went to %s on the other host (%.1f s)",
-                 self.label, self.cfg.downstream(self.stage.name), took_s)
-        return True
+    def _await_confirmations(self) -> None:
+        """A downstream on another host has no supervisor here to say it is done: wait until it
+        confirms every ended stream (pipeline.runtime.remote_ends), else the run must not end quietly."""
+        downstream = self.cfg.downstream(self.stage.name)
+        log.info("%s: waiting for %s on the other host to confirm the end of %d stream(s)", self.label, downstream,
+                 len(self.frame_counts))
+        started = time.monotonic()
+        left = await_confirmations(self.out, dict(self.frame_counts), self._send_end_again,
+                                   lambda: self._beat(state="delivering"), self.cfg.supervisor.drain_timeout_s)
+        if left:
+            problem = StageFatalError(f"{downstream} on the other host did not confirm the end of "
+                                      f"{', '.join(sorted(left))} within supervisor.drain_timeout_s: its output "
+                                      "may be incomplete")
+            self.fatal = self.fatal or problem
+            log.error("%s: %s", self.label, problem)
+            return
+        log.info("%s: %s on the other host confirmed the end of %d stream(s) (%.1f s)", self.label, downstream,
+                 len(self.frame_counts), time.monotonic() - started)
+
+    def _send_ends_again(self) -> None:
+        if self.ended and not self.unreachable:
+            for stream_id in sorted(self.ended):
+                self._send_end_again(stream_id, self.frame_counts[stream_id])
+            log.info("%s: sent the end of %d finished stream(s) again to the reconnected %s", self.label,
+                     len(self.ended), self.cfg.downstream(self.stage.name))
+
+    def _send_end_again(self, stream_id: str, frame_count: int) -> None:
+        try:
+            self.out.send_multipart(FrameMessage.end_of_stream(stream_id, frame_count).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no receiver connected now (it restarts): the next round sends it
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
@@ -279,8 +300,19 @@ class StageRunner:
         while not self.released and time.time() < deadline:
             if self._resend_eos():
                 deadline = time.time() + self.cfg.supervisor.drain_timeout_s
+            self._answer_repeated_ends()
             self._beat(state="flushed")
             time.sleep(0.05)
+
+    def _answer_repeated_ends(self) -> None:
+        """Fed from another host: its sender repeats an end of stream until it has a confirmation
+        (the first may have gone to a connection that broke); frames after the end are dropped."""
+        if self.receipts is None:
+            return
+        for msg in self._receive_batch():
+            if not msg.is_eos:
+                self._drop(f"{msg.stream_id}#{msg.frame_index}: a frame after the end of its stream")
+        self.receipts.confirm(self.inp, self.frame_counts)
 
     def _run_source(self) -> None:
         try:
@@ -301,9 +333,16 @@ class StageRunner:
         poller.register(self.inp, zmq.POLLIN)
         interval_ms = int(self.cfg.supervisor.heartbeat_interval_s * 1000)
         self._beat()  # up: the supervisor starts the sources once every stage has beaten
+        for stream_id, frame_count in sorted(self.stage.ended_before.items()):
+            if stream_id in self.streams:  # an earlier process finished it; its sender may be gone
+                log.info("%s: stream %s had ended before this restart (%d frames)", self.label, stream_id,
+                         frame_count)
+                self._finish_stream(stream_id, frame_count)
         while not self.stopping and self.ended != self.streams:
             if poller.poll(interval_ms):
                 self._handle(self._receive_batch())
+                if self.receipts is not None:
+                    self.receipts.confirm(self.inp, self.frame_counts)
             self._resend_eos()
             self._beat()
         if self.stopping:  # asked to stop mid-stream: end every stream here, so that what this stage
@@ -321,9 +360,12 @@ class StageRunner:
             except zmq.Again:
                 break
             self.metrics.count("received")
+            sender, parts = (parts[0].bytes, parts[1:]) if self.receipts is not None else (b"", parts)
             msg = self._decode(parts)
             if msg is not None:
                 batch.append(msg)
+                if self.receipts is not None:
+                    self.receipts.took(sender, msg)
         return self._take(batch)
 
     def _take(self, batch: list[FrameMessage]) -> list[FrameMessage]:
@@ -403,6 +445,11 @@ class StageRunner:
         if not msg.is_eos:  # (its stale drops were stamped as it arrived: _arrived)
             stamp(msg.meta, self.drops_full.get(msg.stream_id, 0))
         parts = msg.encode()
+        largest = max((part.nbytes for part in parts[1:]), default=0)
+        if largest > self.cfg.max_message_bytes:  # the next stage's ZeroMQ would cut the link, silently
+            raise StageFatalError(f"{msg.stream_id}#{msg.frame_index}: a {largest / (1 << 20):.1f} MB buffer is over "
+                                  f"transport.max_message_mb ({self.cfg.transport.max_message_mb:g}), which the next "
+                                  "stage refuses: raise transport.max_message_mb")
         if self.cfg.live and not msg.is_eos:
             try:
                 self.out.send_multipart(parts, zmq.NOBLOCK, copy=False)
@@ -451,7 +498,8 @@ class StageRunner:
             log.error("%s: %s", self.label, problem)
             self.stopping = True  # ends the loops; run() raises it: exit 3, the run stops with this line
         beat = {"stage": self.label, "pid": os.getpid(), "t": now, "state": state,
-                "ended": sorted(self.ended), **self._link_state(), **self.metrics.snapshot(now), **self.stage.counters,
+                "ended": sorted(self.ended), "ended_at": sorted([sid, n] for sid, n in self.frame_counts.items()),
+                **self._link_state(), **self.metrics.snapshot(now), **self.stage.counters,
                 **self.stage.status()}
         try:
             self.control.send_string(json.dumps(beat), zmq.NOBLOCK)
@@ -463,6 +511,9 @@ class StageRunner:
         for watch in (self.in_watch, self.out_watch):
             for note in watch.notes() if watch is not None else ():
                 log.info("%s: %s", self.label, note)
+        if self.out_watch is not None and self.remote_downstream and self.out_watch.handshakes > self.handshakes_seen:
+            self.handshakes_seen = self.out_watch.handshakes
+            self._send_ends_again()  # a new receiver (a restarted stage) lacks the ends its predecessor took
         watch = self.in_watch
         if watch is not None and not watch.connected and now - self.sender_noted >= NO_SENDER_NOTE_S:
             self.sender_noted = now

@@ -21,6 +21,7 @@ import zmq
 
 from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.registry import stage_name
+from pipeline.runtime.remote_ends import parse_ended
 from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
@@ -161,6 +162,24 @@ def parse_beat(raw: bytes) -> tuple[dict, str | None]:
     if not all(isinstance(v, (str, int, float, bool, type(None), list)) for v in beat.values()):
         return beat, "a field holds a nested object"
     return beat, None
+
+
+def ended_streams(argv: list[str], last_beat: dict, stream_ids: list[str]) -> dict[str, int]:
+    """The streams a stage's processes so far had finished, with the frame count of each: those named
+    to its last process (``--ended=id=count,...``) and those its last beat reported (``ended_at``, a
+    list of [stream id, frame count]; an untrusted beat, so anything else in it is ignored)."""
+    ended: dict[str, int] = {}
+    for arg in argv:
+        if arg.startswith("--ended="):
+            try:
+                ended.update(parse_ended(arg[len("--ended="):]))
+            except ValueError:
+                pass
+    for pair in last_beat.get("ended_at", []) if isinstance(last_beat.get("ended_at"), list) else []:
+        if (isinstance(pair, list) and len(pair) == 2 and pair[0] in stream_ids and isinstance(pair[1], int)
+                and not isinstance(pair[1], bool) and 0 <= pair[1] < 2 ** 53):
+            ended[pair[0]] = pair[1]
+    return {sid: count for sid, count in ended.items() if sid in stream_ids}
 
 
 def resume_frame(last_beat: dict, live: bool, now: float) -> int:
@@ -323,10 +342,9 @@ class Supervisor:
         is up), ask the upstream stage to send the EOS of every stream it finished again (SIGUSR2;
         a second EOS is ignored). An upstream already gone cannot: the run fails instead of hanging."""
         sp.upstream_eos_due = False
-        if self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage)) and not self.cfg.live:
-            log.warning("%s restarted; its upstream runs on another host, which cannot be asked to send the "
-                        "end of stream again: if that host had finished its replay, stop this run with SIGTERM",
-                        sp.label)
+        if self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage)):
+            log.info("%s restarted: its sender on the other host repeats every end of stream it has no "
+                     "confirmation for; the ends its predecessor had confirmed it takes from here", sp.label)
             return
         upstream = [u for u in self.stages if self.cfg.downstream(u.stage) == sp.stage]
         if not self.cfg.live and any(u.exit_code == 0 for u in upstream):  # live runs end by signal anyway
@@ -345,8 +363,6 @@ class Supervisor:
             if code is None:
                 silent_for = now - (sp.last_beat_time or sp.started)
                 limit = self.cfg.supervisor.heartbeat_timeout_s + (0 if sp.last_beat_time else STARTUP_GRACE_S)
-                if sp.last_beat.get("state") == "delivering":  # its last frames go to another host
-                    limit += self.cfg.supervisor.drain_timeout_s
                 if silent_for > limit and not self.stopping:
                     log.error("%s sent no heartbeat for %.0f s: killing it", sp.label, silent_for)
                     sp.proc.kill()
@@ -400,8 +416,12 @@ class Supervisor:
             return
         sp.restarts += 1
         sp.upstream_eos_due = not sp.is_source
-        sp.argv = [a for a in sp.argv if not a.startswith(("--start-frame=", "--restarts="))]
+        ended = ended_streams(sp.argv, sp.last_beat, self.cfg.stream_ids)
+        sp.argv = [a for a in sp.argv if not a.startswith(("--start-frame=", "--restarts=", "--ended="))]
         sp.argv.append(f"--restarts={sp.restarts}")
+        if ended and self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage)):
+            # the sender on the other host may be gone: nobody would send these ends again
+            sp.argv.append("--ended=" + ",".join(f"{sid}={count}" for sid, count in sorted(ended.items())))
         if sp.is_source:
             sp.argv.append(f"--start-frame={resume_frame(sp.last_beat, self.cfg.live, time.time())}")
         log.warning("restarting %s (%s), restart %d of %d", sp.label, why, sp.restarts,

@@ -18,6 +18,9 @@ import zmq
 
 log = logging.getLogger("pipeline.runtime.transport")
 PATTERNS = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "sub": zmq.SUB}
+# a frame link between hosts: the same flow as push/pull, plus a way back for the receiver's
+# confirmations (pipeline.runtime.remote_ends); both sides of a split choose it alike
+ROUTED = {"push": zmq.DEALER, "pull": zmq.ROUTER}
 ACTIONS = ("bind", "connect")
 
 
@@ -88,26 +91,30 @@ class CurveKeys:
 
 
 def open_socket(ctx: zmq.Context, spec: str | Endpoint, *, hwm: int = 4, curve: CurveKeys | None = None,
-                subscribe: bytes = b"", max_message_bytes: int | None = None) -> zmq.Socket:
+                subscribe: bytes = b"", max_message_bytes: int | None = None, routed: bool = False) -> zmq.Socket:
     """``max_message_bytes``: a peer sending a larger message part is disconnected by ZeroMQ before the
-    part is taken in (an untrusted sender cannot make a receiver hold gigabytes)."""
-    return _open(ctx, spec, hwm, curve, subscribe, max_message_bytes, watch_side=None)[0]
+    part is taken in (an untrusted sender cannot make a receiver hold gigabytes). ``routed``: a push or
+    pull link between hosts, opened as DEALER or ROUTER (``ROUTED``)."""
+    return _open(ctx, spec, hwm, curve, subscribe, max_message_bytes, watch_side=None, routed=routed)[0]
 
 
 def open_watched_socket(ctx: zmq.Context, spec: str | Endpoint, side: str, *, hwm: int = 4,
-                        curve: CurveKeys | None = None, max_message_bytes: int | None = None
-                        ) -> tuple[zmq.Socket, "LinkWatch"]:
+                        curve: CurveKeys | None = None, max_message_bytes: int | None = None,
+                        routed: bool = False) -> tuple[zmq.Socket, "LinkWatch"]:
     """``open_socket`` with a LinkWatch (``side``: "client" or "server") attached before the bind or
     connect: a handshake that fails at once, as a refused key does, happens before a monitor attached
     afterwards could hear it, and libzmq does not retry it, so the failure would go unseen."""
-    sock, watch = _open(ctx, spec, hwm, curve, b"", max_message_bytes, watch_side=side)
+    sock, watch = _open(ctx, spec, hwm, curve, b"", max_message_bytes, watch_side=side, routed=routed)
     return sock, watch
 
 
 def _open(ctx: zmq.Context, spec: str | Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes,
-          max_message_bytes: int | None, watch_side: str | None) -> tuple[zmq.Socket, "LinkWatch | None"]:
+          max_message_bytes: int | None, watch_side: str | None, routed: bool = False
+          ) -> tuple[zmq.Socket, "LinkWatch | None"]:
     endpoint = spec if isinstance(spec, Endpoint) else Endpoint.parse(spec)
-    sock = ctx.socket(PATTERNS[endpoint.pattern])
+    if routed and endpoint.pattern not in ROUTED:
+        raise EndpointError(f"endpoint {endpoint}: only push and pull links can run between hosts")
+    sock = ctx.socket(ROUTED[endpoint.pattern] if routed else PATTERNS[endpoint.pattern])
     watch = None
     try:
         if max_message_bytes is not None:
@@ -243,6 +250,7 @@ class LinkWatch:
         self.peers: set[int] = set()  # file descriptors of the peers that completed the handshake
         self.pending: list[int] = []  # connections (fds) whose handshake has not succeeded yet
         self.admitted = False         # client: the server took us in at least once
+        self.handshakes = 0           # connections that completed the handshake so far (reconnects too)
         self._notes: list[str] = []
         self._problem: str | None = None
 
@@ -274,6 +282,7 @@ class LinkWatch:
             self.pending.append(fd)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.peers.add(self.pending.pop() if self.pending else -1)
+            self.handshakes += 1
             self._notes.append(f"connected to {self.address}" if self.side == "client" else
                                f"a sender connected on {self.address} ({len(self.peers)} now)")
             self.admitted = True

@@ -113,14 +113,14 @@ class Side:
 
 
 def _split(tmp_path, video, port: int, mode: str = "replay", edge_extra: dict | None = None,
-           random_weights=None) -> tuple[str, str]:
+           random_weights=None, gpu_extra: dict | None = None) -> tuple[str, str]:
     sources = [{"id": "cam0", "uri": str(video), "pace": True}]
     supervisor = {"drain_timeout_s": 30, "heartbeat_interval_s": 0.5}
     gpu = _write(tmp_path / "gpu.yaml", {
         "mode": mode, "sources": sources, "output_dir": str(tmp_path / "gpu"),
         "run_stages": ["detect", "track", "record"], "supervisor": supervisor,
         "endpoints": {"detect_in": f"pull+bind:tcp://{GPU_HOST}:{port}"},
-        "stages": {"detect": {"weights": str(random_weights), "backend": "torch"}}})
+        "stages": {"detect": {"weights": str(random_weights), "backend": "torch"}}, **(gpu_extra or {})})
     edge = _write(tmp_path / "edge.yaml", {
         "mode": mode, "sources": sources, "output_dir": str(tmp_path / "edge"), "run_stages": ["capture", "preprocess"],
         "endpoints": {"detect_in": f"pull+connect:tcp://{GPU_HOST}:{port}"}, "supervisor": supervisor,
@@ -147,7 +147,7 @@ def test_an_edge_started_first_waits_visibly_and_ends_when_its_frames_are_delive
         assert edge.finish() == 0, edge.log[-3000:]
         # the end of the replay reached the other host: no waiting out the 30 s drain timeout
         assert time.time() - ended < 10
-        assert "every queued frame and end of stream went to detect on the other host" in edge.log
+        assert "detect on the other host confirmed the end of 1 stream(s)" in edge.log
         assert sorted(_recorded(tmp_path)) == list(range(30))
         assert "a sender connected on" in gpu.log
     finally:
@@ -217,3 +217,121 @@ def test_frames_lost_when_the_gpu_side_is_killed_are_counted_by_its_successor(tm
     assert len(recorded) + missing == 150, (len(first), len(recorded), missing)  # every frame recorded or counted
     assert "resuming after frame" in gpu.log
     assert "lost the connection to" in edge.log and edge.log.count(f"connected to tcp://{GPU_HOST}") >= 2
+
+
+# ---------------------------------------------------------------- ends of stream confirmed across hosts
+ROOMY = {"transport": {"hwm": 64}}  # every frame of the 30-frame clip fits in the queues between hosts
+
+
+def _gpu_stage_pid(tmp_path, stage: str) -> int:
+    found = subprocess.run(["pgrep", "-f", f"pipeline stage {stage} {tmp_path / 'gpu' / 'run_config.yaml'}"],
+                           capture_output=True, text=True)
+    pids = [int(p) for p in found.stdout.split()]
+    assert len(pids) == 1, found
+    return pids[0]
+
+
+def _await(condition, what: str, side: Side, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"no {what}:\n{side.log[-3000:]}"
+        time.sleep(0.1)
+
+
+def _books(tmp_path) -> tuple[set[int], int]:
+    status = json.loads((tmp_path / "gpu" / "status.json").read_text())
+    return set(_recorded(tmp_path)), status["record"]["frames_missing"]
+
+
+def test_a_gpu_stage_restarted_before_it_confirmed_the_end_gets_it_again(tmp_path, synthetic_clip, random_weights):
+    """detect on the GPU side freezes with the edge's last frames and its end of stream queued, then is
+    killed: the edge, still waiting for the confirmation, sends the end again to the restarted detect,
+    and both sides end with every frame recorded or counted (before, the edge left once its queue was
+    flushed and the restarted detect waited for an end of stream nobody would send)."""
+    edge_config, gpu_config = _split(tmp_path, synthetic_clip.video, free_port(), random_weights=random_weights,
+                                     edge_extra=ROOMY, gpu_extra=ROOMY)
+    gpu, edge = Side(gpu_config), None
+    try:
+        gpu.wait_for("started 3 stage processes")
+        detect = _gpu_stage_pid(tmp_path, "detect")
+        edge = Side(edge_config)
+        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
+        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge.wait_for("waiting for detect on the other host to confirm the end of 1 stream(s)")
+        subprocess.run(["kill", "-KILL", str(detect)], check=True)
+        assert gpu.finish() == 0, gpu.log[-3000:]
+        assert edge.finish() == 0, edge.log[-3000:]
+    finally:
+        for side in (gpu, edge):
+            if side is not None:
+                side.kill()
+    assert "restarting detect" in gpu.log and "detect on the other host confirmed the end of 1 stream(s)" in edge.log
+    recorded, missing = _books(tmp_path)
+    assert len(recorded) + missing == 30 and recorded <= set(range(30)), (sorted(recorded), missing)
+
+
+def test_a_gpu_stage_restarted_after_an_edge_left_finishes_the_streams_that_edge_had_ended(
+        tmp_path, synthetic_clip, random_weights):
+    """Two edges feed one GPU side. The first one's stream ends, is confirmed and that edge is gone;
+    then detect is killed while the second stream runs: its successor is told which streams had ended
+    (with their frame counts) and the run ends, instead of waiting for an end of stream no host will
+    send again."""
+    from pipeline.offline.data import synthetic
+
+    long_clip = synthetic.make_clip(tmp_path / "long", seed=3, frames=150, size=(320, 256))
+    port = free_port()
+    edge_a, gpu_config = _split(tmp_path, synthetic_clip.video, port, random_weights=random_weights,
+                                edge_extra=ROOMY, gpu_extra=ROOMY)
+    gpu_cfg = yaml.safe_load(open(gpu_config))
+    gpu_cfg["sources"].append({"id": "cam1", "uri": str(long_clip.video), "pace": True})
+    _write(tmp_path / "gpu.yaml", gpu_cfg)
+    edge_b_cfg = yaml.safe_load(open(edge_a))
+    edge_b_cfg.update(sources=[{"id": "cam1", "uri": str(long_clip.video), "pace": True}],
+                      output_dir=str(tmp_path / "edge_b"))
+    edge_b = _write(tmp_path / "edge_b.yaml", edge_b_cfg)
+    sides = [Side(gpu_config)]
+    try:
+        gpu = sides[0]
+        gpu.wait_for("started 3 stage processes")
+        detect = _gpu_stage_pid(tmp_path, "detect")
+        sides += [Side(edge_a), Side(edge_b)]
+        assert sides[1].finish() == 0, sides[1].log[-3000:]
+        assert "detect on the other host confirmed the end of 1 stream(s)" in sides[1].log
+        _await(lambda: "cam0" in json.loads((tmp_path / "gpu" / "status.json").read_text())["detect"]["ended"],
+               "end of cam0 in detect's beat", gpu)
+        assert sides[2].proc.poll() is None, "the second stream must still run"
+        subprocess.run(["kill", "-KILL", str(detect)], check=True)
+        gpu.wait_for("stream cam0 had ended before this restart (30 frames)")
+        assert sides[2].finish() == 0, sides[2].log[-3000:]
+        assert gpu.finish() == 0, gpu.log[-3000:]
+    finally:
+        for side in sides:
+            side.kill()
+    status = json.loads((tmp_path / "gpu" / "status.json").read_text())
+    assert status["detect"]["restarts"] == 1
+
+
+def test_an_edge_whose_gpu_side_dies_for_good_says_its_end_was_not_confirmed(tmp_path, synthetic_clip,
+                                                                             random_weights):
+    """The GPU host goes down mid-replay and stays down: the edge exits 3 with one line naming the
+    stream whose end was never confirmed, never a quiet exit 0."""
+    edge_extra = {"transport": {"hwm": 64}, "supervisor": {"drain_timeout_s": 3, "heartbeat_interval_s": 0.5}}
+    edge_config, gpu_config = _split(tmp_path, synthetic_clip.video, free_port(), random_weights=random_weights,
+                                     edge_extra=edge_extra, gpu_extra=ROOMY)
+    gpu, edge = Side(gpu_config), None
+    try:
+        gpu.wait_for("started 3 stage processes")
+        detect = _gpu_stage_pid(tmp_path, "detect")
+        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge = Side(edge_config)
+        edge.wait_for("waiting for detect on the other host to confirm")
+        gpu.kill()
+        subprocess.run(["kill", "-KILL", str(detect)], check=True)
+        assert edge.finish(timeout=60) == 3, edge.log[-3000:]
+    finally:
+        for side in (gpu, edge):
+            if side is not None:
+                side.kill()
+    assert ("error: preprocess: detect on the other host did not confirm the end of cam0 within "
+            "supervisor.drain_timeout_s: its output may be incomplete") in edge.log
+    assert "Traceback" not in edge.log

@@ -337,3 +337,27 @@ def test_the_status_line_shows_how_much_of_each_tiled_stream_was_examined():
     for forged in ("x", [["cam", "12", 3.0, 0.25, 5]], [[1, 2, 3, 4, 5]], [["cam", 1, 2, True, 4]], [None],
                    [["cam", 1, 1, 1, float("inf")]], [["cam", 1, 1, 1, float("nan")]], [["cam", 1, 1, -1, 1e300]]):
         assert format_status({"detect": {"fps": 1.0, "tiling": forged}}, {}) == "detect 1.0fps 0ms"
+
+
+def test_a_restart_names_the_streams_its_predecessors_ended_and_ignores_forged_ones():
+    """A stage fed from another host is restarted with the streams its earlier processes finished
+    (their sender may have gone): from the last beat (untrusted: only known streams with whole
+    counts) and from what its last process was itself told."""
+    from pipeline.runtime.supervisor import ended_streams
+
+    beat = {"ended_at": [["cam0", 30], ["cam9", 4], ["cam1", -1], ["cam1", True], "x", ["cam1"], ["cam1", 2.5]]}
+    assert ended_streams(["--restarts=1", "--ended=cam1=5"], beat, ["cam0", "cam1"]) == {"cam0": 30, "cam1": 5}
+    assert ended_streams(["--ended=garbage", "--ended=cam7=3"], {"ended_at": "x"}, ["cam0"]) == {}
+    assert ended_streams([], {}, ["cam0"]) == {}
+
+
+def test_a_frame_over_the_message_limit_stops_the_run_with_one_line(tmp_path, synthetic_clip, random_weights):
+    """The receiving stage's ZeroMQ cuts a link that carries a part over transport.max_message_mb, which
+    would lose frames with no reason given: the sender refuses it first, naming the setting."""
+    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(synthetic_clip.video)}], random_weights,
+                          transport={"max_message_mb": 0.01})
+    code, err = finish(proc, timeout=120)
+    assert code == 3, err[-2000:]
+    assert "MB buffer is over transport.max_message_mb (0.01), which the next stage refuses: raise " \
+           "transport.max_message_mb" in err
+    assert "Traceback" not in err
