@@ -50,43 +50,52 @@ def parse_ended(text: str) -> dict[str, int]:
 
 
 class EndReceipts:
-    """Receiver side: the ends of stream taken from each sender, confirmed once the stage handled them."""
+    """Receiver side: the ends of stream taken from each sender, confirmed once the stage handled them.
+
+    Only ends the stage really received are confirmed (``finished``: by an EOS from the sender, or by an
+    earlier process of the stage): a stream the stage cut short itself (a drain here) is not, so its
+    sender learns that its frames after the cut went nowhere."""
 
     def __init__(self):
         self.due: list[tuple[bytes, str]] = []  # (sender's routing id, stream id)
+        self.finished: dict[str, int] = {}      # stream id -> frame count of the end received
 
     def took(self, sender: bytes, msg: FrameMessage) -> None:
         if msg.is_eos:
             self.due.append((sender, msg.stream_id))
 
-    def confirm(self, sock: zmq.Socket, frame_counts: dict[str, int]) -> None:
-        """Answer every end of stream the stage has finished (a sender gone meanwhile is skipped)."""
+    def confirm(self, sock: zmq.Socket) -> None:
+        """Answer every due end the stage has finished; one whose answer cannot go now stays due."""
         still_due = []
         for sender, stream_id in self.due:
-            if stream_id not in frame_counts:
+            if stream_id not in self.finished:
                 still_due.append((sender, stream_id))
                 continue
-            try:
-                sock.send_multipart([sender, confirmation(stream_id, frame_counts[stream_id])], zmq.NOBLOCK)
+            try:  # (the ROUTER is mandatory: a full queue is EAGAIN, never a silent drop)
+                sock.send_multipart([sender, confirmation(stream_id, self.finished[stream_id])], zmq.NOBLOCK)
+            except zmq.Again:
+                still_due.append((sender, stream_id))
             except zmq.ZMQError:
-                pass  # that sender left (or its queue is full): it sends the end again and is answered then
+                pass  # that sender left (EHOSTUNREACH): it sends the end again and is answered then
         self.due = still_due
 
 
 def await_confirmations(sock: zmq.Socket, ended: dict[str, int], send_end: Callable[[str, int], None],
-                        beat: Callable[[], None], timeout_s: float) -> set[str]:
+                        beat: Callable[[], None], timeout_s: float,
+                        give_up: Callable[[], bool] = lambda: False) -> set[str]:
     """Sender side: wait until the other host confirmed every ended stream, sending the ends again
-    every RESEND_S; returns the streams left unconfirmed after ``timeout_s`` without progress."""
+    every RESEND_S; returns the streams left unconfirmed after ``timeout_s`` without progress (or
+    when ``give_up()`` says so: the stage was told to stop)."""
     pending = set(ended)
     deadline = time.monotonic() + timeout_s
     next_resend = time.monotonic() + RESEND_S
-    while pending and time.monotonic() < deadline:
+    while pending and time.monotonic() < deadline and not give_up():
         if sock.poll(100, zmq.POLLIN):
             stream_id = parse_confirmation(sock.recv_multipart(), pending)
             if stream_id is not None:
                 pending.discard(stream_id)
                 deadline = time.monotonic() + timeout_s
-        elif time.monotonic() >= next_resend:
+        if pending and time.monotonic() >= next_resend:  # (whatever else keeps arriving meanwhile)
             for stream_id in sorted(pending):
                 send_end(stream_id, ended[stream_id])
             next_resend = time.monotonic() + RESEND_S

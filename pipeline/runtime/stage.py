@@ -24,7 +24,7 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
-from pipeline.runtime.remote_ends import EndReceipts, await_confirmations
+from pipeline.runtime.remote_ends import RESEND_S, EndReceipts, await_confirmations
 from pipeline.runtime.transport import CurveKeys, Endpoint, close_context, open_socket, open_watched_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
@@ -185,6 +185,7 @@ class StageRunner:
         self.stopping = False
         self.fatal: StageFatalError | None = None  # a source's bad input, raised after its EOS went out
         self.awaiting_release = self.released = False
+        self.awaiting_confirmations = self.gave_up = False  # a SIGTERM while awaiting them ends the wait
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
         self.orphaned = False
         self._last_beat = 0.0
@@ -192,6 +193,7 @@ class StageRunner:
         signal.signal(signal.SIGINT, self._on_term)
         self.eos_resend_due = self.downstream_gone = False
         self.sender_noted = 0.0  # when this stage last said it waits for a sender on another host
+        self.link_down_since: float | None = None  # when the link to a downstream on another host went down
         self.handshakes_seen = 1  # connections to a downstream on another host (the first is no reconnect)
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
@@ -203,6 +205,7 @@ class StageRunner:
     def _on_term(self, signum, frame):
         self.stopping = True
         self.released = self.released or self.awaiting_release
+        self.gave_up = self.gave_up or self.awaiting_confirmations
 
     def _on_release(self, signum, frame):
         self.released = self.downstream_gone = True  # SIGUSR1: the supervisor saw the downstream exit
@@ -233,6 +236,8 @@ class StageRunner:
                 raise self.fatal  # its EOS is in the downstream's pipe: closing with linger delivers it
             if self.out is not None and not self.remote_downstream:
                 self._await_release()
+            elif self.out is None and self.receipts is not None:  # the last stage, fed from another host:
+                self._answer_repeated_ends(until=time.monotonic() + 2 * RESEND_S)  # a lost answer is asked again
         finally:
             self._beat(force=True, state="exiting")
             try:
@@ -264,8 +269,10 @@ class StageRunner:
         log.info("%s: waiting for %s on the other host to confirm the end of %d stream(s)", self.label, downstream,
                  len(self.frame_counts))
         started = time.monotonic()
+        self.awaiting_confirmations = True
         left = await_confirmations(self.out, dict(self.frame_counts), self._send_end_again,
-                                   lambda: self._beat(state="delivering"), self.cfg.supervisor.drain_timeout_s)
+                                   lambda: self._beat(state="delivering"), self.cfg.supervisor.drain_timeout_s,
+                                   give_up=lambda: self.gave_up or self.orphaned)
         if left:
             problem = StageFatalError(f"{downstream} on the other host did not confirm the end of "
                                       f"{', '.join(sorted(left))} within supervisor.drain_timeout_s: its output "
@@ -304,15 +311,19 @@ class StageRunner:
             self._beat(state="flushed")
             time.sleep(0.05)
 
-    def _answer_repeated_ends(self) -> None:
+    def _answer_repeated_ends(self, until: float = 0.0) -> None:
         """Fed from another host: its sender repeats an end of stream until it has a confirmation
-        (the first may have gone to a connection that broke); frames after the end are dropped."""
-        if self.receipts is None:
-            return
-        for msg in self._receive_batch():
-            if not msg.is_eos:
-                self._drop(f"{msg.stream_id}#{msg.frame_index}: a frame after the end of its stream")
-        self.receipts.confirm(self.inp, self.frame_counts)
+        (the first may have gone to a connection that broke). Frames that still come (this stage
+        cut their stream short: a drain) go nowhere and are counted as dropped."""
+        while self.receipts is not None:
+            for msg in self._receive_batch():
+                if not msg.is_eos:
+                    self._dropped("dropped_full", msg.stream_id)
+            self.receipts.confirm(self.inp)
+            if time.monotonic() >= until or self.orphaned:
+                return
+            self._beat(state="exiting")
+            time.sleep(0.05)
 
     def _run_source(self) -> None:
         try:
@@ -338,11 +349,12 @@ class StageRunner:
                 log.info("%s: stream %s had ended before this restart (%d frames)", self.label, stream_id,
                          frame_count)
                 self._finish_stream(stream_id, frame_count)
+                if self.receipts is not None:
+                    self.receipts.finished[stream_id] = frame_count
         while not self.stopping and self.ended != self.streams:
             if poller.poll(interval_ms):
                 self._handle(self._receive_batch())
-                if self.receipts is not None:
-                    self.receipts.confirm(self.inp, self.frame_counts)
+                self._confirm_ends()
             self._resend_eos()
             self._beat()
         if self.stopping:  # asked to stop mid-stream: end every stream here, so that what this stage
@@ -429,7 +441,16 @@ class StageRunner:
             self._emit(self.stage.process_batch(frames), processed=frames)
         for msg in batch:
             if msg.is_eos:
+                if self.receipts is not None and msg.stream_id not in self.ended:  # a real end, not a drain's
+                    self.receipts.finished[msg.stream_id] = msg.frame_index
                 self._finish_stream(msg.stream_id, msg.frame_index)
+
+    def _confirm_ends(self) -> None:
+        """Answer the ends of stream taken from another host, once the beat that names them is out (a
+        successor started after a crash learns from it which streams need no end from the sender)."""
+        if self.receipts is not None and self.receipts.due:
+            self._beat(force=True)
+            self.receipts.confirm(self.inp)
 
     # ------------------------------------------------------------ send
     def _emit(self, outputs: list[FrameMessage], processed: list[FrameMessage] | None = None) -> None:
@@ -445,9 +466,9 @@ class StageRunner:
         if not msg.is_eos:  # (its stale drops were stamped as it arrived: _arrived)
             stamp(msg.meta, self.drops_full.get(msg.stream_id, 0))
         parts = msg.encode()
-        largest = max((part.nbytes for part in parts[1:]), default=0)
+        largest = max([len(parts[0]), *(part.nbytes for part in parts[1:])])
         if largest > self.cfg.max_message_bytes:  # the next stage's ZeroMQ would cut the link, silently
-            raise StageFatalError(f"{msg.stream_id}#{msg.frame_index}: a {largest / (1 << 20):.1f} MB buffer is over "
+            raise StageFatalError(f"{msg.stream_id}#{msg.frame_index}: a {largest / (1 << 20):.1f} MB message part is over "
                                   f"transport.max_message_mb ({self.cfg.transport.max_message_mb:g}), which the next "
                                   "stage refuses: raise transport.max_message_mb")
         if self.cfg.live and not msg.is_eos:
@@ -463,14 +484,28 @@ class StageRunner:
             if self.out.poll(200, zmq.POLLOUT):
                 self.out.send_multipart(parts, copy=False)
                 self.metrics.count("sent")
+                self.link_down_since = None
                 return
             self._beat(state="blocked")
+            self._check_remote_link(msg)
             # stopping: frames go at once; an EOS waits for a live downstream, not for a dead one
             ending = self.stopping or self.fatal is not None
             gone = self.orphaned or self.downstream_gone or self.unreachable
             if ending and (not msg.is_eos or gone or time.time() > give_up):
                 self.metrics.count("dropped_full")
                 return
+
+    def _check_remote_link(self, msg: FrameMessage) -> None:
+        """A downstream on another host that stays disconnected while frames wait for it: after
+        transport.remote_wait_s, one line and exit 3 instead of blocking forever."""
+        if not self.remote_downstream or self.out_watch is None or self.out_watch.connected:
+            self.link_down_since = None
+            return
+        self.link_down_since = self.link_down_since or time.monotonic()
+        if time.monotonic() - self.link_down_since > self.cfg.transport.remote_wait_s:
+            raise StageFatalError(f"{self.cfg.downstream(self.stage.name)} on the other host has been unreachable "
+                                  f"for {self.cfg.transport.remote_wait_s:g} s (transport.remote_wait_s) with "
+                                  f"{msg.stream_id}#{msg.frame_index} waiting to go")
 
     def _finish_stream(self, stream_id: str, frame_count: int = 0) -> None:
         if stream_id in self.ended:

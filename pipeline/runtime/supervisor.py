@@ -256,6 +256,7 @@ class Supervisor:
                 self._report()
                 last_status = time.time()
         self._read_heartbeats(timeout_ms=20)  # the last beats are in already: each stage beats before it exits
+        self._record_last_exits()
         self._report(final=True)
         self.control.close(0)
         self.status_pub.close(0)
@@ -298,6 +299,7 @@ class Supervisor:
         return sp.stage in self.cfg.path_names and self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage))
 
     def _terminate_rest(self) -> None:
+        delivering = [sp for sp in self.stages if sp.alive() and sp.last_beat.get("state") == "delivering"]
         for sp in self.stages:
             if sp.alive():
                 log.warning("%s did not drain in time: terminating", sp.label)
@@ -308,6 +310,12 @@ class Supervisor:
         for sp in self.stages:
             if sp.alive():
                 sp.proc.kill()
+                sp.proc.wait()
+        for sp in delivering:  # still waiting for the other host to confirm its ends: never a quiet exit 0
+            if sp.proc.returncode != 0 and not self.failed:
+                self.failed = (f"{sp.label} was stopped before {self.cfg.downstream(sp.stage)} on the other host "
+                               "confirmed its ends of stream: the output there may be incomplete")
+                self.failed_code = EXIT_BAD_INPUT
 
     # ------------------------------------------------------------------ watch
     def _read_heartbeats(self, timeout_ms: int) -> None:
@@ -386,6 +394,18 @@ class Supervisor:
                 self.failed_code = code
             elif not self.stopping:
                 self._restart(sp, f"exit code {code}")
+
+    def _record_last_exits(self) -> None:
+        """Stages that exited after the last check (as the drain timeout ended the run): one that
+        stopped with its own error (2 or 3: an end of stream the other host never confirmed, ...)
+        still fails the run; nothing is restarted any more."""
+        for sp in self.stages:
+            if sp.proc is None or sp.exit_code is not None:
+                continue
+            sp.exit_code = sp.proc.poll()
+            if sp.exit_code in (2, EXIT_BAD_INPUT) and not self.failed:
+                self.failed = f"{sp.label} exited with code {sp.exit_code} (bad config or input; see its message above)"
+                self.failed_code = sp.exit_code
 
     def _release_flushed(self) -> None:
         """A stage that sent all its EOS waits, output open, until its downstream stage has taken them

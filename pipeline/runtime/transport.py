@@ -21,6 +21,7 @@ PATTERNS = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "sub": zmq.SUB}
 # a frame link between hosts: the same flow as push/pull, plus a way back for the receiver's
 # confirmations (pipeline.runtime.remote_ends); both sides of a split choose it alike
 ROUTED = {"push": zmq.DEALER, "pull": zmq.ROUTER}
+REPLY_HWM = 1024  # a routed link's way back carries only small confirmations: room for every stream's
 ACTIONS = ("bind", "connect")
 
 
@@ -133,6 +134,11 @@ def _open(ctx: zmq.Context, spec: str | Endpoint, hwm: int, curve: CurveKeys | N
 def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys | None, subscribe: bytes) -> None:
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    if sock.socket_type == zmq.ROUTER:  # the answers of a routed link: never dropped silently when the
+        sock.setsockopt(zmq.SNDHWM, REPLY_HWM)  # queue is full (ROUTER_MANDATORY: EAGAIN instead)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    elif sock.socket_type == zmq.DEALER:
+        sock.setsockopt(zmq.RCVHWM, REPLY_HWM)
     sock.setsockopt(zmq.LINGER, 2000)
     if endpoint.is_tcp and curve is not None:
         _apply_curve(sock, endpoint, curve)

@@ -311,27 +311,63 @@ def test_a_gpu_stage_restarted_after_an_edge_left_finishes_the_streams_that_edge
     assert status["detect"]["restarts"] == 1
 
 
-def test_an_edge_whose_gpu_side_dies_for_good_says_its_end_was_not_confirmed(tmp_path, synthetic_clip,
-                                                                             random_weights):
-    """The GPU host goes down mid-replay and stays down: the edge exits 3 with one line naming the
-    stream whose end was never confirmed, never a quiet exit 0."""
-    edge_extra = {"transport": {"hwm": 64}, "supervisor": {"drain_timeout_s": 3, "heartbeat_interval_s": 0.5}}
-    edge_config, gpu_config = _split(tmp_path, synthetic_clip.video, free_port(), random_weights=random_weights,
-                                     edge_extra=edge_extra, gpu_extra=ROOMY)
+@pytest.mark.parametrize("queues, says", [
+    # every frame was queued and the end sent: the end is never confirmed
+    ("roomy", "did not confirm the end of cam0 within supervisor.drain_timeout_s: its output may be incomplete"),
+    # frames still wait for room on a link that stays down: bounded by transport.remote_wait_s
+    ("tight", "has been unreachable for 3 s (transport.remote_wait_s) with cam0#"),
+])
+def test_an_edge_whose_gpu_side_dies_for_good_exits_3_with_one_line(tmp_path, random_weights, queues, says):
+    """The GPU host freezes mid-replay, then goes down and stays down: the edge exits 3 with one line,
+    never a quiet exit 0 nor a wait that never ends."""
+    from pipeline.offline.data import synthetic
+
+    clip = synthetic.make_clip(tmp_path / "clip", seed=3, frames=150 if queues == "tight" else 30, size=(320, 256))
+    edge_extra = {"transport": {"hwm": 64 if queues == "roomy" else 4, "remote_wait_s": 3},
+                  "supervisor": {"drain_timeout_s": 3, "heartbeat_interval_s": 0.5}}
+    edge_config, gpu_config = _split(tmp_path, clip.video, free_port(), random_weights=random_weights,
+                                     edge_extra=edge_extra, gpu_extra=ROOMY if queues == "roomy" else None)
     gpu, edge = Side(gpu_config), None
     try:
         gpu.wait_for("started 3 stage processes")
         detect = _gpu_stage_pid(tmp_path, "detect")
-        subprocess.run(["kill", "-STOP", str(detect)], check=True)
         edge = Side(edge_config)
-        edge.wait_for("waiting for detect on the other host to confirm")
+        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
+        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        if queues == "roomy":
+            edge.wait_for("waiting for detect on the other host to confirm")
         gpu.kill()
         subprocess.run(["kill", "-KILL", str(detect)], check=True)
-        assert edge.finish(timeout=60) == 3, edge.log[-3000:]
+        assert edge.finish(timeout=90) == 3, edge.log[-3000:]
     finally:
         for side in (gpu, edge):
             if side is not None:
                 side.kill()
-    assert ("error: preprocess: detect on the other host did not confirm the end of cam0 within "
-            "supervisor.drain_timeout_s: its output may be incomplete") in edge.log
+    assert f"error: preprocess: detect on the other host {says}" in edge.log, edge.log[-2000:]
     assert "Traceback" not in edge.log
+
+
+def test_a_live_edge_stopped_while_the_gpu_side_is_frozen_does_not_exit_0(tmp_path, synthetic_clip, random_weights):
+    """Ctrl-C on the edge: it drains, but the ends of stream it sends are never confirmed (detect on
+    the GPU side is frozen), so the run says so and exits 3 instead of reporting a clean stop."""
+    edge_config, gpu_config = _split(tmp_path, synthetic_clip.video, free_port(), mode="live",
+                                     random_weights=random_weights,
+                                     edge_extra={"supervisor": {"drain_timeout_s": 3, "heartbeat_interval_s": 0.5}})
+    edge_cfg = yaml.safe_load(open(edge_config))
+    edge_cfg["sources"][0]["loop"] = True
+    _write(tmp_path / "edge.yaml", edge_cfg)
+    gpu, edge = Side(gpu_config), None
+    try:
+        gpu.wait_for("started 3 stage processes")
+        detect = _gpu_stage_pid(tmp_path, "detect")
+        edge = Side(edge_config)
+        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
+        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge.proc.send_signal(signal.SIGTERM)
+        assert edge.finish(timeout=60) == 3, edge.log[-3000:]
+    finally:
+        subprocess.run(["kill", "-CONT", str(detect)])
+        for side in (gpu, edge):
+            if side is not None:
+                side.kill()
+    assert "did not confirm the end of cam0" in edge.log and "Traceback" not in edge.log

@@ -39,7 +39,8 @@ def test_a_routed_link_carries_frames_with_the_senders_id_and_answers_back(link)
     assert msg.is_eos and msg.stream_id == "cam0" and msg.frame_index == 7
     receipts = EndReceipts()
     receipts.took(sender_id, msg)
-    receipts.confirm(receiver, {"cam0": 7})
+    receipts.finished["cam0"] = 7
+    receipts.confirm(receiver)
     assert parse_confirmation(sender.recv_multipart(), {"cam0"}) == "cam0"
     assert receipts.due == []
 
@@ -50,10 +51,44 @@ def test_only_finished_streams_are_confirmed_and_frames_never(link):
     receipts.took(b"peer", FrameMessage.decode(_eos("cam0", 3)))
     receipts.took(b"peer", FrameMessage("cam1", 0, 0.0, time.time()))
     assert receipts.due == [(b"peer", "cam0")]
-    receipts.confirm(receiver, {})            # not handled yet: kept
+    receipts.confirm(receiver)                # not handled yet (or cut short here by a drain): kept
     assert receipts.due == [(b"peer", "cam0")]
-    receipts.confirm(receiver, {"cam0": 3})   # a sender that is gone: skipped, never raises
+    receipts.finished["cam0"] = 3
+    receipts.confirm(receiver)                # a sender that is gone: skipped, never raises
     assert receipts.due == []
+
+
+def test_every_end_of_a_many_camera_edge_is_confirmed_at_the_tightest_queue():
+    """Live links queue one message (hwm 1): the ends of 40 streams answered back to back must all
+    arrive; a full reply queue keeps the rest due rather than dropping them silently."""
+    ctx = zmq.Context()
+    port = free_port()
+    receiver = open_socket(ctx, f"pull+bind:tcp://127.0.0.1:{port}", hwm=1, routed=True)
+    sender = open_socket(ctx, f"push+connect:tcp://127.0.0.1:{port}", hwm=1, routed=True)
+    try:
+        streams = {f"cam{i}": i for i in range(40)}
+        receipts = EndReceipts()
+        for stream_id, frames in streams.items():
+            sender.send_multipart(_eos(stream_id, frames))
+            parts = receiver.recv_multipart()
+            receipts.took(parts[0], FrameMessage.decode(parts[1:]))
+        receipts.finished.update(streams)
+        receipts.confirm(receiver)
+        assert receipts.due == []
+        left = await_confirmations(sender, streams, lambda sid, n: None, lambda: None, timeout_s=3)
+        assert left == set()
+    finally:
+        for sock in (sender, receiver):
+            sock.close(0)
+        ctx.term()
+
+
+def test_the_sender_stops_waiting_when_told_to(link):
+    sender, _ = link
+    started = time.monotonic()
+    left = await_confirmations(sender, {"cam0": 1}, lambda sid, n: None, lambda: None, timeout_s=30,
+                               give_up=lambda: time.monotonic() - started > 0.3)
+    assert left == {"cam0"} and time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("parts", [
@@ -69,15 +104,15 @@ def test_the_sender_repeats_its_ends_until_a_restarted_receiver_confirms_them(li
     first_seen = []
 
     def receiver_that_lost_the_first_end():  # the first end dies with a killed receiver's queue
-        receipts, ended = EndReceipts(), {}
+        receipts = EndReceipts()
         while len(first_seen) < 2:
             parts = receiver.recv_multipart()
             first_seen.append(time.monotonic())
             if len(first_seen) == 2:
                 msg = FrameMessage.decode(parts[1:])
                 receipts.took(parts[0], msg)
-                ended[msg.stream_id] = msg.frame_index
-                receipts.confirm(receiver, ended)
+                receipts.finished[msg.stream_id] = msg.frame_index
+                receipts.confirm(receiver)
 
     thread = threading.Thread(target=receiver_that_lost_the_first_end, daemon=True)
     thread.start()

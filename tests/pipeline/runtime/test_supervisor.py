@@ -358,6 +358,6 @@ def test_a_frame_over_the_message_limit_stops_the_run_with_one_line(tmp_path, sy
                           transport={"max_message_mb": 0.01})
     code, err = finish(proc, timeout=120)
     assert code == 3, err[-2000:]
-    assert "MB buffer is over transport.max_message_mb (0.01), which the next stage refuses: raise " \
+    assert "MB message part is over transport.max_message_mb (0.01), which the next stage refuses: raise " \
            "transport.max_message_mb" in err
     assert "Traceback" not in err
