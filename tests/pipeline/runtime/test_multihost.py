@@ -112,6 +112,14 @@ class Side:
             self.proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def _no_side_outlives_its_test():
+    yield
+    for side in Side.started:
+        side.kill()
+    Side.started.clear()
+
+
 def _split(tmp_path, video, port: int, mode: str = "replay", edge_extra: dict | None = None,
            random_weights=None, gpu_extra: dict | None = None) -> tuple[str, str]:
     sources = [{"id": "cam0", "uri": str(video), "pace": True}]
@@ -243,6 +251,16 @@ def _books(tmp_path) -> tuple[set[int], int]:
     return set(_recorded(tmp_path)), status["record"]["frames_missing"]
 
 
+def _freeze_detect_mid_run(tmp_path, gpu: Side, edge_config: str) -> tuple[Side, int]:
+    """Start the edge once the GPU side is up; freeze (SIGSTOP) detect there once frames flow."""
+    gpu.wait_for("started 3 stage processes")
+    detect = _gpu_stage_pid(tmp_path, "detect")
+    edge = Side(edge_config)
+    _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
+    subprocess.run(["kill", "-STOP", str(detect)], check=True)
+    return edge, detect
+
+
 def test_a_gpu_stage_restarted_before_it_confirmed_the_end_gets_it_again(tmp_path, synthetic_clip, random_weights):
     """detect on the GPU side freezes with the edge's last frames and its end of stream queued, then is
     killed: the edge, still waiting for the confirmation, sends the end again to the restarted detect,
@@ -252,11 +270,7 @@ def test_a_gpu_stage_restarted_before_it_confirmed_the_end_gets_it_again(tmp_pat
                                      edge_extra=ROOMY, gpu_extra=ROOMY)
     gpu, edge = Side(gpu_config), None
     try:
-        gpu.wait_for("started 3 stage processes")
-        detect = _gpu_stage_pid(tmp_path, "detect")
-        edge = Side(edge_config)
-        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
-        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge, detect = _freeze_detect_mid_run(tmp_path, gpu, edge_config)
         edge.wait_for("waiting for detect on the other host to confirm the end of 1 stream(s)")
         subprocess.run(["kill", "-KILL", str(detect)], check=True)
         assert gpu.finish() == 0, gpu.log[-3000:]
@@ -329,11 +343,7 @@ def test_an_edge_whose_gpu_side_dies_for_good_exits_3_with_one_line(tmp_path, ra
                                      edge_extra=edge_extra, gpu_extra=ROOMY if queues == "roomy" else None)
     gpu, edge = Side(gpu_config), None
     try:
-        gpu.wait_for("started 3 stage processes")
-        detect = _gpu_stage_pid(tmp_path, "detect")
-        edge = Side(edge_config)
-        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
-        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge, detect = _freeze_detect_mid_run(tmp_path, gpu, edge_config)
         if queues == "roomy":
             edge.wait_for("waiting for detect on the other host to confirm")
         gpu.kill()
@@ -358,11 +368,7 @@ def test_a_live_edge_stopped_while_the_gpu_side_is_frozen_does_not_exit_0(tmp_pa
     _write(tmp_path / "edge.yaml", edge_cfg)
     gpu, edge = Side(gpu_config), None
     try:
-        gpu.wait_for("started 3 stage processes")
-        detect = _gpu_stage_pid(tmp_path, "detect")
-        edge = Side(edge_config)
-        _await(lambda: len(_recorded(tmp_path)) >= 2, "frames recorded", gpu)
-        subprocess.run(["kill", "-STOP", str(detect)], check=True)
+        edge, detect = _freeze_detect_mid_run(tmp_path, gpu, edge_config)
         edge.proc.send_signal(signal.SIGTERM)
         assert edge.finish(timeout=60) == 3, edge.log[-3000:]
     finally:
