@@ -39,20 +39,21 @@ def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path)
     train_log = json.loads((settings.out / "train" / "log.json").read_text())
     report["training"] = {k: train_log.get(k) for k in ("steps", "train_loop_s", "best_val_map50_95", "hardware")}
     clips = report["clips"]
-    base = (f"{report['base_clips']} train clips of this project's dataset ({settings.base_root()}), "
+    # paths by name only: the card travels with the weights, not the folders of the machine that made them
+    base = (f"{report['base_clips']} train clips of this project's dataset ({Path(settings.base_root()).name}), "
             f"{_one_in(settings.base_stride)} ({report['base_frames']} frames, visible boxes tightened), "
             f"{100 * settings.base_share:.0f} % of the training crops" if report["base_clips"] else "none")
     lines = [f"# Model card: `{adapted.name}`", "",
-             f"- **Adapted from** `{settings.weights}` (`{meta['name']}`, input {meta['input_size'][0]}×"
+             f"- **Adapted from** `{Path(str(settings.weights)).name}` (`{meta['name']}`, input {meta['input_size'][0]}×"
              f"{meta['input_size'][1]}, classes {', '.join(meta['class_names'])}) by `python -m pipeline adapt`, "
              f"{report['finished']}, in {report['wall_s']:.0f} s wall.",
-             f"- **Your data**: `{settings.data}` (format {settings.format}"
+             f"- **Your data**: `{Path(settings.data).name}` (format {settings.format}"
              f"{', classes ' + settings.classes if settings.classes else ''}), {_one_in(settings.stride)} "
              f"({report['train_frames']} training frames). Split by clip: train {len(clips['train'])} "
              f"({', '.join(clips['train'])}); val, which chose the checkpoint, {len(clips['val'])} "
              f"({', '.join(clips['val'])}); test, reported below and never used to choose, {len(clips['test'])} "
              f"({', '.join(clips['test'])}"
-             f"{'; from ' + str(settings.test_data) if settings.test_data else ''}).",
+             f"{'; from ' + Path(settings.test_data).name if settings.test_data else ''}).",
              f"- **Base data mixed in** (against forgetting): {base}.",
              *_training_lines(train_log), ""]
     if report["shared_holdout"]:
@@ -63,6 +64,7 @@ def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path)
               f"{'' if settings.skip_base_check else 'the base val split 1 frame in 30 against tightened visible boxes. '}"
               "Class-agnostic: any object "
               "in the sky, whatever class was guessed.", "",
-              "## Use", "", "```yaml", "stages:", "  detect:", f"    weights: {adapted.resolve()}", "```", ""]
+              "## Use", "", "```yaml", "stages:", "  detect:",
+              f"    weights: {adapted.name}  # its path, relative to the config file or absolute", "```", ""]
     adapted.with_suffix(".md").write_text("\n".join(lines))
     (settings.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -30,6 +30,13 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
 
+def has_gssam(model: torch.nn.Module) -> bool:
+    """Whether the model holds GSSAM modules (the only ones ``gssam_lr_scale`` acts on)."""
+    from models.gssam import Gssam
+
+    return any(isinstance(m, Gssam) for m in model.modules())
+
+
 def _decay_groups(model: torch.nn.Module, chosen, weight_decay: float, lr_scale: float) -> list[dict]:
     """The chosen parameters as (decayed: conv/linear weights, not decayed: norms and biases)."""
     decay, no_decay = [], []

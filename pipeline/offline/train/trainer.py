@@ -13,7 +13,7 @@ import torch
 from pipeline.offline.train.camera import EFFECTS_VERSION
 from pipeline.offline.train.device import autocast, frames_fit_on_device
 from pipeline.offline.train.sampler import Augment, CropSampler
-from pipeline.offline.train.schedule import ModelEMA, ema_settings, lr_factor, make_optimizer
+from pipeline.offline.train.schedule import ModelEMA, ema_settings, has_gssam, lr_factor, make_optimizer
 from pipeline.offline.train.settings import TrainError, TrainSettings
 from pipeline.offline.train.sources import ClipFrames
 from pipeline.offline.train.state import STATE_FORMAT, file_lock, load_training_state, rng_state, set_rng_state
@@ -138,7 +138,8 @@ class Trainer:
                 # which effects a crop may get (camera.EFFECTS_VERSION) changes the draws of runs with effects
                 "effects_version": EFFECTS_VERSION if self.settings.camera_effects else 0,
                 "copy_paste": float(self.settings.copy_paste),
-                "gssam_lr_scale": float(self.settings.gssam_lr_scale)}
+                # on a model without GSSAM the scale changes nothing, so it must not bind a resume
+                "gssam_lr_scale": float(self.settings.gssam_lr_scale) if has_gssam(self.model) else 1.0}
 
     def load_state(self, path: Path) -> None:
         state = self._read_state(path)

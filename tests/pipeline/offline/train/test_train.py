@@ -393,3 +393,18 @@ def test_a_run_ended_by_patience_is_not_trained_on_by_resume(tiny_data, tmp_path
     log = json.loads((tmp_path / "run" / "log.json").read_text())
     assert log["steps"] == 3 and log["stopped_early_by_patience"] and log["status"] == "done"
     assert (tmp_path / "run" / "best.pt").read_bytes() == best
+
+
+@pytest.mark.slow
+def test_a_gssam_lr_scale_on_a_model_without_gssam_does_not_bind_its_resume(tiny_data, tmp_path):
+    """The scale acts on GSSAM modules only: a plain YOLOX run records 1, so resuming it without the
+    option (nothing would differ) is not refused; a GSSAM run records the scale it trained with."""
+    root, manifest = tiny_data
+    plain = [a if a != "yolox-nano-gssam-sigres-p1" else "yolox-nano" for a in _argv(root, manifest, tmp_path / "a")]
+    plain[plain.index("--epochs") + 1] = "1"
+    assert train.main(plain + ["--gssam-lr-scale", "20"]) == 0
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["recipe"]["gssam_lr_scale"] == 1.0
+    gssam = _argv(root, manifest, tmp_path / "b")
+    gssam[gssam.index("--epochs") + 1] = "1"
+    assert train.main(gssam + ["--gssam-lr-scale", "20"]) == 0
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["recipe"]["gssam_lr_scale"] == 20.0
