@@ -257,6 +257,7 @@ class LinkWatch:
         self.pending: list[int] = []  # connections (fds) whose handshake has not succeeded yet
         self.admitted = False         # client: the server took us in at least once
         self.handshakes = 0           # connections that completed the handshake so far (reconnects too)
+        self.cut_short = 0            # client: connections closed before their handshake completed
         self._notes: list[str] = []
         self._problem: str | None = None
 
@@ -294,6 +295,7 @@ class LinkWatch:
             self.admitted = True
         elif event == zmq.EVENT_DISCONNECTED and fd in self.pending:
             self.pending.remove(fd)  # never admitted (a refused key): not a peer that left
+            self._cut_short()
         elif event == zmq.EVENT_DISCONNECTED and self.peers:
             self.peers.discard(fd if fd in self.peers else next(iter(self.peers)))
             self._notes.append(f"lost the connection to {self.address}; reconnecting" if self.side == "client"
@@ -304,6 +306,16 @@ class LinkWatch:
         elif self.side == "client" and event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not self.admitted:
             self._problem = (f"the Curve handshake with {self.address} failed: is transport.curve.server_public "
                              "the key of the server there?")
+
+    def _cut_short(self) -> None:
+        """A client whose connection closed before the handshake (a peer of another socket type: the
+        other host runs another version of the pipeline, or no pipeline) says so, now and then."""
+        if self.side != "client":
+            return
+        self.cut_short += 1
+        if self.cut_short in (1, 30) or self.cut_short % 300 == 0:  # (libzmq gives up on a wrong socket type)
+            self._notes.append(f"a connection to {self.address} closed before its handshake ({self.cut_short} so "
+                               "far): does the other host run this version of the pipeline?")
 
     def close(self) -> None:
         self.monitor.close(0)

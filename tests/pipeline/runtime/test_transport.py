@@ -219,3 +219,27 @@ def test_a_connection_that_never_handshakes_does_not_take_a_senders_place():
             if sock is not None:
                 sock.close(0)
         ctx.term()
+
+
+def test_a_sender_whose_peer_runs_another_version_is_told_so():
+    """A link between hosts is DEALER/ROUTER now: a sender meeting a plain PULL (an older pipeline on the
+    other host) never completes a handshake; it says so instead of waiting without a word."""
+    ctx = zmq.Context()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    old_receiver = open_socket(ctx, f"pull+bind:{address}")
+    sender, watch = open_watched_socket(ctx, f"push+connect:{address}", "client", routed=True)
+    try:
+        notes: list[str] = []
+        deadline = time.time() + 10
+        while not watch.cut_short and time.time() < deadline:
+            notes.extend(watch.notes())
+            time.sleep(0.05)
+        notes.extend(watch.notes())
+        assert not watch.connected and watch.problem() is None
+        assert (f"a connection to {address} closed before its handshake (1 so far): does the other host "
+                "run this version of the pipeline?") in notes
+    finally:
+        watch.close()
+        for sock in (sender, old_receiver):
+            sock.close(0)
+        ctx.term()
