@@ -43,11 +43,11 @@ def make_clip(folder: Path, seconds: float) -> Path:
                  background="treeline").video
 
 
-def model_call_ms(backend: str, repeats: int = 30) -> float:
+def model_call_ms(backend: str, repeats: int = 30, threads: int = 2, spin: bool = True) -> float:
     """One model call at batch 1 (letterboxed frame in, decoded boxes out), median ms."""
     from models import Detector
 
-    detector = Detector(None, backend=backend)
+    detector = Detector(None, backend=backend, onnx_threads=threads, spin=spin)
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, *detector.input_size)).astype(np.float32)
     for _ in range(3):
         detector.infer(batch)
@@ -82,10 +82,13 @@ def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | N
             "tiles": coverage[1], "tiles_per_frame": coverage[2], "longest_gap": coverage[4]}
 
 
-def print_table(results: dict, call_ms: float) -> None:
+def print_table(results: dict, call_ms: float, run_call_ms: float | None = None) -> None:
     goal = 2 * call_ms + 1000 / FPS
-    print(f"\none model call (batch 1): {call_ms:.1f} ms; goal: live p99 <= {goal:.0f} ms "
-          f"(2 x model call + one {1000 / FPS:.0f} ms frame interval), every tile at least every 5 source frames\n")
+    print(f"\none model call (batch 1, 2 threads): {call_ms:.1f} ms; goal: live p99 <= {goal:.0f} ms "
+          f"(2 x model call + one {1000 / FPS:.0f} ms frame interval), every tile at least every 5 source frames")
+    if run_call_ms is not None:  # the goal stays on the 2-thread call: the stricter reading
+        print(f"(one model call as these runs make it, with their threads per worker: {run_call_ms:.1f} ms)")
+    print()
     print(f"| setting | p50 ms | p99 ms | p99 goal | recorded of source | detect fps | tiles/frame of | "
           "longest wait (source frames) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -104,6 +107,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="stages.detect.threads (per worker)")
     parser.add_argument("--workers", type=int, default=1, help="stages.detect.workers")
     parser.add_argument("--no-spin", action="store_true", help="stages.detect.spin: false")
+    parser.add_argument("--only", nargs="+", choices=range(len(SETTINGS)), type=int, metavar="N",
+                        help=f"run only these settings (0-{len(SETTINGS) - 1}, in the order of SETTINGS); "
+                             "a number given twice runs twice")
     parser.add_argument("--event-recording", action="store_true",
                         help="stages.record.mode: event (video only around alerts) instead of continuous")
     args = parser.parse_args()
@@ -111,13 +117,20 @@ def main() -> int:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip", args.seconds)
         call_ms = model_call_ms(args.backend)
+        run_call_ms = None if args.threads == 2 else model_call_ms(args.backend, threads=args.threads,
+                                                                    spin=not args.no_spin)
         detect = {"threads": args.threads, "workers": args.workers, "spin": not args.no_spin}
         record = {"mode": "event"} if args.event_recording else {}
-        results = {name: run_live(clip, tmp / f"run{i}", tiling, args.backend, detect, record)
-                   for i, (name, tiling) in enumerate(SETTINGS.items())}
-    print_table(results, call_ms)
+        names = list(SETTINGS)
+        chosen = args.only if args.only else range(len(SETTINGS))
+        results = {}
+        for run, index in enumerate(chosen):
+            label = names[index] + (f" (run {run + 1})" if args.only and args.only.count(index) > 1 else "")
+            results[label] = run_live(clip, tmp / f"run{run}", SETTINGS[names[index]], args.backend, detect, record)
+    print_table(results, call_ms, run_call_ms)
     if args.json:
-        args.json.write_text(json.dumps({"model_call_ms": call_ms, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"model_call_ms": call_ms, "run_model_call_ms": run_call_ms,
+                                         "results": results}, indent=1))
     return 0
 
 

@@ -57,39 +57,43 @@ class EndReceipts:
     sender learns that its frames after the cut went nowhere."""
 
     def __init__(self):
-        self.due: list[tuple[bytes, str]] = []  # (sender's routing id, stream id)
-        self.finished: dict[str, int] = {}      # stream id -> frame count of the end received
+        # (sender's routing id, stream id), each once: a sender repeating ends cannot grow it past
+        # senders x streams (the stage drops ends of streams it was not configured for)
+        self.due: dict[tuple[bytes, str], None] = {}
+        self.finished: dict[str, int] = {}  # stream id -> frame count of the end received
 
     def took(self, sender: bytes, msg: FrameMessage) -> None:
         if msg.is_eos:
-            self.due.append((sender, msg.stream_id))
+            self.due[(sender, msg.stream_id)] = None
 
     def confirm(self, sock: zmq.Socket) -> None:
         """Answer every due end the stage has finished; one whose answer cannot go now stays due."""
-        still_due = []
-        for sender, stream_id in self.due:
+        for sender, stream_id in list(self.due):
             if stream_id not in self.finished:
-                still_due.append((sender, stream_id))
                 continue
             try:  # (the ROUTER is mandatory: a full queue is EAGAIN, never a silent drop)
                 sock.send_multipart([sender, confirmation(stream_id, self.finished[stream_id])], zmq.NOBLOCK)
             except zmq.Again:
-                still_due.append((sender, stream_id))
+                continue
             except zmq.ZMQError:
                 pass  # that sender left (EHOSTUNREACH): it sends the end again and is answered then
-        self.due = still_due
+            del self.due[(sender, stream_id)]
 
 
 def await_confirmations(sock: zmq.Socket, ended: dict[str, int], send_end: Callable[[str, int], None],
                         beat: Callable[[], None], timeout_s: float,
-                        give_up: Callable[[], bool] = lambda: False) -> set[str]:
+                        give_up: Callable[[], bool] = lambda: False,
+                        connections: Callable[[], int] = lambda: 0) -> set[str]:
     """Sender side: wait until the other host confirmed every ended stream, sending the ends again
-    every RESEND_S; returns the streams left unconfirmed after ``timeout_s`` without progress (or
-    when ``give_up()`` says so: the stage was told to stop)."""
+    every RESEND_S; returns the streams left unconfirmed after ``timeout_s`` without progress (a
+    confirmation, or a new connection: a restarted receiver) or when ``give_up()`` says so."""
     pending = set(ended)
     deadline = time.monotonic() + timeout_s
     next_resend = time.monotonic() + RESEND_S
+    seen = connections()
     while pending and time.monotonic() < deadline and not give_up():
+        if connections() != seen:
+            seen, deadline = connections(), time.monotonic() + timeout_s
         if sock.poll(100, zmq.POLLIN):
             stream_id = parse_confirmation(sock.recv_multipart(), pending)
             if stream_id is not None:

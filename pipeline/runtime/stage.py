@@ -185,7 +185,10 @@ class StageRunner:
         self.stopping = False
         self.fatal: StageFatalError | None = None  # a source's bad input, raised after its EOS went out
         self.awaiting_release = self.released = False
-        self.awaiting_confirmations = self.gave_up = False  # a SIGTERM while awaiting them ends the wait
+        # SIGTERMs so far; a source, or a stage fed from another host, gets one to begin a drain: the
+        # next one (the supervisor's terminate) ends the wait for another host's confirmations
+        self.terms = 0
+        self.drain_terms = 1 if stage.role == "source" or remote_upstream else 0
         self.parent_pid = os.getppid()  # the supervisor: if it dies, this stage must not live on alone
         self.orphaned = False
         self._last_beat = 0.0
@@ -205,7 +208,7 @@ class StageRunner:
     def _on_term(self, signum, frame):
         self.stopping = True
         self.released = self.released or self.awaiting_release
-        self.gave_up = self.gave_up or self.awaiting_confirmations
+        self.terms += 1
 
     def _on_release(self, signum, frame):
         self.released = self.downstream_gone = True  # SIGUSR1: the supervisor saw the downstream exit
@@ -269,39 +272,43 @@ class StageRunner:
         log.info("%s: waiting for %s on the other host to confirm the end of %d stream(s)", self.label, downstream,
                  len(self.frame_counts))
         started = time.monotonic()
-        self.awaiting_confirmations = True
         left = await_confirmations(self.out, dict(self.frame_counts), self._send_end_again,
                                    lambda: self._beat(state="delivering"), self.cfg.supervisor.drain_timeout_s,
-                                   give_up=lambda: self.gave_up or self.orphaned)
+                                   give_up=lambda: self.terms > self.drain_terms or self.orphaned or self.unreachable,
+                                   connections=lambda: self.out_watch.handshakes if self.out_watch else 0)
         if left:
             problem = StageFatalError(f"{downstream} on the other host did not confirm the end of "
                                       f"{', '.join(sorted(left))} within supervisor.drain_timeout_s: its output "
                                       "may be incomplete")
+            if self.fatal is not None:  # (its own line goes out; this one only to the log)
+                log.error("%s: %s", self.label, problem)
             self.fatal = self.fatal or problem
-            log.error("%s: %s", self.label, problem)
             return
         log.info("%s: %s on the other host confirmed the end of %d stream(s) (%.1f s)", self.label, downstream,
                  len(self.frame_counts), time.monotonic() - started)
 
     def _send_ends_again(self) -> None:
         if self.ended and not self.unreachable:
-            for stream_id in sorted(self.ended):
-                self._send_end_again(stream_id, self.frame_counts[stream_id])
-            log.info("%s: sent the end of %d finished stream(s) again to the reconnected %s", self.label,
-                     len(self.ended), self.cfg.downstream(self.stage.name))
+            sent = sum(self._send_end_again(stream_id, self.frame_counts[stream_id]) for stream_id in sorted(self.ended))
+            log.info("%s: sent the end of %d of %d finished stream(s) again to the reconnected %s", self.label,
+                     sent, len(self.ended), self.cfg.downstream(self.stage.name))
 
-    def _send_end_again(self, stream_id: str, frame_count: int) -> None:
+    def _send_end_again(self, stream_id: str, frame_count: int) -> bool:
+        """Sent when there is room within a moment (live links queue one message); else the next round."""
+        if not self.out.poll(200, zmq.POLLOUT):
+            return False
         try:
             self.out.send_multipart(FrameMessage.end_of_stream(stream_id, frame_count).encode(), zmq.NOBLOCK)
+            return True
         except zmq.Again:
-            pass  # no receiver connected now (it restarts): the next round sends it
+            return False
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
         taken in (its queue full: HWM) when the sending peer disconnects, the stream's last frames and
         its EOS among them, so a stage exits only when the supervisor says its downstream has exited
         (SIGUSR1), on a SIGTERM from here on, or after the drain timeout. (A downstream on another
-        host is not waited for here: see _report_remote_delivery.)"""
+        host is not waited for here: see _await_confirmations.)"""
         self.awaiting_release = True
         deadline = time.time() + self.cfg.supervisor.drain_timeout_s
         while not self.released and time.time() < deadline:
@@ -448,9 +455,8 @@ class StageRunner:
     def _confirm_ends(self) -> None:
         """Answer the ends of stream taken from another host, once the beat that names them is out (a
         successor started after a crash learns from it which streams need no end from the sender)."""
-        if self.receipts is not None and self.receipts.due:
-            self._beat(force=True)
-            self.receipts.confirm(self.inp)
+        if self.receipts is not None and self.receipts.due and self._beat(force=True):
+            self.receipts.confirm(self.inp)  # (a beat that could not go: confirmed after the next one)
 
     # ------------------------------------------------------------ send
     def _emit(self, outputs: list[FrameMessage], processed: list[FrameMessage] | None = None) -> None:
@@ -502,10 +508,12 @@ class StageRunner:
             self.link_down_since = None
             return
         self.link_down_since = self.link_down_since or time.monotonic()
-        if time.monotonic() - self.link_down_since > self.cfg.transport.remote_wait_s:
+        # (at least the drain timeout: a restart of the other side must fit in, whatever the start-up wait)
+        limit = max(self.cfg.transport.remote_wait_s, self.cfg.supervisor.drain_timeout_s)
+        if time.monotonic() - self.link_down_since > limit:
             raise StageFatalError(f"{self.cfg.downstream(self.stage.name)} on the other host has been unreachable "
-                                  f"for {self.cfg.transport.remote_wait_s:g} s (transport.remote_wait_s) with "
-                                  f"{msg.stream_id}#{msg.frame_index} waiting to go")
+                                  f"for {limit:g} s (transport.remote_wait_s, at least supervisor.drain_timeout_s) "
+                                  f"with {msg.stream_id}#{msg.frame_index} waiting to go")
 
     def _finish_stream(self, stream_id: str, frame_count: int = 0) -> None:
         if stream_id in self.ended:
@@ -517,12 +525,13 @@ class StageRunner:
         log.info("%s: stream %s ended", self.label, stream_id)
 
     # ------------------------------------------------------------ heartbeat
-    def _beat(self, force: bool = False, state: str = "running") -> None:
+    def _beat(self, force: bool = False, state: str = "running") -> bool:
+        """Send a heartbeat when due (or forced); True when one went out."""
         now = time.time()
         first_in_state = state != getattr(self, "_last_state", state)
         self._last_state = state
         if not force and not first_in_state and now - self._last_beat < self.cfg.supervisor.heartbeat_interval_s:
-            return
+            return False
         if os.getppid() != self.parent_pid and not self.stopping:
             log.error("%s: the supervisor (pid %d) is gone: stopping", self.label, self.parent_pid)
             self.stopping = self.released = self.orphaned = True
@@ -538,8 +547,9 @@ class StageRunner:
                 **self.stage.status()}
         try:
             self.control.send_string(json.dumps(beat), zmq.NOBLOCK)
+            return True
         except zmq.Again:
-            pass  # supervisor busy or absent: never block the data path on it
+            return False  # supervisor busy or absent: never block the data path on it
 
     def _watch_links(self, now: float) -> str | None:
         """Log what changed on the links to other hosts; the downstream's refusal, if any, as a line."""

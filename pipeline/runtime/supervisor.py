@@ -299,7 +299,6 @@ class Supervisor:
         return sp.stage in self.cfg.path_names and self.cfg.runs_elsewhere(self.cfg.upstream(sp.stage))
 
     def _terminate_rest(self) -> None:
-        delivering = [sp for sp in self.stages if sp.alive() and sp.last_beat.get("state") == "delivering"]
         for sp in self.stages:
             if sp.alive():
                 log.warning("%s did not drain in time: terminating", sp.label)
@@ -311,11 +310,9 @@ class Supervisor:
             if sp.alive():
                 sp.proc.kill()
                 sp.proc.wait()
-        for sp in delivering:  # still waiting for the other host to confirm its ends: never a quiet exit 0
-            if sp.proc.returncode != 0 and not self.failed:
-                self.failed = (f"{sp.label} was stopped before {self.cfg.downstream(sp.stage)} on the other host "
-                               "confirmed its ends of stream: the output there may be incomplete")
-                self.failed_code = EXIT_BAD_INPUT
+
+    def _sends_elsewhere(self, sp: StageProcess) -> bool:
+        return self.cfg.runs_elsewhere(self.cfg.downstream(sp.stage))
 
     # ------------------------------------------------------------------ watch
     def _read_heartbeats(self, timeout_ms: int) -> None:
@@ -389,23 +386,34 @@ class Supervisor:
                 log.warning("%s exited with code %d after its output was delivered: counted as done",
                             sp.label, code)  # restart would wait for ends of stream nobody sends again
                 continue
-            if code in (2, EXIT_BAD_INPUT):
-                self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
-                self.failed_code = code
+            if code in (2, EXIT_BAD_INPUT) or (self.stopping and self._sends_elsewhere(sp)):
+                self._failed_by(sp, code)
             elif not self.stopping:
                 self._restart(sp, f"exit code {code}")
 
+    def _failed_by(self, sp: StageProcess, code: int) -> None:
+        """The run fails: a stage's own error (2 or 3), or a stage sending to another host that did not
+        end cleanly (killed, crashed) in a drain: that host may lack the end of its frames."""
+        if self.failed:
+            return
+        if code in (2, EXIT_BAD_INPUT):
+            self.failed = f"{sp.label} exited with code {code} (bad config or input; see its message above)"
+            self.failed_code = code
+        else:
+            self.failed = (f"{sp.label} ended (exit code {code}) before {self.cfg.downstream(sp.stage)} on the "
+                           "other host confirmed its ends of stream: the output there may be incomplete")
+            self.failed_code = EXIT_BAD_INPUT
+
     def _record_last_exits(self) -> None:
-        """Stages that exited after the last check (as the drain timeout ended the run): one that
-        stopped with its own error (2 or 3: an end of stream the other host never confirmed, ...)
-        still fails the run; nothing is restarted any more."""
+        """Stages that exited after the last check (as the drain timeout ended the run; nothing is
+        restarted any more): as in _check_processes, a stage's own error (2 or 3) fails the run, and so
+        does a stage sending to another host that did not end cleanly: never a quiet exit 0."""
         for sp in self.stages:
             if sp.proc is None or sp.exit_code is not None:
                 continue
-            sp.exit_code = sp.proc.poll()
-            if sp.exit_code in (2, EXIT_BAD_INPUT) and not self.failed:
-                self.failed = f"{sp.label} exited with code {sp.exit_code} (bad config or input; see its message above)"
-                self.failed_code = sp.exit_code
+            code = sp.exit_code = sp.proc.poll()
+            if code != 0 and not sp.release_sent and (code in (2, EXIT_BAD_INPUT) or self._sends_elsewhere(sp)):
+                self._failed_by(sp, code)
 
     def _release_flushed(self) -> None:
         """A stage that sent all its EOS waits, output open, until its downstream stage has taken them
@@ -431,6 +439,7 @@ class Supervisor:
         return 20 if ending else 200
 
     def _restart(self, sp: StageProcess, why: str) -> None:
+        self._read_heartbeats(timeout_ms=0)  # the ended process's last beats: which streams it had ended
         if sp.restarts >= self.cfg.supervisor.max_restarts:
             self.failed = f"{sp.label} failed ({why}) after {sp.restarts} restarts"
             return

@@ -21,7 +21,8 @@ PATTERNS = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "sub": zmq.SUB}
 # a frame link between hosts: the same flow as push/pull, plus a way back for the receiver's
 # confirmations (pipeline.runtime.remote_ends); both sides of a split choose it alike
 ROUTED = {"push": zmq.DEALER, "pull": zmq.ROUTER}
-REPLY_HWM = 1024  # a routed link's way back carries only small confirmations: room for every stream's
+REPLY_HWM = 1024  # a routed link's way back carries only small confirmations: room for many streams'
+REPLY_MAX_BYTES = 4096  # ... and none larger than this (a confirmation is under 100 bytes)
 ACTIONS = ("bind", "connect")
 
 
@@ -139,6 +140,7 @@ def _configure(sock: zmq.Socket, endpoint: Endpoint, hwm: int, curve: CurveKeys 
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     elif sock.socket_type == zmq.DEALER:
         sock.setsockopt(zmq.RCVHWM, REPLY_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, REPLY_MAX_BYTES)
     sock.setsockopt(zmq.LINGER, 2000)
     if endpoint.is_tcp and curve is not None:
         _apply_curve(sock, endpoint, curve)

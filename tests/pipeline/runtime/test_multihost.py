@@ -280,6 +280,7 @@ def test_a_gpu_stage_restarted_before_it_confirmed_the_end_gets_it_again(tmp_pat
             if side is not None:
                 side.kill()
     assert "restarting detect" in gpu.log and "detect on the other host confirmed the end of 1 stream(s)" in edge.log
+    assert "sent the end of 1 of 1 finished stream(s) again to the reconnected detect" in edge.log
     recorded, missing = _books(tmp_path)
     assert len(recorded) + missing == 30 and recorded <= set(range(30)), (sorted(recorded), missing)
 
@@ -329,7 +330,8 @@ def test_a_gpu_stage_restarted_after_an_edge_left_finishes_the_streams_that_edge
     # every frame was queued and the end sent: the end is never confirmed
     ("roomy", "did not confirm the end of cam0 within supervisor.drain_timeout_s: its output may be incomplete"),
     # frames still wait for room on a link that stays down: bounded by transport.remote_wait_s
-    ("tight", "has been unreachable for 3 s (transport.remote_wait_s) with cam0#"),
+    ("tight", "has been unreachable for 3 s (transport.remote_wait_s, at least supervisor.drain_timeout_s) "
+              "with cam0#"),
 ])
 def test_an_edge_whose_gpu_side_dies_for_good_exits_3_with_one_line(tmp_path, random_weights, queues, says):
     """The GPU host freezes mid-replay, then goes down and stays down: the edge exits 3 with one line,

@@ -42,7 +42,7 @@ def test_a_routed_link_carries_frames_with_the_senders_id_and_answers_back(link)
     receipts.finished["cam0"] = 7
     receipts.confirm(receiver)
     assert parse_confirmation(sender.recv_multipart(), {"cam0"}) == "cam0"
-    assert receipts.due == []
+    assert not receipts.due
 
 
 def test_only_finished_streams_are_confirmed_and_frames_never(link):
@@ -50,12 +50,12 @@ def test_only_finished_streams_are_confirmed_and_frames_never(link):
     receipts = EndReceipts()
     receipts.took(b"peer", FrameMessage.decode(_eos("cam0", 3)))
     receipts.took(b"peer", FrameMessage("cam1", 0, 0.0, time.time()))
-    assert receipts.due == [(b"peer", "cam0")]
+    assert list(receipts.due) == [(b"peer", "cam0")]
     receipts.confirm(receiver)                # not handled yet (or cut short here by a drain): kept
-    assert receipts.due == [(b"peer", "cam0")]
+    assert list(receipts.due) == [(b"peer", "cam0")]
     receipts.finished["cam0"] = 3
     receipts.confirm(receiver)                # a sender that is gone: skipped, never raises
-    assert receipts.due == []
+    assert not receipts.due
 
 
 def test_every_end_of_a_many_camera_edge_is_confirmed_at_the_tightest_queue():
@@ -74,9 +74,40 @@ def test_every_end_of_a_many_camera_edge_is_confirmed_at_the_tightest_queue():
             receipts.took(parts[0], FrameMessage.decode(parts[1:]))
         receipts.finished.update(streams)
         receipts.confirm(receiver)
-        assert receipts.due == []
+        assert not receipts.due
         left = await_confirmations(sender, streams, lambda sid, n: None, lambda: None, timeout_s=3)
         assert left == set()
+    finally:
+        for sock in (sender, receiver):
+            sock.close(0)
+        ctx.term()
+
+
+def test_answers_a_full_reply_queue_cannot_take_stay_due_until_it_can(monkeypatch):
+    """The way back is mandatory: when the sender does not read, answers past its queue stay due
+    (before, a ROUTER dropped them without a word) and go once it reads again, each exactly once."""
+    from pipeline.runtime import transport
+
+    monkeypatch.setattr(transport, "REPLY_HWM", 1)
+    ctx = zmq.Context()
+    receiver = open_socket(ctx, "pull+bind:inproc://ends", hwm=1, routed=True)  # inproc: no kernel buffers
+    sender = open_socket(ctx, "push+connect:inproc://ends", hwm=1, routed=True)
+    try:
+        receipts = EndReceipts()
+        for i in range(20):
+            sender.send_multipart(_eos(f"cam{i}", i))
+            parts = receiver.recv_multipart()
+            receipts.took(parts[0], FrameMessage.decode(parts[1:]))
+            receipts.finished[f"cam{i}"] = i
+        receipts.confirm(receiver)
+        assert 0 < len(receipts.due) < 20
+        confirmed = []
+        deadline = time.monotonic() + 5
+        while len(confirmed) < 20 and time.monotonic() < deadline:
+            while sender.poll(10):
+                confirmed.append(parse_confirmation(sender.recv_multipart(), {f"cam{i}" for i in range(20)}))
+            receipts.confirm(receiver)
+        assert sorted(confirmed) == sorted(f"cam{i}" for i in range(20)) and not receipts.due
     finally:
         for sock in (sender, receiver):
             sock.close(0)
@@ -122,7 +153,7 @@ def test_the_sender_repeats_its_ends_until_a_restarted_receiver_confirms_them(li
                                                                      sender.send_multipart(_eos(sid, n))),
                                beat=lambda: None, timeout_s=10)
     thread.join(5)
-    assert left == set() and resends == [("cam0", 30)]
+    assert left == set() and resends and set(resends) == {("cam0", 30)}  # (more than one on a slow machine)
 
 
 def test_the_sender_gives_up_after_the_timeout_and_says_which_streams(link):

@@ -361,3 +361,37 @@ def test_a_frame_over_the_message_limit_stops_the_run_with_one_line(tmp_path, sy
     assert "MB message part is over transport.max_message_mb (0.01), which the next stage refuses: raise " \
            "transport.max_message_mb" in err
     assert "Traceback" not in err
+
+
+def test_a_stage_sending_to_another_host_that_is_killed_in_a_drain_fails_the_run(tmp_path, synthetic_clip):
+    """At the end of a drain the supervisor kills what is left. A stage whose downstream runs on another
+    host may still be waiting for that host's confirmations: its kill fails the run (exit 3), never a
+    quiet exit 0; a stage of this host killed the same way does not."""
+    from pipeline.runtime.config import load_config
+    from pipeline.runtime.supervisor import StageProcess, Supervisor
+
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({
+        "sources": [{"id": "a", "uri": str(synthetic_clip.video)}], "output_dir": str(tmp_path / "out"),
+        "run_stages": ["capture", "preprocess"],
+        "endpoints": {"detect_in": f"pull+connect:tcp://127.0.0.1:{free_port()}"}}))
+    supervisor = Supervisor(load_config(path), progress=False)
+    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                      "time.sleep(60)"]
+    capture, preprocess = StageProcess("capture:a", stubborn), StageProcess("preprocess", stubborn)
+    supervisor.stages = [capture, preprocess]
+    try:
+        capture.start(), preprocess.start()
+        time.sleep(0.5)  # the handlers are installed
+        supervisor.stopping = True
+        supervisor._terminate_rest()  # SIGTERM is ignored: both are killed after 5 s
+        supervisor._record_last_exits()
+        assert capture.exit_code == preprocess.exit_code == -signal.SIGKILL
+        assert supervisor.failed == ("preprocess ended (exit code -9) before detect on the other host confirmed its "
+                                     "ends of stream: the output there may be incomplete")
+        assert supervisor.failed_code == 3
+    finally:
+        for sp in (capture, preprocess):
+            if sp.alive():
+                sp.proc.kill()
+        supervisor.control.close(0), supervisor.status_pub.close(0), supervisor.ctx.term()
