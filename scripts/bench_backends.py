@@ -42,6 +42,19 @@ REFERENCE = "onnx"
 AGREE_CONF, AGREE_IOU = 0.3, 0.9
 
 
+def parse_models(spec: str) -> dict[str, Path]:
+    """``default,baseline,twin=runs/x/best.pt`` -> {name: checkpoint}; one line for a bad item."""
+    models = {}
+    for item in filter(None, spec.split(",")):
+        name, sep, path = item.partition("=")
+        if not sep and name not in MODELS:
+            raise SystemExit(f"error: --models: {name!r} is not one of {', '.join(MODELS)} nor NAME=CHECKPOINT.pt")
+        models[name] = Path(path) if sep else MODELS[name]
+        if not models[name].is_file():
+            raise SystemExit(f"error: --models: {models[name]}: no such checkpoint")
+    return models
+
+
 # --------------------------------------------------------------------------- speed (one process each)
 
 def time_one(weights: str, backend: str, threads: int, batch: int, calls: int) -> dict:
@@ -158,10 +171,10 @@ def print_tables(rows: dict, models: dict, backends: list[str], batch: int) -> N
                   f"{_cell(row.get('matched'), '.0%')} | {_cell(row.get('max_objectness_diff'), '.3f')} | "
                   f"{_cell(row.get('map50_95'), '.3f')} | {_cell(row.get('ap_tiny'), '.3f')} | "
                   f"{_cell(row.get('demo_recall'), '.1%')} |")
-    if {"default", "baseline"} <= set(models):
-        print("\n| backend | GSSAM / baseline latency (batch 1) |\n|---|---|")
+    for model in [m for m in models if m != "baseline" and "baseline" in models]:
+        print(f"\n| backend | {model} / baseline latency (batch 1) |\n|---|---|")
         for backend in backends:
-            print(f"| {backend} | {rows[('default', backend)]['ms_b1'] / rows[('baseline', backend)]['ms_b1']:.2f} |")
+            print(f"| {backend} | {rows[(model, backend)]['ms_b1'] / rows[('baseline', backend)]['ms_b1']:.2f} |")
 
 
 def available(names: list[str]) -> list[str]:
@@ -183,7 +196,9 @@ def main(argv=None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--models", default="default,baseline", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--models", default="default,baseline",
+                        help=f"comma list of {', '.join(MODELS)} or NAME=CHECKPOINT.pt (each GSSAM model's latency is "
+                             "also given as a ratio to baseline's)")
     parser.add_argument("--batch", type=int, default=4, help="the detect stage's batch (default 4)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15, help="timed calls per configuration and round")
@@ -195,7 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "out" / "bench_backends.json")
     args = parser.parse_args(argv)
     backends = available([b for b in args.backends.split(",") if b])
-    models = {name: MODELS[name] for name in args.models.split(",")}
+    models = parse_models(args.models)
     if REFERENCE in backends:
         backends.remove(REFERENCE)
     backends.insert(0, REFERENCE)
