@@ -32,8 +32,9 @@ With no allowance a frame may get no region at all (none due). So on a machine
 that keeps up, hot and moving tiles are examined every frame; on one that does not, only the due
 regions are, and the live latency stays bounded instead of growing with each tile a drone makes hot.
 Replay mode examines every region of every frame (``budget`` 0 means the same in live mode). A stream
-whose frame size alternates has one schedule per size, each seeing every other frame: it counts as
-behind and is examined in due regions alone.
+whose frame size alternates has one schedule per size, each seeing every other frame: whether the
+stream skipped frames is the planner's to say (``choose(skipped=...)``), so that is not taken for
+falling behind.
 """
 from __future__ import annotations
 
@@ -64,10 +65,14 @@ class TileSchedule:
         self.behind = 0  # frames that came late or after skipped ones
         self.whole_now = whole  # whether the frame chosen last gets the whole-frame pass
 
-    def choose(self, motion=None, frame_index: int | None = None, late: bool = False) -> list[int]:
+    def choose(self, motion=None, frame_index: int | None = None, late: bool = False,
+               skipped: bool | None = None) -> list[int]:
         """Tile indices to examine in source frame ``frame_index`` (ascending; ``whole_now`` says
         whether the whole-frame pass runs too); without an index, the frame right after the last.
-        ``late``: the frame waited behind others before the stage took it."""
+        ``late``: the frame waited behind others before the stage took it. ``skipped``: whether the
+        stream skipped frames before this one, where the caller knows better than this schedule's
+        own indices (a stream whose frames alternate between sizes feeds each size's schedule every
+        other frame, which is no skip)."""
         step = self._advance(frame_index)
         self.age += step
         self.hot = np.maximum(self.hot - step, 0)  # (before ranking: heat older than `hold` frames is gone)
@@ -75,7 +80,7 @@ class TileSchedule:
         if self.budget <= 0 or self.budget >= self.slots:
             chosen = np.arange(self.slots)
         else:
-            self._follow_load(step, late)
+            self._follow_load(late or (step > 1 if skipped is None else skipped))
             chosen = self._within_budget(motion)
         seen_before = chosen[self.examined[chosen] > 0]
         self.longest_gap = max(self.longest_gap, int(self.age[seen_before].max(initial=0)))
@@ -95,10 +100,10 @@ class TileSchedule:
         take = max(self.allowance, int(due.sum()) + min(hot, self.allowance))
         return rank[:take]
 
-    def _follow_load(self, step: int, late: bool) -> None:
+    def _follow_load(self, behind: bool) -> None:
         """Additive increase, multiplicative decrease (as TCP finds its rate): one more region after
         ``every`` frames in a row examined in time, half as many after one that was not."""
-        if step > 1 or late:
+        if behind:
             self.behind += 1
             self.allowance, self.kept_up = self.allowance // 2, 0
             return

@@ -89,6 +89,7 @@ class TilePlanner:
         self.zones = zones or {}  # stream id -> pipeline.runtime.zones.Zones
         self.grids: dict[str, OrderedDict] = {}  # stream id -> frame (h, w) -> StreamGrid, last used last
         self.current: dict[str, tuple] = {}  # stream id -> the frame size it had last
+        self.last_index: dict[str, int] = {}  # stream id -> the source frame index planned last
         self.motion_mismatched = 0  # tile_motion lists whose length did not match the grid (ignored)
 
     def tiled(self, image_hw) -> bool:
@@ -127,7 +128,17 @@ class TilePlanner:
         if motion is not None and len(motion) != len(grid.regions):
             self.motion_mismatched += 1  # preprocess tiled with other settings, or a forged list
             motion = None
-        return [(i, grid.regions[i]) for i in grid.schedule.choose(motion, frame_index, late)]
+        return [(i, grid.regions[i]) for i in grid.schedule.choose(motion, frame_index, late,
+                                                                   self._skipped(stream_id, frame_index))]
+
+    def _skipped(self, stream_id: str, frame_index: int | None) -> bool | None:
+        """Whether the stream (not one size's schedule) skipped frames before this one; None unknown."""
+        last = self.last_index.get(stream_id)
+        if frame_index is None:
+            self.last_index.pop(stream_id, None)
+            return None
+        self.last_index[stream_id] = int(frame_index)
+        return None if last is None else int(frame_index) - last > 1
 
     def current_grid(self, stream_id: str) -> StreamGrid | None:
         """The grid of the stream's last planned frame size."""

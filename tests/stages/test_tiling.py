@@ -158,6 +158,18 @@ def test_a_stream_whose_size_flips_keeps_each_sizes_schedule_and_examines_every_
     assert seen[1080] == seen[1088] == set(range(12))
 
 
+def test_a_stream_whose_size_alternates_without_skipping_frames_is_not_behind():
+    """Each size's schedule sees every other source frame, which is no skip: the stream keeps its
+    allowance (before, every frame counted as behind and only due tiles were examined)."""
+    planner = TilePlanner(TilingConfig(budget=3, every=5), (512, 640), live=True)
+    for frame in range(60):
+        planner.plan("a", (1080 if frame % 2 else 1088, 1920), frame_index=frame)
+    schedules = [grid.schedule for grid in planner.grids["a"].values()]
+    assert [sch.behind for sch in schedules] == [0, 0] and all(sch.allowance == 3 for sch in schedules)
+    planner.plan("a", (1080, 1920), frame_index=70)  # the stream itself skipped frames: that one is behind
+    assert planner.grid_of("a", (1080, 1920)).schedule.behind == 1
+
+
 def test_a_due_tile_that_is_also_hot_is_counted_once():
     schedule = TileSchedule(12, 5, 3)
     schedule.saw([0, 5, 10])  # the three tiles due in the first frame are hot as well
