@@ -273,7 +273,7 @@ class StageRunner:
                  len(self.frame_counts))
         started = time.monotonic()
         left = await_confirmations(self.out, dict(self.frame_counts), self._send_end_again,
-                                   lambda: self._beat(state="delivering"), self.cfg.supervisor.drain_timeout_s,
+                                   self._beat_while_delivering, self.cfg.supervisor.drain_timeout_s,
                                    give_up=lambda: self.terms > self.drain_terms or self.orphaned or self.unreachable,
                                    connections=lambda: self.out_watch.handshakes if self.out_watch else 0)
         if left:
@@ -286,6 +286,11 @@ class StageRunner:
             return
         log.info("%s: %s on the other host confirmed the end of %d stream(s) (%.1f s)", self.label, downstream,
                  len(self.frame_counts), time.monotonic() - started)
+
+    def _beat_while_delivering(self) -> None:
+        # a middle host of a chain keeps answering its own sender's repeated ends meanwhile
+        self._answer_repeated_ends()
+        self._beat(state="delivering")
 
     def _send_ends_again(self) -> None:
         if self.ended and not self.unreachable:

@@ -379,3 +379,29 @@ def test_a_live_edge_stopped_while_the_gpu_side_is_frozen_does_not_exit_0(tmp_pa
             if side is not None:
                 side.kill()
     assert "did not confirm the end of cam0" in edge.log and "Traceback" not in edge.log
+
+
+def test_a_chain_of_three_hosts_confirms_each_hop_and_records_every_frame(tmp_path, synthetic_clip, random_weights):
+    """capture on one host, preprocess on a second, detect + track + record on a third: each sender
+    has its ends confirmed by the next host, and every frame is recorded."""
+    first, second = free_port(), free_port()
+    sources = [{"id": "cam0", "uri": str(synthetic_clip.video), "pace": True}]
+    hosts = {
+        "camera": {"run_stages": ["capture"], "endpoints": {"preprocess_in": f"pull+connect:tcp://{GPU_HOST}:{first}"}},
+        "middle": {"run_stages": ["preprocess"], "stages": {"preprocess": {"input_size": [256, 320]}},
+                   "endpoints": {"preprocess_in": f"pull+bind:tcp://{GPU_HOST}:{first}",
+                                 "detect_in": f"pull+connect:tcp://{GPU_HOST}:{second}"}},
+        "gpu": {"run_stages": ["detect", "track", "record"],
+                "endpoints": {"detect_in": f"pull+bind:tcp://{GPU_HOST}:{second}"},
+                "stages": {"detect": {"weights": str(random_weights), "backend": "torch"}}},
+    }
+    sides = {}
+    for name in ("gpu", "middle", "camera"):  # each host waits for the next one's port
+        sides[name] = Side(_write(tmp_path / f"{name}.yaml", {
+            "mode": "replay", "sources": sources, "output_dir": str(tmp_path / name),
+            "supervisor": {"drain_timeout_s": 30, "heartbeat_interval_s": 0.5}, **hosts[name]}))
+    for name, side in sides.items():
+        assert side.finish() == 0, f"{name}:\n{side.log[-3000:]}"
+    assert "preprocess on the other host confirmed the end of 1 stream(s)" in sides["camera"].log
+    assert "detect on the other host confirmed the end of 1 stream(s)" in sides["middle"].log
+    assert sorted(_recorded(tmp_path)) == list(range(30))
