@@ -12,7 +12,22 @@ from pathlib import Path
 
 from .lazy import lazy_names
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "default.pt"
+
+
+def shipped_weights(name: str) -> Path | None:
+    """The shipped checkpoint a bare name stands for ("default", "demo", "yolox-nano-baseline":
+    models/weights/NAME.pt), else None: a name with a folder or a suffix is a path, not a name."""
+    if not name or "/" in name or "\\" in name or "." in name:
+        return None
+    path = WEIGHTS_DIR / f"{name}.pt"
+    return path if path.is_file() else None
+
+
+def weights_file(value: str | Path) -> Path:
+    """A --weights argument: a shipped name (shipped_weights) or a path."""
+    return shipped_weights(str(value)) or Path(value)
 
 _HOMES = {
     "CheckpointError": "meta", "checkpoint_meta": "meta",
@@ -22,5 +37,5 @@ _HOMES = {
     "export_onnx": "onnx_export",
     "build_model": "yolox_gssam", "model_names": "yolox_gssam", "parse_model_name": "yolox_gssam",
 }
-__all__ = ["DEFAULT_WEIGHTS", *_HOMES]
+__all__ = ["DEFAULT_WEIGHTS", "WEIGHTS_DIR", "shipped_weights", "weights_file", *_HOMES]
 __getattr__ = lazy_names(__name__, _HOMES)

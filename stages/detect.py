@@ -54,7 +54,9 @@ log = logging.getLogger("stages.detect")
 
 @dataclass
 class DetectConfig:
-    weights: str = "default"  # a checkpoint path, or "default": the shipped default model
+    # a checkpoint path, or the name of a shipped one (models/weights/NAME.pt): "default" the field
+    # model, "demo" the one trained with the synthetic renders `make demo` replays
+    weights: str = "default"
     # models.backends: onnx, openvino, torch (CPU or CUDA), ..., or auto (the fastest this machine runs
     # at the fp32 mAP, measured: openvino-bf16 where the CPU has bf16 and openvino is installed, else onnx)
     backend: str = setting("onnx", choices=BACKEND_CHOICES)
@@ -89,7 +91,7 @@ class DetectStage(Stage):
 
     @classmethod
     def check_config(cls, cfg: PipelineConfig, check_files: bool) -> None:
-        if check_files and cfg.stages.detect.weights != "default":
+        if check_files and models.shipped_weights(cfg.stages.detect.weights) is None:
             check_file(cfg, cfg.stages.detect.weights, "stages.detect.weights")
 
     @classmethod

@@ -10,7 +10,7 @@ from pipeline.runtime.config import ConfigError, PipelineConfig
 
 def weights_path(cfg: PipelineConfig) -> str:
     weights = cfg.stages.detect.weights
-    return str(models.DEFAULT_WEIGHTS if weights == "default" else cfg.resolve(weights))
+    return str(models.shipped_weights(weights) or cfg.resolve(weights))
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import DEFAULT_WEIGHTS, CheckpointError, checkpoint_meta
+from models import DEFAULT_WEIGHTS, CheckpointError, checkpoint_meta, weights_file
 from models.backends import BackendError, check_available
 from models.letterbox import check_input_size, letterbox
 from models.quantize import KINDS, QuantizeError, quantize
@@ -77,7 +77,7 @@ def _input_size(text: str | None, weights: Path) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline quantize", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=sorted(KINDS), required=True)
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--weights", type=weights_file, default=DEFAULT_WEIGHTS)
     parser.add_argument("--input", help="input size HxW (default: the checkpoint's)")
     parser.add_argument("--frames", type=int, default=96, help="calibration frames (default 96)")
     parser.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT, help="dataset root (its train split)")

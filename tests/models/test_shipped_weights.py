@@ -1,5 +1,5 @@
-"""The weights the project ships: each loads, carries its meta, has a model card; the default one
-finds the drones of the embedded demo clip."""
+"""The weights the project ships: each loads, carries its meta, has a model card; the demo one finds
+the drones of the embedded demo clip; names resolve to them."""
 from pathlib import Path
 
 import pytest
@@ -27,12 +27,30 @@ def test_default_is_the_nano_sigres_p1():
     assert models.load_checkpoint(models.DEFAULT_WEIGHTS)[1]["name"] == "yolox-nano-gssam-sigres-p1"
 
 
+def test_shipped_names_resolve_and_paths_stay_paths(tmp_path):
+    assert models.shipped_weights("default") == models.DEFAULT_WEIGHTS
+    assert models.shipped_weights("demo") == models.WEIGHTS_DIR / "demo.pt"
+    for not_a_name in ("", "nothing-shipped", "../weights/default", "default.pt", str(tmp_path / "default")):
+        assert models.shipped_weights(not_a_name) is None, not_a_name
+    assert models.weights_file("demo") == models.WEIGHTS_DIR / "demo.pt"
+    assert models.weights_file("runs/x/best.pt") == Path("runs/x/best.pt")
+
+
+def test_the_demo_configs_run_the_demo_model():
+    import yaml
+
+    root = Path(models.__file__).resolve().parent.parent
+    for name in ("demo.yaml", "view_demo.yaml"):
+        config = yaml.safe_load((root / "configs" / name).read_text())
+        assert config["stages"]["detect"]["weights"] == "demo", name
+
+
 @pytest.mark.slow
-def test_default_model_finds_the_drones_of_the_demo_clip(tmp_path):
+def test_demo_model_finds_the_drones_of_the_demo_clip(tmp_path):
     """The issue's bar: >= 90 % of the drones of `make demo`'s clip at IoU 0.5 (every 3rd frame)."""
     paths = make_clip(tmp_path, seed=7, frames=300, size=(640, 512))  # exactly what `make demo` replays
-    detector = models.Detector(models.DEFAULT_WEIGHTS, backend="onnx",
+    detector = models.Detector(models.shipped_weights("demo"), backend="onnx",
                                class_agnostic_nms=DetectConfig().class_agnostic_nms)  # as the pipeline runs it
     report = clip_recall(detector, paths.video, paths.coco)
     assert report["boxes"] > 100
-    assert report["recall"]["0.5"] >= 0.90, f"default model found {report['recall']['0.5']:.1%} of the demo drones"
+    assert report["recall"]["0.5"] >= 0.90, f"demo model found {report['recall']['0.5']:.1%} of the demo drones"

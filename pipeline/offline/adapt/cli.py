@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from models import DEFAULT_WEIGHTS
+from models import DEFAULT_WEIGHTS, weights_file
 from models.backends import BACKENDS
 from pipeline.offline.adapt.settings import AdaptSettings
 from pipeline.offline.data.dataset import DatasetError
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=formats(), default="auto")
     p.add_argument("--classes", help="map your class names onto the model's, e.g. uav=drone,kite=- ")
     p.add_argument("--test-data", type=Path, help="clips to report on (default: --holdout of --data's clips)")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="start from (default: the shipped model)")
+    p.add_argument("--weights", type=weights_file, default=DEFAULT_WEIGHTS,
+                   help="start from this checkpoint or shipped name (default: the shipped default model)")
     p.add_argument("--minutes", type=float, default=15.0, help="training-loop budget (default 15)")
     p.add_argument("--out", type=Path, help="output folder (default out/adapt/<name of --data>)")
     p.add_argument("--base", default="auto", help="this project's dataset mixed in against forgetting: auto "
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="at most N frames per clip of yours (quick runs)")
     p.add_argument("--holdout", type=float, default=0.3, help="share of --data's clips held out for the report")
     p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--camera-effects", type=float, default=0.0,
+                   help="share of crops shown as another camera would, as the default model was trained (train --camera-effects)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--evals", type=int, default=6, help="validations on the val clips (each may keep the weights)")

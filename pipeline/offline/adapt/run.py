@@ -175,6 +175,7 @@ def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
                          out=str(settings.out / "train"), resume=settings.resume, lr=settings.lr,
                          batch=settings.batch, crop=settings.crop, input_size=tuple(meta["input_size"]),
                          evals=settings.evals, patience=settings.patience, warmup_steps=30,
+                         camera_effects=settings.camera_effects,
                          val_per_clip=settings.val_per_clip, seed=settings.seed, threads=settings.threads,
                          workers=settings.workers, no_progress=settings.no_progress)
 

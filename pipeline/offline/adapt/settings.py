@@ -29,6 +29,7 @@ class AdaptSettings:
     max_frames: int | None = None        # per user clip (smoke runs)
     holdout: float = 0.3                 # share of --data's clips held out for the report (without --test-data)
     lr: float = 1.5e-4                   # tuned with base_share on the tuning split
+    camera_effects: float = 0.0          # share of crops shown as another camera would (train --camera-effects)
     batch: int = 16
     crop: int = 256
     evals: int = 6
@@ -51,6 +52,8 @@ class AdaptSettings:
             raise TrainError("--minutes must be positive")
         if not 0 <= self.base_share < 1:
             raise TrainError("--base-share must be in [0, 1)")
+        if not 0 <= self.camera_effects <= 1:
+            raise TrainError("--camera-effects must be in 0..1")
         if not 0 < self.holdout < 1:
             raise TrainError("--holdout must be between 0 and 1")
         for name in ("base_stride", "stride", "batch", "crop", "evals", "patience", "val_per_clip"):

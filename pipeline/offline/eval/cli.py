@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models import weights_file
 from models.backends import BACKEND_CHOICES, resolve_backend
 from pipeline.offline.data.dataset import DEFAULT_ROOT, MODALITIES, DatasetError
 from pipeline.offline.data.formats import formats
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a split of configs/splits.json, or all = every clip under --data (default: test of "
                              "this dataset, all of a folder in another format)")
     parser.add_argument("--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES))
-    parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped default model)")
+    parser.add_argument("--weights", type=weights_file,
+                        help="checkpoint, or a shipped name: default (the default), demo (default: default)")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="torch",
                         help="auto: the fastest this machine runs at the fp32 mAP, measured (the report names it)")
     parser.add_argument("--device", default="cpu")

@@ -33,6 +33,7 @@ _HOMES = {
     "ModelEMA": "schedule", "ema_settings": "schedule", "lr_factor": "schedule", "make_optimizer": "schedule",
     "TrainError": "settings", "TrainSettings": "settings",
     "ClipFrames": "sources", "load_bundle": "sources", "load_clips": "sources", "load_dataset": "sources",
+    "only_modality": "sources",
     "load_synthetic": "sources",
     "load_training_state": "state",
     "Trainer": "trainer",

@@ -61,6 +61,7 @@ class TrainSettings:
     small_object_power: float = 0.0
     visible_boxes: str = "dataset"
     assignment: str = "batched"
+    modality: str | None = None            # one camera only: "V" or "IR" (None: both)
     synthetic: int = 0
     synthetic_frames: int = 150
     synthetic_look: str = "plain"         # varied: each synthetic clip its own sky, contrast, noise, blur
@@ -98,6 +99,8 @@ class TrainSettings:
         for name in ("camera_effects", "copy_paste"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be in 0..1")
+        if self.modality not in (None, "V", "IR"):
+            raise TrainError("--modality must be V or IR")
         if self.synthetic_look not in ("plain", "varied"):
             raise TrainError("--synthetic-look must be plain or varied")
         if not 0 < self.gssam_lr_scale <= 1000:

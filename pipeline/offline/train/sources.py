@@ -253,9 +253,20 @@ def load_clips(settings: TrainSettings, split: str, workers: int) -> tuple[list[
         root = Path(settings.data) if settings.data else None
         clips, class_names = load_dataset(root, split, settings.stride, workers, settings.max_clips,
                                           settings.max_frames, settings.splits)
+    if settings.modality:
+        clips = only_modality(clips, settings.modality, split)
     if settings.visible_boxes == "tight":
         tighten_visible_boxes(clips, split)
     return clips, class_names
+
+
+def only_modality(clips: list[ClipFrames], modality: str, split: str) -> list[ClipFrames]:
+    """The clips of one camera (--modality); none left is an error, not an empty run."""
+    kept = [clip for clip in clips if clip.modality == modality]
+    if not kept:
+        raise TrainError(f"--modality {modality}: no {split} clip of that camera")
+    log.info("%s: %d of %d clips are %s (--modality)", split, len(kept), len(clips), modality)
+    return kept
 
 
 def _model_classes() -> tuple[str, ...]:
@@ -314,7 +325,8 @@ def load_training_clips(settings: TrainSettings, workers: int) -> tuple[list[Cli
     train_clips, class_names = load_clips(settings, "train", workers)
     if settings.synthetic:
         cache = Path(settings.cache) / "synthetic" if settings.cache else None
-        train_clips += load_synthetic(settings.synthetic, settings.synthetic_frames, settings.stride, workers,
-                                      SYNTHETIC_FIRST_SEED, cache, varied=settings.synthetic_look == "varied")
+        synthetic = load_synthetic(settings.synthetic, settings.synthetic_frames, settings.stride, workers,
+                                   SYNTHETIC_FIRST_SEED, cache, varied=settings.synthetic_look == "varied")
+        train_clips += only_modality(synthetic, settings.modality, "synthetic") if settings.modality else synthetic
     val_clips, _ = load_clips(settings, "val", workers)
     return train_clips, val_clips, class_names

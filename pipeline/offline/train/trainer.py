@@ -137,7 +137,7 @@ class Trainer:
                 "visible_boxes": self.settings.visible_boxes, "camera_effects": float(self.settings.camera_effects),
                 # which effects a crop may get (camera.EFFECTS_VERSION) changes the draws of runs with effects
                 "effects_version": EFFECTS_VERSION if self.settings.camera_effects else 0,
-                "copy_paste": float(self.settings.copy_paste),
+                "copy_paste": float(self.settings.copy_paste), "modality": self.settings.modality,
                 # on a model without GSSAM the scale changes nothing, so it must not bind a resume
                 "gssam_lr_scale": float(self.settings.gssam_lr_scale) if has_gssam(self.model) else 1.0}
 
@@ -192,6 +192,7 @@ def started_recipe(state: dict, current: dict) -> dict:
     """The recipe a training state was made with; options older states did not record take the value
     they had then (a state without any recipe: the current one, unchecked)."""
     started = {"visible_boxes": "dataset", "camera_effects": 0.0, "copy_paste": 0.0, "gssam_lr_scale": 1.0,
+               "modality": None,
                **state.get("recipe", current)}
     started.setdefault("effects_version", 1 if started["camera_effects"] else 0)
     return started

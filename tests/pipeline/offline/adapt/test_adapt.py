@@ -87,6 +87,7 @@ def test_adapting_to_an_unseen_camera_raises_recall_and_writes_weights_card_repo
     (["--holdout", "1.5"], "--holdout must be between 0 and 1"),
     (["--weights", "/nonexistent.pt"], "--weights: no such file"),
     (["--classes", "uav=tank"], "'tank' is not a model class"),
+    (["--camera-effects", "2"], "--camera-effects must be in 0..1"),
 ])
 def test_bad_options_are_one_line(palette_camera, tmp_path, args, message):
     result = adapt("--data", str(palette_camera), "--out", str(tmp_path / "o"), *args, timeout=60)
@@ -138,3 +139,18 @@ def test_resume_with_an_unreadable_options_file_is_one_line(tmp_path):
     (tmp_path / "run" / "adapt-options.json").write_text("{not json")
     with pytest.raises(TrainError, match="cannot read .*adapt-options.json"):
         _pin_crop_options(AdaptSettings(data=tmp_path / "clips", out=tmp_path / "run", resume=True))
+
+
+def test_camera_effects_and_a_shipped_name_reach_the_training_run(tmp_path):
+    """--camera-effects goes to the training run (its recipe binds a --resume); --weights takes a
+    shipped name as the pipeline's config does."""
+    import models
+    from pipeline.offline.adapt.cli import build_parser
+    from pipeline.offline.adapt.run import _train_settings
+    from pipeline.offline.adapt.settings import AdaptSettings
+
+    options = vars(build_parser().parse_args(["--data", str(tmp_path), "--weights", "demo", "--camera-effects", "0.5"]))
+    settings = AdaptSettings(**options)
+    assert settings.weights == models.WEIGHTS_DIR / "demo.pt"
+    train = _train_settings(settings, models.checkpoint_meta(settings.weights))
+    assert train.camera_effects == 0.5 and train.init == str(settings.weights)

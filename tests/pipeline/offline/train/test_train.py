@@ -408,3 +408,22 @@ def test_a_gssam_lr_scale_on_a_model_without_gssam_does_not_bind_its_resume(tiny
     gssam[gssam.index("--epochs") + 1] = "1"
     assert train.main(gssam + ["--gssam-lr-scale", "20"]) == 0
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["recipe"]["gssam_lr_scale"] == 20.0
+
+
+def test_modality_trains_on_one_camera_only(synthetic_dataset_root, tmp_path):
+    """--modality V / IR (cross-camera numbers): only that camera's clips are loaded; a camera the
+    split lacks is one line, not an empty run."""
+    manifest = tmp_path / "splits.json"
+    names = sorted(clip.name for clip in dataset.find_clips(synthetic_dataset_root))
+    manifest.write_text(json.dumps({"splits": {"train": names, "val": names, "test": names}}))
+
+    def modalities(*extra):
+        args = train.parse_args(["--data", str(synthetic_dataset_root), "--splits", str(manifest), "--stride", "10",
+                                 "--epochs", "1", "--out", str(tmp_path / "unused"), *extra])
+        return sorted(clip.modality for clip in train.load_clips(args, "train", workers=1)[0])
+
+    assert modalities() == ["IR", "V", "V"]
+    assert modalities("--modality", "V") == ["V", "V"]
+    assert modalities("--modality", "IR") == ["IR"]
+    with pytest.raises(train.TrainError, match="no synthetic clip of that camera"):
+        train.only_modality([_clip_with_box((10, 10, 20, 20))], "V", "synthetic")  # an IR clip
