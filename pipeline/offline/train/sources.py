@@ -170,11 +170,13 @@ def decode_clips(clips: list, stride: int, workers: int, max_frames: int | None 
 
 
 def load_dataset(root: Path | None, split: str, stride: int, workers: int, max_clips: int | None = None,
-                 max_frames: int | None = None, manifest: Path | None = None) -> tuple[list[ClipFrames], list[str]]:
+                 max_frames: int | None = None, manifest: Path | None = None,
+                 modality: str | None = None) -> tuple[list[ClipFrames], list[str]]:
     from pipeline.offline.data import dataset
 
     try:
-        clips = dataset.load_split(split, root, manifest=manifest)[:max_clips]
+        modalities = (modality,) if modality else dataset.MODALITIES   # one camera: decode only its clips
+        clips = dataset.load_split(split, root, modalities, manifest=manifest)[:max_clips]
     except dataset.DatasetError as error:
         raise TrainError(str(error)) from None
     return decode_clips(clips, stride, workers, max_frames), list(dataset.CLASSES)
@@ -252,7 +254,7 @@ def load_clips(settings: TrainSettings, split: str, workers: int) -> tuple[list[
     else:
         root = Path(settings.data) if settings.data else None
         clips, class_names = load_dataset(root, split, settings.stride, workers, settings.max_clips,
-                                          settings.max_frames, settings.splits)
+                                          settings.max_frames, settings.splits, settings.modality)
     if settings.modality:
         clips = only_modality(clips, settings.modality, split)
     if settings.visible_boxes == "tight":
