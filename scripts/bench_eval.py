@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models  # noqa: E402
 from models.backends import BACKENDS  # noqa: E402
 from pipeline.offline import eval as evaluate
 from pipeline.offline.data import dataset, synthetic  # noqa: E402
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="dataset root (default: a synthetic dataset in a temp dir)")
     parser.add_argument("--split", default="all")
-    parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped model, else an untrained nano)")
+    parser.add_argument("--weights", type=models.weights_file, help="checkpoint (default: the shipped model, else an untrained nano)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--max-frames", type=int, default=40, help="per clip, for the detector run")

@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import models  # noqa: E402
 from models.backends import BACKENDS
 from models.tiling import (DEFAULT_MIN_SCALE, detect_regions, detect_tiled, frame_regions, held_by, merge_regions,
                            tile_size_for)
@@ -330,7 +331,7 @@ def parse_args(argv):
                         "(the detect stage's conf_threshold); mAP uses all down to 0.001")
     parser.add_argument("--backend", choices=BACKENDS, default="onnx")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped model)")
+    parser.add_argument("--weights", type=models.weights_file, help="checkpoint (default: the shipped model)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic seeds and which clips sit in which cell")
     parser.add_argument("--data", type=Path, default=dataset.DEFAULT_ROOT, help="dataset root")
     parser.add_argument("--split", default="test", help="clips of the mosaics (test: report; val: compare)")

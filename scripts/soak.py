@@ -41,7 +41,7 @@ def soak_config(out: Path, clip: Path, rtsp_url: str | None = None) -> dict:
     if rtsp_url is not None:
         sources[1] = {"id": "cam1", "uri": rtsp_url}
     return {"mode": "live", "output_dir": str(out / "output"), "sources": sources,
-            "stages": {"detect": {"weights": "default", "backend": "onnx"}, "record": {"segment_seconds": 30}}}
+            "stages": {"detect": {"weights": "demo", "backend": "onnx"}, "record": {"segment_seconds": 30}}}
 
 
 def start_rtsp_camera(clip: Path, port: int) -> tuple[subprocess.Popen, str]:

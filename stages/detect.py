@@ -30,11 +30,12 @@ from models.backends import (
 )
 from models.letterbox import letterbox
 from models.tiling import merge_regions, region_input, to_frame
-from pipeline.runtime.config import ConfigError, PipelineConfig, check_file
+from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.schema import setting
 from pipeline.runtime.stage import Stage
-from stages.model_input import model_input_size, weights_path, weights_problems_as_config_errors
+from stages.model_input import (check_weights_value, model_input_size, weights_path,
+                                weights_problems_as_config_errors)
 from stages.tiling import FramePace, TilingConfig, planner_for
 
 MODEL_BATCH = 8  # inputs per model call: the whole-frame passes and tiles of a batch of frames
@@ -91,8 +92,8 @@ class DetectStage(Stage):
 
     @classmethod
     def check_config(cls, cfg: PipelineConfig, check_files: bool) -> None:
-        if check_files and models.shipped_weights(cfg.stages.detect.weights) is None:
-            check_file(cfg, cfg.stages.detect.weights, "stages.detect.weights")
+        if check_files:
+            check_weights_value(cfg, cfg.stages.detect.weights)
 
     @classmethod
     def preflight(cls, cfg: PipelineConfig) -> None:

@@ -8,6 +8,21 @@ import models
 from pipeline.runtime.config import ConfigError, PipelineConfig
 
 
+def check_weights_value(cfg: PipelineConfig, value: str) -> None:
+    """A shipped name or an existing file, never both: a file beside the config that is called like a
+    shipped checkpoint would otherwise be passed over without a word."""
+    where = "config key 'stages.detect.weights'"
+    local = cfg.resolve(value)
+    if models.shipped_weights(value) is not None:
+        if local.is_file():
+            raise ConfigError(f"{where}: {value!r} names a shipped checkpoint and the file {local}; "
+                              f"write ./{value} for the file")
+    elif not local.is_file():
+        shipped = ", ".join(models.shipped_names())
+        hint = f" and is not a shipped name ({shipped})" if models.is_weights_name(value) else ""
+        raise ConfigError(f"{where}: {value} does not exist{hint}")
+
+
 def weights_path(cfg: PipelineConfig) -> str:
     weights = cfg.stages.detect.weights
     return str(models.shipped_weights(weights) or cfg.resolve(weights))

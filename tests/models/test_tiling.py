@@ -133,11 +133,12 @@ def test_merge_regions_over_a_grid_joins_a_border_object_seen_by_two_tiles():
 
 
 def test_tiled_detection_finds_small_drones_the_letterboxed_frame_loses():
-    """The shipped model on a synthetic 1920x1080 sky with 7-13 px drones: tiles at scale 1 see them."""
-    from models import Detector
+    """The demo model (trained with such renders) on a synthetic 1920x1080 sky with 7-13 px drones: tiles at
+    scale 1 see them."""
+    from models import Detector, shipped_weights
     from pipeline.offline.data.synthetic import render_clip
 
-    detector = Detector(None, backend="onnx", conf_threshold=0.25, class_agnostic_nms=True)
+    detector = Detector(shipped_weights("demo"), backend="onnx", conf_threshold=0.25, class_agnostic_nms=True)
     image, boxes = next(iter(render_clip(2, frames=1, size=(1920, 1080), n_drones=4, n_birds=0, background="sky")))
     truth = np.array([[b.x, b.y, b.x + b.w, b.y + b.h] for b in boxes], np.float32)
     assert truth.shape == (4, 4) and (truth[:, 2:] - truth[:, :2]).max() < 16

@@ -57,3 +57,43 @@ def test_auto_backend_and_workers_run_what_this_machine_runs_fastest(tmp_path, r
         np.testing.assert_allclose(msg.detections, reference([image])[0], rtol=1e-4, atol=1e-3)
     det.close()
     assert det.detector._pool._shutdown  # the workers' threads are stopped with the stage
+
+
+def _weights_config(tmp_path, weights: str):
+    import textwrap
+
+    from pipeline.runtime.config import load_config
+
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(f"""
+        sources: [{{id: cam0, uri: clip.mp4}}]
+        output_dir: out
+        stages: {{detect: {{weights: '{weights}'}}}}
+    """))
+    return load_config(path)
+
+
+def test_weights_by_shipped_name_or_by_path_beside_the_config(tmp_path):
+    import models
+    from stages.model_input import weights_path
+
+    assert weights_path(_weights_config(tmp_path, "demo")) == str(models.WEIGHTS_DIR / "demo.pt")
+    (tmp_path / "mine").write_bytes(b"x")                       # a path without a suffix is still a path
+    assert weights_path(_weights_config(tmp_path, "mine")) == str(tmp_path / "mine")
+    assert weights_path(_weights_config(tmp_path, "./mine")) == str(tmp_path / "mine")
+
+
+def test_weights_that_name_nothing_or_two_things_are_one_line(tmp_path):
+    import pytest
+
+    from pipeline.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="nosuchmodel does not exist and is not a shipped name \\(default, demo"):
+        _weights_config(tmp_path, "nosuchmodel")
+    with pytest.raises(ConfigError, match="Demo does not exist and is not a shipped name"):
+        _weights_config(tmp_path, "Demo")                      # names match exactly, whatever the file system
+    (tmp_path / "demo").write_bytes(b"x")                      # a file beside the config called like a shipped one
+    with pytest.raises(ConfigError, match="names a shipped checkpoint and the file .*write ./demo for the file"):
+        _weights_config(tmp_path, "demo")
+    assert _weights_config(tmp_path, "./demo").stages.detect.weights == "./demo"

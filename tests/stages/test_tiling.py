@@ -310,7 +310,7 @@ def test_replay_of_a_1080p_clip_finds_its_small_drones_only_with_tiling(tmp_path
 
 def _replay(out, video, mode):
     cfg = {"sources": [{"id": "hd", "uri": str(video)}], "output_dir": str(out / "out"),
-           "stages": {"detect": {"backend": "onnx", "tiling": {"mode": mode}}}, "consumers": []}
+           "stages": {"detect": {"weights": "demo", "backend": "onnx", "tiling": {"mode": mode}}}, "consumers": []}
     out.mkdir(parents=True)
     (out / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(out / "cfg.yaml"), "--no-progress"],

@@ -31,16 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default out/adapt/<name of --data>)")
     p.add_argument("--base", default="auto", help="this project's dataset mixed in against forgetting: auto "
                    "(when present), none, or its root")
-    p.add_argument("--base-share", type=float, default=0.5, help="share of training crops from the base data "
-                   "(0.5 and lr 1.5e-4: chosen on a tuning split, docs/generalisation.md)")
+    p.add_argument("--base-share", type=float, default=0.7, help="share of training crops from the base data "
+                   "(0.7 with lr 5e-5 and camera effects 0.5: chosen on a tuning split, docs/generalisation.md)")
     p.add_argument("--base-stride", type=int, default=30, help="every k-th frame of the base train clips")
     p.add_argument("--base-clips", type=int, help="at most N base train clips (quick runs)")
     p.add_argument("--stride", type=int, default=2, help="every k-th frame of your clips")
     p.add_argument("--max-frames", type=int, help="at most N frames per clip of yours (quick runs)")
     p.add_argument("--holdout", type=float, default=0.3, help="share of --data's clips held out for the report")
-    p.add_argument("--lr", type=float, default=1.5e-4)
-    p.add_argument("--camera-effects", type=float, default=0.0,
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--camera-effects", type=float, default=0.5,
                    help="share of crops shown as another camera would, as the default model was trained (train --camera-effects)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep the start model's BatchNorm statistics")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--evals", type=int, default=6, help="validations on the val clips (each may keep the weights)")

@@ -32,7 +32,7 @@ BASE_CHECK_STRIDE = 30      # base val split scored every 30th frame: ~600 image
 # the options that decide which crops training cuts: a --resume that changed one would go on silently
 # with other data (the training run itself checks its own recipe, not what adapt feeds it)
 CROP_OPTIONS = ("data", "format", "classes", "test_data", "weights", "base", "base_share", "base_stride",
-                "base_clips", "stride", "max_frames", "holdout", "batch", "crop", "seed")
+                "base_clips", "stride", "max_frames", "holdout", "batch", "crop", "seed", "camera_effects")
 
 
 def adapt(settings: AdaptSettings) -> int:
@@ -175,7 +175,7 @@ def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
                          out=str(settings.out / "train"), resume=settings.resume, lr=settings.lr,
                          batch=settings.batch, crop=settings.crop, input_size=tuple(meta["input_size"]),
                          evals=settings.evals, patience=settings.patience, warmup_steps=30,
-                         camera_effects=settings.camera_effects,
+                         camera_effects=settings.camera_effects, freeze_bn=settings.freeze_bn,
                          val_per_clip=settings.val_per_clip, seed=settings.seed, threads=settings.threads,
                          workers=settings.workers, no_progress=settings.no_progress)
 

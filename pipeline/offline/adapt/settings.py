@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models import DEFAULT_WEIGHTS
+from models import DEFAULT_WEIGHTS, weights_file
 from pipeline.offline.data.dataset import DEFAULT_ROOT
 from pipeline.offline.train.settings import TrainError
 
@@ -22,14 +22,15 @@ class AdaptSettings:
     minutes: float = 15.0                # the training loop's budget
     out: Path | None = None              # None: out/adapt/<name of --data>
     base: str = "auto"                   # this dataset's root mixed in against forgetting; auto: if present; none
-    base_share: float = 0.5              # of the training crops drawn from the base data (tuned: docs/generalisation.md)
+    base_share: float = 0.7              # of the training crops drawn from the base data (tuned: docs/generalisation.md)
     base_stride: int = 30                # every k-th frame of the base train clips (a few per clip)
     base_clips: int | None = None        # at most this many base train clips (smoke runs)
     stride: int = 2                      # every k-th frame of the user's clips
     max_frames: int | None = None        # per user clip (smoke runs)
     holdout: float = 0.3                 # share of --data's clips held out for the report (without --test-data)
-    lr: float = 1.5e-4                   # tuned with base_share on the tuning split
-    camera_effects: float = 0.0          # share of crops shown as another camera would (train --camera-effects)
+    lr: float = 5e-5                     # tuned with base_share and camera_effects on the tuning split
+    camera_effects: float = 0.5          # share of crops shown as another camera would, as the default was trained
+    freeze_bn: bool = False              # keep the start model's BatchNorm statistics
     batch: int = 16
     crop: int = 256
     evals: int = 6
@@ -45,7 +46,7 @@ class AdaptSettings:
 
     def __post_init__(self):
         self.data = Path(self.data)
-        self.weights = Path(self.weights)
+        self.weights = weights_file(self.weights).resolve()   # a shipped name or a path
         self.test_data = Path(self.test_data) if self.test_data else None
         self.out = Path(self.out) if self.out else Path("out/adapt") / (self.data.resolve().name or "data")
         if self.minutes <= 0:

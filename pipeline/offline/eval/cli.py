@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "this dataset, all of a folder in another format)")
     parser.add_argument("--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--weights", type=weights_file,
-                        help="checkpoint, or a shipped name: default (the default), demo (default: default)")
+                        help="a checkpoint file, or a shipped name: default (the field model; the default), demo, ...")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="torch",
                         help="auto: the fastest this machine runs at the fp32 mAP, measured (the report names it)")
     parser.add_argument("--device", default="cpu")

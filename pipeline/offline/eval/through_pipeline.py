@@ -90,7 +90,8 @@ def _pipeline_config(clips, settings: EvalSettings, output_dir: Path) -> dict:
     return {"sources": [{"id": clip.name, "uri": _source_uri(clip, number, output_dir.parent)}
                         for number, clip in enumerate(clips)],
             "mode": "replay", "output_dir": str(output_dir),
-            "stages": {"detect": {"weights": str(settings.weights) if settings.weights else "default",
+            # an absolute path: the run's config lives in output_dir, which a relative --weights is not relative to
+            "stages": {"detect": {"weights": str(Path(settings.weights).resolve()) if settings.weights else "default",
                                   "backend": settings.backend, "device": settings.device, "batch_size": 1,
                                   "conf_threshold": settings.conf, "nms_threshold": settings.nms,
                                   "class_agnostic_nms": False,   # COCO scoring: what direct evaluation runs

@@ -72,9 +72,11 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    "sensor and fixed-pattern noise, vignetting, blur, JPEG (pipeline/offline/train/camera.py)")
     p.add_argument("--copy-paste", type=float, default=0.0, help="share of crops that get 1-3 real labeled objects "
                    "from other frames pasted in, 4-48 px, either camera (pipeline/offline/train/paste.py)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep the BatchNorm statistics of --init (their "
+                   "scale and shift still train): a fine-tune on little data forgets less")
     p.add_argument("--modality", choices=("V", "IR"), default=None,
-                   help="train and validate on one camera's clips only (synthetic clips of that look only): "
-                        "for cross-camera numbers, e.g. train on V and score IR with eval")
+                   help="train and validate on one camera's clips of this dataset only (of --synthetic N, only the "
+                        "clips rendered as that camera are kept): for cross-camera numbers, e.g. train on V, score IR")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--synthetic-look", choices=("plain", "varied"), default="plain",

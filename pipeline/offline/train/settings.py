@@ -62,6 +62,7 @@ class TrainSettings:
     visible_boxes: str = "dataset"
     assignment: str = "batched"
     modality: str | None = None            # one camera only: "V" or "IR" (None: both)
+    freeze_bn: bool = False                # keep the --init model's BatchNorm statistics (fine-tuning on little data)
     synthetic: int = 0
     synthetic_frames: int = 150
     synthetic_look: str = "plain"         # varied: each synthetic clip its own sky, contrast, noise, blur

@@ -113,11 +113,11 @@ def read_bundle_manifest(bundle: Path) -> dict:
 
 
 def load_bundle(bundle: Path, split: str, cache_dir: Path | None, workers: int,
-                max_clips: int | None = None) -> tuple[list[ClipFrames], list[str]]:
+                max_clips: int | None = None, modality: str | None = None) -> tuple[list[ClipFrames], list[str]]:
     """Clips of ``split`` from a bundle, decoded in parallel (once: cached as .npy when cache_dir is set)."""
     bundle = Path(bundle)
     manifest = read_bundle_manifest(bundle)
-    entries = [c for c in manifest["clips"] if c["split"] == split][:max_clips]
+    entries = [c for c in manifest["clips"] if c["split"] == split and modality in (None, c["modality"])][:max_clips]
     if not entries:
         raise TrainError(f"bundle {bundle} holds no clip of split {split!r}")
     if cache_dir is not None:
@@ -246,8 +246,12 @@ def load_clips(settings: TrainSettings, split: str, workers: int) -> tuple[list[
     """The real clips of ``split`` (bundle or dataset, per the settings), visible boxes tightened if asked."""
     if settings.bundle:
         cache = Path(settings.cache) / split if settings.cache else None
-        clips, class_names = load_bundle(Path(settings.bundle), split, cache, workers, settings.max_clips)
+        clips, class_names = load_bundle(Path(settings.bundle), split, cache, workers, settings.max_clips,
+                                         settings.modality)
     elif settings.data and _format_of(settings) != "dataset":
+        if settings.modality:
+            raise TrainError("--modality picks a camera of this project's dataset (V or IR clips); "
+                             f"a {_format_of(settings)} folder has no such cameras")
         clips = decode_clips(_format_split(settings, split)[:settings.max_clips], settings.stride, workers,
                              settings.max_frames)
         class_names = list(_model_classes())

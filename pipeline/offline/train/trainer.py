@@ -138,6 +138,7 @@ class Trainer:
                 # which effects a crop may get (camera.EFFECTS_VERSION) changes the draws of runs with effects
                 "effects_version": EFFECTS_VERSION if self.settings.camera_effects else 0,
                 "copy_paste": float(self.settings.copy_paste), "modality": self.settings.modality,
+                "freeze_bn": bool(self.settings.freeze_bn),
                 # on a model without GSSAM the scale changes nothing, so it must not bind a resume
                 "gssam_lr_scale": float(self.settings.gssam_lr_scale) if has_gssam(self.model) else 1.0}
 
@@ -168,6 +169,10 @@ class Trainer:
 
     # -- one step
     def train_step(self) -> dict:
+        if self.settings.freeze_bn:     # the start model's BatchNorm statistics stay as they are (adapt)
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.lr * group.get("lr_scale", 1.0) * lr_factor(self.step, self.warmup,
                                                                                      self.total_steps)
@@ -192,7 +197,7 @@ def started_recipe(state: dict, current: dict) -> dict:
     """The recipe a training state was made with; options older states did not record take the value
     they had then (a state without any recipe: the current one, unchecked)."""
     started = {"visible_boxes": "dataset", "camera_effects": 0.0, "copy_paste": 0.0, "gssam_lr_scale": 1.0,
-               "modality": None,
+               "modality": None, "freeze_bn": False,
                **state.get("recipe", current)}
     started.setdefault("effects_version", 1 if started["camera_effects"] else 0)
     return started

@@ -26,7 +26,7 @@ def test_a_replay_publishes_one_track_confirmed_per_confirmed_track_to_mqtt_and_
     config.write_text(yaml.safe_dump({
         "mode": "replay", "sources": [{"id": "cam0", "uri": str(synthetic_clip.video)}], "output_dir": str(out),
         "transport": {"ipc_dir": str(tmp_path / "ipc")},
-        "stages": {"detect": {"weights": "default", "backend": "onnx"},
+        "stages": {"detect": {"weights": "demo", "backend": "onnx"},
                    "alerts": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "snapshots": True},
                               "webhooks": [{"url": receiver.url, "backoff_s": 0.1}]}}}))
     try:

@@ -75,7 +75,8 @@ def test_a_run_with_older_effects_cannot_resume_with_the_new_draws():
     from pipeline.offline.train.trainer import started_recipe
 
     now = {"l1_loss": False, "small_object_power": 0.0, "visible_boxes": "tight", "camera_effects": 0.5,
-           "effects_version": camera.EFFECTS_VERSION, "copy_paste": 0.0, "gssam_lr_scale": 1.0}
+           "effects_version": camera.EFFECTS_VERSION, "copy_paste": 0.0, "gssam_lr_scale": 1.0,
+           "modality": None, "freeze_bn": False}     # as Trainer.recipe() has them now
     old = {"recipe": {"l1_loss": False, "small_object_power": 0.0, "visible_boxes": "tight", "camera_effects": 0.5}}
     assert started_recipe(old, now) != now
     plain_old = {"recipe": {**old["recipe"], "camera_effects": 0.0}}

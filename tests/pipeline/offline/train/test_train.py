@@ -427,3 +427,45 @@ def test_modality_trains_on_one_camera_only(synthetic_dataset_root, tmp_path):
     assert modalities("--modality", "IR") == ["IR"]
     with pytest.raises(train.TrainError, match="no synthetic clip of that camera"):
         train.only_modality([_clip_with_box((10, 10, 20, 20))], "V", "synthetic")  # an IR clip
+
+
+def test_modality_decodes_only_that_cameras_clips_and_binds_a_resume(synthetic_dataset_root, tmp_path, monkeypatch):
+    from pipeline.offline.train import sources
+    from pipeline.offline.train.trainer import started_recipe
+
+    manifest = tmp_path / "splits.json"
+    names = sorted(clip.name for clip in dataset.find_clips(synthetic_dataset_root))
+    manifest.write_text(json.dumps({"splits": {"train": names, "val": names, "test": names}}))
+    decoded = []
+    monkeypatch.setattr(sources, "_pool_map", lambda function, tasks, workers: decoded.extend(t[0].name for t in tasks) or [])
+    args = train.parse_args(["--data", str(synthetic_dataset_root), "--splits", str(manifest), "--epochs", "1",
+                             "--modality", "IR", "--out", str(tmp_path / "unused")])
+    with pytest.raises(train.TrainError):                   # nothing decoded (stubbed): no clip of that camera
+        train.load_clips(args, "train", workers=1)
+    assert decoded == ["IR_DRONE_902"]                      # the visible clips were never decoded
+    current = {"modality": "IR"}
+    assert started_recipe({"recipe": {"camera_effects": 0.0}}, current)["modality"] is None   # states of before
+    assert started_recipe({"recipe": {"modality": "V"}}, current)["modality"] == "V"
+
+@pytest.mark.slow
+def test_freeze_bn_keeps_the_start_models_batchnorm_statistics(tiny_data, tmp_path):
+    """--freeze-bn (adapt's fine-tunes): the running statistics stay those of --init while the weights,
+    BatchNorm scale and shift included, train; without it the statistics move."""
+    root, manifest = tiny_data
+    torch.set_num_threads(1)
+    assert train.main(_argv(root, manifest, tmp_path / "start")) == 0
+    init = ["--init", str(tmp_path / "start" / "best.pt")]
+
+    def state(run, *extra):
+        assert train.main(_argv(root, manifest, tmp_path / run) + init + list(extra)) == 0
+        return torch.load(tmp_path / run / "last.pt", weights_only=False)["model"]
+
+    import models
+
+    start = models.load_checkpoint(tmp_path / "start" / "best.pt")[0].state_dict()
+    frozen, free = state("frozen", "--freeze-bn"), state("free")
+    stats = [k for k in start if k.endswith("running_mean")]
+    assert stats and all(torch.allclose(frozen[k].float(), start[k].float(), atol=1e-3) for k in stats)
+    assert not all(torch.allclose(free[k].float(), start[k].float(), atol=1e-3) for k in stats)
+    scales = [k.replace("running_mean", "weight") for k in stats]
+    assert not all(torch.equal(frozen[k].float(), start[k].float()) for k in scales)   # scale and shift train
