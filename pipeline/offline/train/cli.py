@@ -6,6 +6,7 @@ import logging
 import sys
 
 from models.letterbox import STRIDE
+from pipeline.offline.data.dataset import MODALITIES
 from pipeline.offline.train.settings import TrainError, TrainSettings, parse_input_size
 
 
@@ -74,7 +75,7 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    "from other frames pasted in, 4-48 px, either camera (pipeline/offline/train/paste.py)")
     p.add_argument("--freeze-bn", action="store_true", help="keep the BatchNorm statistics of --init (their "
                    "scale and shift still train): a fine-tune on little data forgets less")
-    p.add_argument("--modality", choices=("V", "IR"), default=None,
+    p.add_argument("--modality", choices=MODALITIES, default=None,
                    help="train and validate on one camera's clips of this dataset only (of --synthetic N, only the "
                         "clips rendered as that camera are kept): for cross-camera numbers, e.g. train on V, score IR")
     p.add_argument("--synthetic", type=int, default=0, help="mix N synthetic clips (pipeline.offline.data.synthetic) into train")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from models.letterbox import STRIDE, check_input_size
+from pipeline.offline.data.dataset import MODALITIES
 
 
 class TrainError(Exception):
@@ -100,8 +101,8 @@ class TrainSettings:
         for name in ("camera_effects", "copy_paste"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be in 0..1")
-        if self.modality not in (None, "V", "IR"):
-            raise TrainError("--modality must be V or IR")
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise TrainError(f"--modality must be one of {', '.join(MODALITIES)}")
         if self.synthetic_look not in ("plain", "varied"):
             raise TrainError("--synthetic-look must be plain or varied")
         if not 0 < self.gssam_lr_scale <= 1000:

@@ -2,6 +2,7 @@
 and its resumable state (what last.pt holds)."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pickle
@@ -56,6 +57,13 @@ class Trainer:
         self.stopped_by_patience = False   # --patience ended it: val stopped improving
         # the window is set when the steps are planned (or restored by load_state)
         self.ema = ModelEMA(self.model, *ema_settings(PLACEHOLDER_EMA_STEPS))
+
+    @functools.cached_property
+    def _frozen_norms(self) -> list[torch.nn.Module]:
+        """The BatchNorm layers --freeze-bn keeps in eval mode (none without it)."""
+        if not self.settings.freeze_bn:
+            return []
+        return [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
     def _build_model(self) -> torch.nn.Module:
         import models
@@ -169,10 +177,8 @@ class Trainer:
 
     # -- one step
     def train_step(self) -> dict:
-        if self.settings.freeze_bn:     # the start model's BatchNorm statistics stay as they are (adapt)
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        for module in self._frozen_norms:   # --freeze-bn: the start model's statistics stay as they are
+            module.eval()
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.lr * group.get("lr_scale", 1.0) * lr_factor(self.step, self.warmup,
                                                                                      self.total_steps)
