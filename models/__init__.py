@@ -45,6 +45,7 @@ def weights_file(value: str | Path) -> Path:
 _HOMES = {
     "CheckpointError": "meta", "checkpoint_meta": "meta",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_weights_into": "checkpoint",
+    "blend_checkpoints": "checkpoint",
     "Detector": "detector",
     "Gssam": "gssam", "GssamConfigError": "gssam", "sampled_contrast": "gssam",
     "export_onnx": "onnx_export",

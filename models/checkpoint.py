@@ -141,3 +141,26 @@ def load_weights_into(path, model: nn.Module, class_names) -> dict:
         state = twin_state_dict(state, model)
     _match_weights(path, model, state)
     return meta
+
+
+def blend_checkpoints(start, tuned, share: float, path, **extra) -> Path:
+    """Write ``(1 - share) * start + share * tuned`` to ``path``: the weight-space blend of a model and
+    its fine-tune (Wortsman et al., "Robust fine-tuning of zero-shot models", 2022), which keeps much of
+    what the start knew for little of what the fine-tune gained. Both must hold the same model and
+    classes; every float tensor is blended (BatchNorm's running statistics too), integer ones (the
+    batch counters) come from ``tuned``. The meta is tuned's, with ``blend`` recording the share."""
+    if not 0.0 <= share <= 1.0:
+        raise CheckpointError(f"blend share {share} is not in 0..1")
+    model, meta = load_checkpoint(tuned)
+    start_model, start_meta = load_checkpoint(start)
+    if start_meta["name"] != meta["name"] or list(start_meta["class_names"]) != list(meta["class_names"]):
+        raise CheckpointError(f"{start} and {tuned} hold different models or classes: cannot blend them")
+    start_state = start_model.state_dict()
+    blended = {name: (torch.lerp(start_state[name].float(), value.float(), share).to(value.dtype)
+                      if value.is_floating_point() else value)
+               for name, value in model.state_dict().items()}
+    model.load_state_dict(blended)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept.update(extra, blend={"share": float(share), "start": str(start), "tuned": str(tuned)})
+    return save_checkpoint(path, model, name=meta["name"], input_size=meta["input_size"],
+                           class_names=meta["class_names"], **kept)

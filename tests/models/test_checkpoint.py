@@ -179,3 +179,46 @@ def test_weights_into_an_unrelated_model_are_one_line(saved, model_name, classes
     with pytest.raises(CheckpointError) as caught:
         load_weights_into(path, model, classes)
     _assert_one_line_naming(caught.value, path, problem)
+
+
+def _model_pair(tmp_path, name="yolox-nano", classes=("drone", "bird")):
+    torch.manual_seed(1)
+    start, tuned = build_model(name, num_classes=len(classes)), build_model(name, num_classes=len(classes))
+    with torch.no_grad():
+        for parameter in tuned.parameters():
+            parameter.add_(1.0)
+        for module in tuned.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.fill_(2.0)
+                module.num_batches_tracked.fill_(7)
+    paths = [save_checkpoint(tmp_path / f"{which}.pt", model, name=name, input_size=(64, 64), class_names=list(classes),
+                             **({"note": "tuned"} if which == "tuned" else {}))
+             for which, model in (("start", start), ("tuned", tuned))]
+    return paths, start.state_dict(), tuned.state_dict()
+
+
+def test_blend_is_the_weighted_mean_of_every_float_tensor(tmp_path):
+    from models import blend_checkpoints
+
+    (start_path, tuned_path), start, tuned = _model_pair(tmp_path)
+    for share in (0.0, 0.25, 1.0):
+        model, meta = load_checkpoint(blend_checkpoints(start_path, tuned_path, share, tmp_path / f"b{share}.pt"))
+        state = model.state_dict()
+        for name, value in state.items():
+            if value.is_floating_point():
+                assert torch.allclose(value, (1 - share) * start[name] + share * tuned[name], atol=1e-6), name
+            else:
+                assert torch.equal(value, tuned[name]), name          # batch counters: the fine-tune's
+        assert meta["blend"]["share"] == share and meta["note"] == "tuned"
+
+
+def test_blending_different_models_or_a_bad_share_is_refused(tmp_path):
+    from models import blend_checkpoints
+
+    (start_path, tuned_path), _, _ = _model_pair(tmp_path)
+    (other, _), _, _ = _model_pair(tmp_path / "other", classes=("drone", "bird", "plane"))
+    with pytest.raises(CheckpointError, match="different models or classes"):
+        blend_checkpoints(other, tuned_path, 0.5, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not in 0..1"):
+        blend_checkpoints(start_path, tuned_path, 1.5, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()

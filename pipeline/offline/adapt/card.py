@@ -35,6 +35,24 @@ def _training_lines(train_log: dict) -> list[str]:
             f"(the checkpoint kept; training stops after {config.get('patience')} evaluations without a gain)."]
 
 
+def _blend_lines(blended: dict | None) -> list[str]:
+    if blended is None:
+        return ["- **Blend**: none (`--blend 1`): the fine-tuned checkpoint as it is.", ""]
+    lines = [f"- **Blend**: the shipped weights are {blended['chosen_share']:g} × the fine-tune + "
+             f"{1 - blended['chosen_share']:g} × the start model, in weight space ({blended['why']}). "
+             "The blends scored:", "",
+             "| share of the fine-tune | your val clips: class-agnostic AP50 | mAP50:95 | base val mAP50:95 |",
+             "|---|---|---|---|"]
+    for row in blended["candidates"]:
+        lines.append(f"| {row['share']:g} | {_percent(row['user_val_agnostic_map50'])} | "
+                     f"{_percent(row['user_val_map50_95'])} | {_percent(row['base_val_map50_95'])} |")
+    if blended["before_base_val_map50_95"] is not None:
+        lines += ["", f"The start model's base val mAP50:95: {_percent(blended['before_base_val_map50_95'])}. "
+                  "The base val split helped choose the blend, so its line below is not an independent "
+                  "check; the test split of this project's dataset is (`python -m pipeline eval --split test`)."]
+    return lines + [""]
+
+
 def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path) -> None:
     train_log = json.loads((settings.out / "train" / "log.json").read_text())
     report["training"] = {k: train_log.get(k) for k in ("steps", "train_loop_s", "best_val_map50_95", "hardware")}
@@ -55,7 +73,7 @@ def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path)
              f"({', '.join(clips['test'])}"
              f"{'; from ' + Path(settings.test_data).name if settings.test_data else ''}).",
              f"- **Base data mixed in** (against forgetting): {base}.",
-             *_training_lines(train_log), ""]
+             *_training_lines(train_log), *_blend_lines(report.get("blend"))]
     if report["shared_holdout"]:
         lines += ["**Only two clips**: the held-out clip chose the checkpoint *and* is reported on, so its "
                   "after-score is optimistic.", ""]

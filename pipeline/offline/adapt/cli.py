@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--skip-base-check", action="store_true", help="do not score the base val split")
+    p.add_argument("--blend", default="auto", help="how much of the fine-tune to keep: auto (shares 1, 0.75, 0.5, "
+                   "0.25 of it blended with the start model in weight space, one chosen on your val clips and the "
+                   "base val split), shares separated by commas, or 1 (the fine-tune as it is)")
+    p.add_argument("--max-forget", type=float, default=1.0, help="points of base val mAP50:95 a chosen blend may "
+                   "lose (default 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -3,7 +3,8 @@ the shipped weights (``pipeline.offline.train``), then the same scores before an
 
 Files in ``settings.out``: ``train/`` (the training run: last.pt to resume, best.pt, log.json,
 curve.png), ``adapted.pt`` + ``adapted.md`` (the weights and their card), ``report.json`` (the plan and the
-before/after table), ``eval/<part>-<before|after>/`` (each scoring's own files).
+before/after table), ``blend-<share>.pt`` (the blends of the start and the fine-tune that were scored,
+``blend.py``), ``eval/<part>-<weights>/`` (each scoring's own files).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from models import checkpoint_meta
+from pipeline.offline.adapt import blend
 from pipeline.offline.adapt.card import write_card
 from pipeline.offline.adapt.settings import AdaptSettings
 from pipeline.offline.data import dataset, formats
@@ -53,11 +55,12 @@ def adapt(settings: AdaptSettings) -> int:
         log.warning("adapt: training was interrupted; continue with the same command and --resume")
         return EXIT_INTERRUPTED
     adapted = settings.out / "adapted.pt"
-    shutil.copyfile(settings.out / "train" / "best.pt", adapted)
-    table = _before_after(settings, parts, adapted)
+    chosen, blended, base_scores = _blend(settings, parts)
+    shutil.copyfile(chosen, adapted)
+    table = _before_after(settings, parts, adapted, base_scores)
     report = {"settings": settings.as_config(), "clips": parts.names(), "shared_holdout": parts.shared_holdout,
               "base_clips": len(base), "train_frames": sum(len(c.frames) for c in train),
-              "base_frames": sum(len(c.frames) for c in base), "table": table,
+              "base_frames": sum(len(c.frames) for c in base), "blend": blended, "table": table,
               "wall_s": round(time.monotonic() - started, 1),
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     write_card(settings, meta, report, adapted)
@@ -180,24 +183,62 @@ def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
                          workers=settings.workers, no_progress=settings.no_progress)
 
 
+# ------------------------------------------------------------------------------ blend
+def _blend(settings: AdaptSettings, parts: HeldOut) -> tuple[Path, dict | None, tuple[dict, dict] | None]:
+    """(the weights to ship, the blend report or None, the base val scores (before, after) or None):
+    with more than one share, every blend is scored on the user's val clips and the base val slice and
+    one is chosen (``blend.choose``); with ``--blend 1`` the fine-tune as it is, unscored here."""
+    tuned = settings.out / "train" / "best.pt"
+    if settings.blend_shares == (1.0,):
+        return tuned, None, None
+    base_val = _base_val_clips(settings)
+
+    def score_user(weights: Path) -> dict:
+        return _score(parts.val, weights, settings, _eval_folder(settings, "user-val", weights), settings.stride, False)
+
+    def score_base(weights: Path) -> dict:
+        return _score(base_val, weights, settings, _eval_folder(settings, "base-val", weights), BASE_CHECK_STRIDE, True)
+
+    before_base = score_base(settings.weights) if base_val else None
+    scored = blend.candidates(settings.blend_shares, settings.weights, tuned, settings.out, score_user,
+                              score_base if base_val else None)
+    chosen, why = blend.choose(scored, before_base, settings.max_forget)
+    (log.info if chosen.base_val is None or "every blend" not in why else log.warning)("adapt: blend %s", why)
+    report = {"chosen_share": chosen.share, "why": why, "max_forget_points": settings.max_forget,
+              "before_base_val_map50_95": None if before_base is None else before_base["map50_95"],
+              "candidates": [candidate.row() for candidate in scored]}
+    return chosen.weights, report, (before_base, chosen.base_val) if before_base else None
+
+
+def _base_val_clips(settings: AdaptSettings) -> list:
+    root = settings.base_root()
+    return [] if root is None or settings.skip_base_check else dataset.load_split("val", root)
+
+
+def _eval_folder(settings: AdaptSettings, part: str, weights: Path) -> Path:
+    name = "before" if Path(weights) == settings.weights else Path(weights).stem
+    return settings.out / "eval" / f"{part}-{name}"
+
+
 # ------------------------------------------------------------------------------ before / after
 METRICS = (("map50_95", "mAP50:95"), ("map50", "mAP50"), ("agnostic_map50_95", "class-agnostic mAP50:95"),
            ("agnostic_map50", "class-agnostic AP50"), ("ap_tiny", "AP tiny (< 16 px)"))
 
 
-def _before_after(settings: AdaptSettings, parts: HeldOut, adapted: Path) -> list[dict]:
-    """Rows {part, metric, before, after}: the user's held-out test clips, and the base val split."""
-    scored = [("your test clips", "user-test", parts.test, settings.stride, False)]
-    root = settings.base_root()
-    if root is not None and not settings.skip_base_check:
-        scored.append(("base val split", "base-val", dataset.load_split("val", root), BASE_CHECK_STRIDE, True))
-    rows = []
-    for label, folder, clips, stride, tight in scored:
-        before = _score(clips, settings.weights, settings, settings.out / "eval" / f"{folder}-before", stride, tight)
-        after = _score(clips, adapted, settings, settings.out / "eval" / f"{folder}-after", stride, tight)
-        rows += [{"part": label, "metric": title, "before": before[key], "after": after[key]}
-                 for key, title in METRICS]
-    return rows
+def _before_after(settings: AdaptSettings, parts: HeldOut, adapted: Path,
+                  base_scores: tuple[dict, dict] | None) -> list[dict]:
+    """Rows {part, metric, before, after}: the user's held-out test clips, and the base val split
+    (its scores from choosing the blend when there were some)."""
+    def score(folder: str, clips: list, stride: int, tight: bool) -> tuple[dict, dict]:
+        return tuple(_score(clips, weights, settings, settings.out / "eval" / f"{folder}-{when}", stride, tight)
+                     for weights, when in ((settings.weights, "before"), (adapted, "after")))
+
+    scored = [("your test clips", score("user-test", parts.test, settings.stride, False))]
+    base_val = _base_val_clips(settings)
+    if base_val:
+        scored.append(("base val split", base_scores or score("base-val", base_val, BASE_CHECK_STRIDE, True)))
+    return [{"part": label, "metric": title, "before": before[key], "after": after[key]}
+            for label, (before, after) in scored for key, title in METRICS]
 
 
 def _score(clips: list, weights: Path, settings: AdaptSettings, out: Path, stride: int, tight: bool) -> dict:

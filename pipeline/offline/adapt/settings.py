@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models import DEFAULT_WEIGHTS, weights_file
+from pipeline.offline.adapt.blend import parse_shares
 from pipeline.offline.data.dataset import DEFAULT_ROOT
 from pipeline.offline.train.settings import TrainError
 
@@ -43,6 +44,8 @@ class AdaptSettings:
     resume: bool = False
     no_progress: bool = False
     skip_base_check: bool = False        # do not score the base val split before/after (quick runs)
+    blend: str = "auto"                  # shares of the fine-tune blended with the start to choose from (blend.py)
+    max_forget: float = 1.0              # points of base val mAP50:95 a chosen blend may lose
 
     def __post_init__(self):
         self.data = Path(self.data)
@@ -63,8 +66,18 @@ class AdaptSettings:
         for name in ("base_clips", "max_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
+        try:
+            parse_shares(self.blend)
+        except ValueError as error:
+            raise TrainError(str(error)) from None
+        if self.max_forget < 0:
+            raise TrainError("--max-forget must be >= 0 (points of base val mAP50:95)")
         if not self.weights.is_file():
             raise TrainError(f"--weights: no such file {self.weights}")
+
+    @property
+    def blend_shares(self) -> tuple[float, ...]:
+        return parse_shares(self.blend)
 
     def base_root(self) -> Path | None:
         """The base dataset's root, or None: not asked for, or (auto) not on this machine."""

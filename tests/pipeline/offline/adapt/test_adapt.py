@@ -79,6 +79,10 @@ def test_adapting_to_an_unseen_camera_raises_recall_and_writes_weights_card_repo
     assert "## Before / after" in card and "your test clips" in card and "weights: adapted.pt" in card
     assert str(tmp_path) not in card  # the card travels with the weights: no paths of this machine
     assert {row["metric"] for row in report["table"]} >= {"mAP50:95", "class-agnostic AP50"}
+    blended = report["blend"]    # no base data: the blend is chosen on the val clip alone
+    assert [row["share"] for row in blended["candidates"]] == [1.0, 0.75, 0.5, 0.25]
+    assert "no base check" in blended["why"] and "share of the fine-tune" in card
+    assert blended["chosen_share"] == 1 or (out / f"blend-{blended['chosen_share']:g}.pt").is_file()
     assert "weights: " + str((out / "adapted.pt").resolve()) in result.stdout
 
 
@@ -88,6 +92,7 @@ def test_adapting_to_an_unseen_camera_raises_recall_and_writes_weights_card_repo
     (["--weights", "/nonexistent.pt"], "--weights: no such file"),
     (["--classes", "uav=tank"], "'tank' is not a model class"),
     (["--camera-effects", "2"], "--camera-effects must be in 0..1"),
+    (["--blend", "2"], "every share must be in (0, 1]"),
 ])
 def test_bad_options_are_one_line(palette_camera, tmp_path, args, message):
     result = adapt("--data", str(palette_camera), "--out", str(tmp_path / "o"), *args, timeout=60)
