@@ -30,7 +30,8 @@ METRICS = ("map50_95", "ap_tiny", "ap_small", "map50")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--init", type=Path, default=BASELINE_WEIGHTS, help="the trained plain YOLOX both arms start from")
+    p.add_argument("--init", type=_init, default=BASELINE_WEIGHTS, help="the trained plain YOLOX both arms start "
+                   "from, or scratch: both from random weights (the from-scratch protocol, at equal steps)")
     p.add_argument("--baseline", default="yolox-nano")
     p.add_argument("--twin", default="yolox-nano-gssam-sigresid-p1")
     p.add_argument("--seeds", default="0,1,2")
@@ -47,13 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _init(value: str) -> Path | None:
+    return None if value == "scratch" else Path(value)
+
+
 def run_name(model: str, seed: int) -> str:
     return f"{model}-s{seed}"
 
 
 def train(args, model: str, seed: int) -> Path:
     out = args.out / run_name(model, seed)
-    command = ["--model", model, "--init", str(args.init), "--seed", str(seed), "--epochs", str(args.epochs),
+    start = [] if args.init is None else ["--init", str(args.init)]
+    command = ["--model", model, *start, "--seed", str(seed), "--epochs", str(args.epochs),
                "--epoch-steps", str(args.epoch_steps), "--out", str(out), "--keep-epochs", *args.train_args.split()]
     _same_command(out, command)  # a run kept from an earlier call must be this study's
     log = out / "log.json"
@@ -126,8 +132,10 @@ def spread(values: list[float]) -> str:
 
 
 def summarise(rows: list[dict], start: dict, args) -> str:
-    lines = [f"Start: `{args.init.name}` (test mAP50:95 {100 * start['map50_95']:.1f}, AP tiny "
-             f"{100 * start['ap_tiny']:.1f}); both arms continue it for the same steps, seeds {args.seeds}.", "",
+    begun = ("Start: random weights (from scratch); both arms train for the same steps" if start is None else
+             f"Start: `{args.init.name}` (test mAP50:95 {100 * start['map50_95']:.1f}, AP tiny "
+             f"{100 * start['ap_tiny']:.1f}); both arms continue it for the same steps")
+    lines = [f"{begun}, seeds {args.seeds}.", "",
              "Cells: mean ± half the range over the seeds, in points.", "",
              "| step | arm | seeds | val mAP50:95 | test mAP50:95 | AP tiny | AP small | mAP50 |",
              "|---|---|---|---|---|---|---|---|"]
@@ -167,11 +175,12 @@ def summarise(rows: list[dict], start: dict, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.report and not (args.out / "test-start" / "report.json").is_file():
+    start_report = args.out / "test-start" / "report.json"
+    if args.report and args.init is not None and not start_report.is_file():
         print(f"error: {args.out} holds no study yet (no test-start/report.json)", file=sys.stderr)
         return 2
-    start = score(args, args.init, args.out / "test-start") if not args.report else \
-        json.loads((args.out / "test-start" / "report.json").read_text())
+    start = (None if args.init is None else json.loads(start_report.read_text()) if args.report
+             else score(args, args.init, args.out / "test-start"))
     rows = []
     arms = (args.baseline, args.twin)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
                 list(pool.map(lambda model: train(args, model, seed), arms))
             for arm_rows in pool.map(lambda model: run_rows(args, model, seed, scoring=not args.report), arms):
                 rows += arm_rows
-            (args.out / "summary.json").write_text(json.dumps({"start": {m: start[m] for m in METRICS},
+            (args.out / "summary.json").write_text(json.dumps({"start": start and {m: start[m] for m in METRICS},
                                                                 "rows": rows}, indent=1) + "\n")
             (args.out / "summary.md").write_text(summarise(rows, start, args))
     print((args.out / "summary.md").read_text())

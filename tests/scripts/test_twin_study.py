@@ -53,3 +53,13 @@ def test_study_trains_both_arms_scores_each_epoch_and_pairs_them(tmp_path):
     changed[changed.index("--epoch-steps") + 1] = "2"
     with pytest.raises(SystemExit, match="was trained with another command"):
         twin_study.main(changed)  # a study never mixes in runs of another recipe
+
+
+def test_from_scratch_protocol_trains_without_init_and_says_so(tmp_path):
+    args = twin_study.parse_args(["--out", str(tmp_path), "--init", "scratch", "--seeds", "0"])
+    assert args.init is None
+    rows = [{"model": model, "seed": 0, "step": 600, "val_map50_95": 0.1, "test_map50_95": value,
+             "test_ap_tiny": 0.1, "test_ap_small": 0.1, "test_map50": 0.3}
+            for model, value in ((args.baseline, 0.12), (args.twin, 0.13))]
+    text = twin_study.summarise(rows, None, args)
+    assert text.startswith("Start: random weights (from scratch)") and "| 600 | 0 | +0.0 | +1.0 |" in text
