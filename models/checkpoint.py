@@ -148,19 +148,28 @@ def blend_checkpoints(start, tuned, share: float, path, **extra) -> Path:
     its fine-tune (Wortsman et al., "Robust fine-tuning of zero-shot models", 2022), which keeps much of
     what the start knew for little of what the fine-tune gained. Both must hold the same model and
     classes; every float tensor is blended (BatchNorm's running statistics too), integer ones (the
-    batch counters) come from ``tuned``. The meta is tuned's, with ``blend`` recording the share."""
+    batch counters) come from ``tuned``, and the file keeps tuned's precision (fp16 from training).
+    The meta is tuned's, its scores renamed ``tuned_metrics`` (they are not the blend's), with
+    ``blend`` recording the share and the two files' names."""
     if not 0.0 <= share <= 1.0:
         raise CheckpointError(f"blend share {share} is not in 0..1")
-    model, meta = load_checkpoint(tuned)
-    start_model, start_meta = load_checkpoint(start)
+    start, tuned = Path(start), Path(tuned)
+    contents = [_read(start), _read(tuned)]
+    (start_meta, meta) = [_check_meta(where, content["meta"]) for where, content in zip((start, tuned), contents)]
     if start_meta["name"] != meta["name"] or list(start_meta["class_names"]) != list(meta["class_names"]):
         raise CheckpointError(f"{start} and {tuned} hold different models or classes: cannot blend them")
-    start_state = start_model.state_dict()
-    blended = {name: (torch.lerp(start_state[name].float(), value.float(), share).to(value.dtype)
-                      if value.is_floating_point() else value)
-               for name, value in model.state_dict().items()}
+    start_state, tuned_state = (content["state_dict"] for content in contents)
+    model = build_model(meta["name"], num_classes=len(meta["class_names"]))
+    _match_weights(start, model, start_state)
+    _match_weights(tuned, model, tuned_state)
+    blended = {name: (torch.lerp(start_state[name].float(), value.float(), share)
+                      if value.is_floating_point() else value) for name, value in tuned_state.items()}
     model.load_state_dict(blended)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept.update(extra, blend={"share": float(share), "start": str(start), "tuned": str(tuned)})
+    if all(v.dtype == torch.float16 for v in tuned_state.values() if v.is_floating_point()):
+        model.half()
+    kept = {k: v for k, v in meta.items() if k not in (*RESERVED_META, "metrics")}
+    if "metrics" in meta:
+        kept["tuned_metrics"] = meta["metrics"]
+    kept.update(extra, blend={"share": float(share), "start": start.name, "tuned": tuned.name})
     return save_checkpoint(path, model, name=meta["name"], input_size=meta["input_size"],
                            class_names=meta["class_names"], **kept)

@@ -181,7 +181,7 @@ def test_weights_into_an_unrelated_model_are_one_line(saved, model_name, classes
     _assert_one_line_naming(caught.value, path, problem)
 
 
-def _model_pair(tmp_path, name="yolox-nano", classes=("drone", "bird")):
+def _model_pair(tmp_path, name="yolox-nano", classes=("drone", "bird"), half=False):
     torch.manual_seed(1)
     start, tuned = build_model(name, num_classes=len(classes)), build_model(name, num_classes=len(classes))
     with torch.no_grad():
@@ -191,10 +191,13 @@ def _model_pair(tmp_path, name="yolox-nano", classes=("drone", "bird")):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.fill_(2.0)
                 module.num_batches_tracked.fill_(7)
+    if half:
+        tuned.half()            # as training saves its checkpoints
+    tmp_path.mkdir(parents=True, exist_ok=True)
     paths = [save_checkpoint(tmp_path / f"{which}.pt", model, name=name, input_size=(64, 64), class_names=list(classes),
-                             **({"note": "tuned"} if which == "tuned" else {}))
+                             **({"note": "tuned", "metrics": {"map50_95": 0.3}} if which == "tuned" else {}))
              for which, model in (("start", start), ("tuned", tuned))]
-    return paths, start.state_dict(), tuned.state_dict()
+    return paths, start.float().state_dict(), tuned.float().state_dict()
 
 
 def test_blend_is_the_weighted_mean_of_every_float_tensor(tmp_path):
@@ -209,16 +212,30 @@ def test_blend_is_the_weighted_mean_of_every_float_tensor(tmp_path):
                 assert torch.allclose(value, (1 - share) * start[name] + share * tuned[name], atol=1e-6), name
             else:
                 assert torch.equal(value, tuned[name]), name          # batch counters: the fine-tune's
-        assert meta["blend"]["share"] == share and meta["note"] == "tuned"
+        assert meta["blend"] == {"share": share, "start": "start.pt", "tuned": "tuned.pt"}   # names, not paths
+        assert meta["note"] == "tuned" and meta["tuned_metrics"] == {"map50_95": 0.3} and "metrics" not in meta
+
+
+def test_a_blend_keeps_the_fine_tunes_fp16_precision(tmp_path):
+    from models import blend_checkpoints
+
+    (start_path, tuned_path), start, tuned = _model_pair(tmp_path, half=True)
+    path = blend_checkpoints(start_path, tuned_path, 0.5, tmp_path / "b.pt")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    assert torch.allclose(state[name].float(), 0.5 * start[name] + 0.5 * tuned[name], atol=1e-2)
 
 
 def test_blending_different_models_or_a_bad_share_is_refused(tmp_path):
     from models import blend_checkpoints
 
     (start_path, tuned_path), _, _ = _model_pair(tmp_path)
-    (other, _), _, _ = _model_pair(tmp_path / "other", classes=("drone", "bird", "plane"))
-    with pytest.raises(CheckpointError, match="different models or classes"):
-        blend_checkpoints(other, tuned_path, 0.5, tmp_path / "x.pt")
+    (other_classes, _), _, _ = _model_pair(tmp_path / "classes", classes=("drone", "bird", "plane"))
+    (other_model, _), _, _ = _model_pair(tmp_path / "model", name="yolox-nano-gssam-sigresid-p1")
+    for other in (other_classes, other_model):
+        with pytest.raises(CheckpointError, match="different models or classes"):
+            blend_checkpoints(other, tuned_path, 0.5, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not in 0..1"):
         blend_checkpoints(start_path, tuned_path, 1.5, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()

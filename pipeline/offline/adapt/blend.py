@@ -9,12 +9,14 @@ al. 2022, "WiSE-FT"), and costs scoring, not training.
 
 The rule (``choose``): among the blends that lose at most ``max_forget`` points of base val mAP50:95,
 the smallest share whose class-agnostic AP50 on the user's val clips is within ``TIE`` of the best of
-them; if every blend forgets more, the one that forgets least (and a warning). Without a base check the
-forgetting is unknown and only the user's val clips decide (the same tie rule).
+them; if every blend forgets more, the one that forgets least (and a warning). Without a base check
+forgetting is not measured, so nothing argues for keeping less of the fine-tune: the best on the
+user's val clips, ties to the *larger* share.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +24,8 @@ from typing import Callable
 log = logging.getLogger("pipeline.offline.adapt")
 
 AUTO_SHARES = (1.0, 0.75, 0.5, 0.25)
-TIE = 0.01      # AP50 one point apart on 1-3 val clips is noise: prefer the blend that keeps more of the start
+TIE = 0.01      # AP50 one point apart on 1-3 val clips is noise
+EPSILON = 1e-9  # a blend that loses exactly max_forget points is within it, whatever the float rounding
 
 
 @dataclass
@@ -39,17 +42,31 @@ class Candidate:
                 "base_val_map50_95": None if self.base_val is None else self.base_val["map50_95"]}
 
 
+@dataclass
+class Choice:
+    candidate: Candidate
+    why: str
+    within_limit: bool      # False: every blend forgot more than the limit (the least forgetting one was taken)
+
+
 def parse_shares(value: str) -> tuple[float, ...]:
-    """``--blend``: auto (AUTO_SHARES), or shares in (0, 1] separated by commas; 1 = no blending."""
+    """``--blend``: auto (AUTO_SHARES), or shares in (0, 1] with at most 2 decimals, separated by
+    commas; 1 = the fine-tune as it is."""
     if value == "auto":
         return AUTO_SHARES
     try:
-        shares = tuple(sorted({float(part) for part in value.split(",") if part.strip()}, reverse=True))
+        given = [float(part) for part in value.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"--blend {value!r}: auto, or shares in (0, 1] separated by commas") from None
-    if not shares or not all(0 < share <= 1 for share in shares):
+    if not given or not all(0 < share <= 1 for share in given):
         raise ValueError(f"--blend {value!r}: every share must be in (0, 1] (1 keeps the fine-tune as it is)")
-    return shares
+    if any(not math.isclose(share, round(share, 2), abs_tol=1e-12) for share in given):
+        raise ValueError(f"--blend {value!r}: shares take at most 2 decimals (0.35, not 0.351)")
+    return tuple(sorted({round(share, 2) for share in given}, reverse=True))
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _user_score(candidate: Candidate) -> float:
@@ -61,21 +78,28 @@ def _forgets(candidate: Candidate, before_base: dict) -> float:
     return before_base["map50_95"] - candidate.base_val["map50_95"]
 
 
-def choose(candidates: list[Candidate], before_base: dict | None, max_forget: float) -> tuple[Candidate, str]:
+def choose(candidates: list[Candidate], before_base: dict | None, max_forget: float) -> Choice:
     """The chosen blend and one line saying why (the rule of the module's docstring)."""
-    if before_base is None or any(c.base_val is None for c in candidates):
-        pool, why = candidates, "no base check: chosen on your val clips alone"
-    else:
-        pool = [c for c in candidates if _forgets(c, before_base) <= max_forget / 100]
-        why = f"forgets at most {max_forget:g} points of base val mAP50:95"
+    measured = before_base is not None and all(c.base_val is not None for c in candidates)
+    pool = candidates
+    if measured:
+        pool = [c for c in candidates if _forgets(c, before_base) <= max_forget / 100 + EPSILON]
         if not pool:
             least = min(candidates, key=lambda c: _forgets(c, before_base))
-            return least, (f"every blend forgets more than {max_forget:g} points of base val mAP50:95; "
-                           f"share {least.share:g} forgets least ({100 * _forgets(least, before_base):.1f})")
+            return Choice(least, f"every blend loses more than {max_forget:g} point(s) of base val mAP50:95; "
+                                 f"share {least.share:g} loses least ({100 * _forgets(least, before_base):.1f})", False)
     best = max(_user_score(c) for c in pool)
-    chosen = min((c for c in pool if _user_score(c) >= best - TIE), key=lambda c: c.share)
-    return chosen, (f"share {chosen.share:g}: {why}, and its class-agnostic AP50 on your val clips "
-                    f"({100 * _user_score(chosen):.1f}) is within {100 * TIE:g} point of the best")
+    level = [c for c in pool if _user_score(c) >= best - TIE]
+    # measured: the level blend that keeps most of the start; not measured: the one that keeps most of the tune
+    chosen = min(level, key=lambda c: c.share) if measured else max(level, key=lambda c: c.share)
+    if best < 0:
+        why = "your val clips hold no labeled object to score, so they could not help choose"
+    else:
+        why = (f"class-agnostic AP50 on your val clips {percent(chosen.user_val['agnostic_map50'])}, within "
+               f"{100 * TIE:g} point of the best")
+    limit = (f"loses at most {max_forget:g} point(s) of base val mAP50:95" if measured
+             else "forgetting not measured (no base check)")
+    return Choice(chosen, f"{limit}; {why}", True)
 
 
 def candidates(shares, start: Path, tuned: Path, folder: Path, score_user: Callable[[Path], dict],
@@ -83,13 +107,15 @@ def candidates(shares, start: Path, tuned: Path, folder: Path, score_user: Calla
     """Each share's blend written to ``folder/blend-<share>.pt`` (share 1: the fine-tune itself) and scored."""
     from models import blend_checkpoints
 
+    for stale in folder.glob("blend-*.pt"):     # an earlier run's blends, maybe of other shares
+        stale.unlink()
     scored = []
     for share in shares:
         weights = tuned if share == 1 else blend_checkpoints(start, tuned, share, folder / f"blend-{share:g}.pt")
         candidate = Candidate(share, Path(weights), score_user(weights),
                               score_base(weights) if score_base else None)
-        log.info("adapt: blend share %g: your val clips class-agnostic AP50 %.1f%s", share,
-                 100 * _user_score(candidate),
-                 "" if candidate.base_val is None else f", base val mAP50:95 {100 * candidate.base_val['map50_95']:.1f}")
+        log.info("adapt: blend share %g: your val clips class-agnostic AP50 %s%s", share,
+                 percent(candidate.user_val["agnostic_map50"]),
+                 "" if candidate.base_val is None else f", base val mAP50:95 {percent(candidate.base_val['map50_95'])}")
         scored.append(candidate)
     return scored

@@ -38,18 +38,31 @@ def _training_lines(train_log: dict) -> list[str]:
 def _blend_lines(blended: dict | None) -> list[str]:
     if blended is None:
         return ["- **Blend**: none (`--blend 1`): the fine-tuned checkpoint as it is.", ""]
-    lines = [f"- **Blend**: the shipped weights are {blended['chosen_share']:g} × the fine-tune + "
-             f"{1 - blended['chosen_share']:g} × the start model, in weight space ({blended['why']}). "
-             "The blends scored:", "",
-             "| share of the fine-tune | your val clips: class-agnostic AP50 | mAP50:95 | base val mAP50:95 |",
-             "|---|---|---|---|"]
-    for row in blended["candidates"]:
-        lines.append(f"| {row['share']:g} | {_percent(row['user_val_agnostic_map50'])} | "
-                     f"{_percent(row['user_val_map50_95'])} | {_percent(row['base_val_map50_95'])} |")
-    if blended["before_base_val_map50_95"] is not None:
-        lines += ["", f"The start model's base val mAP50:95: {_percent(blended['before_base_val_map50_95'])}. "
-                  "The base val split helped choose the blend, so its line below is not an independent "
-                  "check; the test split of this project's dataset is (`python -m pipeline eval --split test`)."]
+    share = blended["chosen_share"]
+    what = ("the fine-tune as it is (share 1)" if share == 1 else
+            f"{share:g} × the fine-tune + {1 - share:g} × the start model, blended in weight space")
+    lines = [f"- **Blend**: {what}. Why: {blended['why']}."]
+    if not blended["within_limit"]:
+        lines.append(f"  **Every blend lost more than {blended['max_forget_points']:g} point(s) of base val "
+                     "mAP50:95**: this one lost least. Fewer steps (`--minutes`), a smaller `--lr` or a larger "
+                     "`--base-share` forget less.")
+    before = blended["before"]["base_val_map50_95"]
+    lines += ["", "| share of the fine-tune | your val clips: class-agnostic AP50 | your val clips: mAP50:95 | "
+              "base val mAP50:95 | change |", "|---|---|---|---|---|"]
+    for row in [blended["before"], *blended["candidates"]]:
+        name = ("0 (the start model)" if row is blended["before"] else
+                f"**{row['share']:g} (chosen)**" if row["share"] == share else f"{row['share']:g}")
+        after = row["base_val_map50_95"]
+        change = "–" if before is None or after is None or row is blended["before"] else f"{100 * (after - before):+.1f}"
+        lines.append(f"| {name} | {_percent(row['user_val_agnostic_map50'])} | {_percent(row['user_val_map50_95'])} | "
+                     f"{_percent(after)} | {change} |")
+    lines.append("")
+    if before is None:
+        lines.append("Forgetting was not measured (no base check): the val clips alone chose.")
+    else:
+        lines.append("The base val split helped choose the blend, so its line below is not an independent check; "
+                     "this project's test split is (`python -m pipeline eval --split test --visible-boxes tight "
+                     "--weights adapted.pt`).")
     return lines + [""]
 
 
@@ -68,7 +81,7 @@ def write_card(settings: AdaptSettings, meta: dict, report: dict, adapted: Path)
              f"- **Your data**: `{Path(settings.data).name}` (format {settings.format}"
              f"{', classes ' + settings.classes if settings.classes else ''}), {_one_in(settings.stride)} "
              f"({report['train_frames']} training frames). Split by clip: train {len(clips['train'])} "
-             f"({', '.join(clips['train'])}); val, which chose the checkpoint, {len(clips['val'])} "
+             f"({', '.join(clips['train'])}); val, which chose the checkpoint and the blend, {len(clips['val'])} "
              f"({', '.join(clips['val'])}); test, reported below and never used to choose, {len(clips['test'])} "
              f"({', '.join(clips['test'])}"
              f"{'; from ' + Path(settings.test_data).name if settings.test_data else ''}).",

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from models import DEFAULT_WEIGHTS, weights_file
+from models import DEFAULT_WEIGHTS, CheckpointError, weights_file
 from models.backends import BACKENDS
 from pipeline.offline.adapt.settings import AdaptSettings
 from pipeline.offline.data.dataset import DatasetError
@@ -52,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--skip-base-check", action="store_true", help="do not score the base val split")
+    p.add_argument("--skip-base-check", action="store_true", help="do not score the base val split (forgetting is "
+                   "then neither measured nor limited: --max-forget does nothing)")
     p.add_argument("--blend", default="auto", help="how much of the fine-tune to keep: auto (shares 1, 0.75, 0.5, "
                    "0.25 of it blended with the start model in weight space, one chosen on your val clips and the "
-                   "base val split), shares separated by commas, or 1 (the fine-tune as it is)")
+                   "base val split: about 2 minutes of scoring after training), shares with at most 2 decimals "
+                   "separated by commas (the fine-tune itself is a candidate only if 1 is listed), or 1 (the "
+                   "fine-tune as it is, nothing scored)")
     p.add_argument("--max-forget", type=float, default=1.0, help="points of base val mAP50:95 a chosen blend may "
                    "lose (default 1)")
     p.add_argument("--no-progress", action="store_true")
@@ -69,6 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     options = vars(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
     try:
         return adapt(AdaptSettings(**options))
-    except (TrainError, DatasetError, EvalError) as error:
+    except (TrainError, DatasetError, EvalError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

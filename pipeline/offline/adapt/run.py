@@ -118,8 +118,9 @@ def _check_apart(parts: HeldOut, settings: AdaptSettings) -> None:
                              "are mixed into training: report on other clips, or --base none")
         seen = sorted({c.name for c in dataset.load_split("val", root)} & learned)
         if seen and not settings.skip_base_check:
-            log.warning("adapt: %d of your training clips are this dataset's val clips (%s): its val line in the "
-                        "table is optimistic", len(seen), ", ".join(seen[:3]))
+            log.warning("adapt: %d of your training clips are this dataset's val clips (%s): the base val scores "
+                        "are optimistic, in the table and in choosing the blend (they favour keeping more of the "
+                        "fine-tune)", len(seen), ", ".join(seen[:3]))
     skipped: list[dict] = []
     usable_clips(parts.test, skipped)     # EvalError when none of them can be scored
 
@@ -185,9 +186,10 @@ def _train_settings(settings: AdaptSettings, meta: dict) -> TrainSettings:
 
 # ------------------------------------------------------------------------------ blend
 def _blend(settings: AdaptSettings, parts: HeldOut) -> tuple[Path, dict | None, tuple[dict, dict] | None]:
-    """(the weights to ship, the blend report or None, the base val scores (before, after) or None):
-    with more than one share, every blend is scored on the user's val clips and the base val slice and
-    one is chosen (``blend.choose``); with ``--blend 1`` the fine-tune as it is, unscored here."""
+    """(the weights to ship, the blend report or None, the base val scores (before, after) or None).
+    ``--blend 1``: the fine-tune as it is, unscored here. Otherwise each share's blend is scored on the
+    user's val clips, and on the base val slice when there is a base check, and one is chosen
+    (``blend.choose``); the start model is scored on the val clips too, for the card."""
     tuned = settings.out / "train" / "best.pt"
     if settings.blend_shares == (1.0,):
         return tuned, None, None
@@ -199,15 +201,18 @@ def _blend(settings: AdaptSettings, parts: HeldOut) -> tuple[Path, dict | None, 
     def score_base(weights: Path) -> dict:
         return _score(base_val, weights, settings, _eval_folder(settings, "base-val", weights), BASE_CHECK_STRIDE, True)
 
+    before_user = score_user(settings.weights)
     before_base = score_base(settings.weights) if base_val else None
     scored = blend.candidates(settings.blend_shares, settings.weights, tuned, settings.out, score_user,
                               score_base if base_val else None)
-    chosen, why = blend.choose(scored, before_base, settings.max_forget)
-    (log.info if chosen.base_val is None or "every blend" not in why else log.warning)("adapt: blend %s", why)
-    report = {"chosen_share": chosen.share, "why": why, "max_forget_points": settings.max_forget,
-              "before_base_val_map50_95": None if before_base is None else before_base["map50_95"],
+    choice = blend.choose(scored, before_base, settings.max_forget)
+    (log.info if choice.within_limit else log.warning)("adapt: blend share %g chosen: %s", choice.candidate.share,
+                                                       choice.why)
+    report = {"chosen_share": choice.candidate.share, "why": choice.why, "within_limit": choice.within_limit,
+              "max_forget_points": settings.max_forget if base_val else None,
+              "before": blend.Candidate(0.0, settings.weights, before_user, before_base).row(),
               "candidates": [candidate.row() for candidate in scored]}
-    return chosen.weights, report, (before_base, chosen.base_val) if before_base else None
+    return choice.candidate.weights, report, (before_base, choice.candidate.base_val) if before_base else None
 
 
 def _base_val_clips(settings: AdaptSettings) -> list:

@@ -1,6 +1,7 @@
 """What one adaptation is asked to do: ``AdaptSettings`` (checked when built). No torch here."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class AdaptSettings:
     workers: int | None = None
     resume: bool = False
     no_progress: bool = False
-    skip_base_check: bool = False        # do not score the base val split before/after (quick runs)
+    skip_base_check: bool = False        # do not score the base val split (quick runs): forgetting not measured
     blend: str = "auto"                  # shares of the fine-tune blended with the start to choose from (blend.py)
     max_forget: float = 1.0              # points of base val mAP50:95 a chosen blend may lose
 
@@ -70,10 +71,13 @@ class AdaptSettings:
             parse_shares(self.blend)
         except ValueError as error:
             raise TrainError(str(error)) from None
-        if self.max_forget < 0:
-            raise TrainError("--max-forget must be >= 0 (points of base val mAP50:95)")
+        if not math.isfinite(self.max_forget) or self.max_forget < 0:
+            raise TrainError("--max-forget must be a number >= 0 (points of base val mAP50:95)")
         if not self.weights.is_file():
             raise TrainError(f"--weights: no such file {self.weights}")
+        if self.weights.is_relative_to(self.out.resolve()):   # adapted.pt and the blends are written there
+            raise TrainError(f"--weights {self.weights} lies inside --out {self.out}, which adapt writes over: "
+                             "start from a copy elsewhere, or give another --out")
 
     @property
     def blend_shares(self) -> tuple[float, ...]:
