@@ -70,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     options = vars(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
+    settings = None
     try:
-        return adapt(AdaptSettings(**options))
+        settings = AdaptSettings(**options)
+        return adapt(settings)
     except (TrainError, DatasetError, EvalError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # (the training loop handles its own Ctrl-C: this is decoding or scoring)
+        started = settings is not None and (settings.out / "train" / "last.pt").is_file()
+        print("adapt: interrupted; " + (f"the training run in {settings.out / 'train'} is kept: the same command "
+                                        "with --resume finishes it" if started else "nothing was trained yet"),
+              file=sys.stderr)
+        return 130

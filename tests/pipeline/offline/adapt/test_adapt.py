@@ -160,3 +160,19 @@ def test_camera_effects_and_a_shipped_name_reach_the_training_run(tmp_path):
     assert settings.weights == models.WEIGHTS_DIR / "demo.pt"
     train = _train_settings(settings, models.checkpoint_meta(settings.weights))
     assert train.camera_effects == 0.5 and train.init == str(settings.weights)
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while decoding or scoring: one line saying what is kept and how to go on, exit 130."""
+    from pipeline.offline.adapt import cli, run
+
+    def interrupted(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "adapt", interrupted)
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err.strip() == "adapt: interrupted; nothing was trained yet"
+    (tmp_path / "o" / "train").mkdir(parents=True)
+    (tmp_path / "o" / "train" / "last.pt").write_bytes(b"")
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 130
+    assert "with --resume finishes it" in capsys.readouterr().err
