@@ -42,19 +42,26 @@ def test_tighten_report_reads_a_yolo_folder(tmp_path):
 
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "drone-detection-dataset").is_dir(),
-                    reason="needs ../shared/data/drone-detection-dataset (the real thermal clips)")
-def test_camera_proxy_writes_a_yolo_folder_with_the_clips_boxes_scaled(tmp_path):
+                    reason="needs ../shared/data/drone-detection-dataset (the real clips)")
+@pytest.mark.parametrize("modality, size", [("IR", (640, 512)), ("V", (1280, 1024))])
+def test_camera_proxy_writes_a_yolo_folder_with_the_clips_boxes_scaled(tmp_path, modality, size):
     from pipeline.offline.data import dataset, formats
 
-    result = script("make_camera_proxy.py", "--split", "val", "--max-clips", "1", "--stride", "50",
-                    "--out", str(tmp_path / "proxy"))
+    result = script("make_camera_proxy.py", "--modality", modality, "--split", "val", "--max-clips", "1",
+                    "--stride", "50", "--out", str(tmp_path / "proxy"))
     assert result.returncode == 0, result.stderr
     clip = formats.read_clips(tmp_path / "proxy", class_map=formats.parse_class_map(
         "uav=drone,plane=airplane,heli=helicopter"))[0]
-    source = next(c for c in dataset.load_split("val", modalities=("IR",)) if c.name == clip.name)
+    source = next(c for c in dataset.load_split("val", modalities=(modality,)) if c.name == clip.name)
     truth = dataset.read_labels(source)
-    assert clip.modality == "V" and dataset.video_info(clip)[1:] == (640, 512)   # a colour camera, twice the pixels
+    assert clip.modality == "V" and dataset.video_info(clip)[1:] == size   # a colour camera, twice the pixels
     for index, rows in clip.boxes.items():   # the k-th image is the video's frame named in its file name
         original = truth[int(clip.images[index].stem)]
         assert [r[0] for r in rows] == [t[0] for t in original]
-        assert rows[0][1:] == pytest.approx(tuple(2 * v for v in original[0][1:]), abs=0.01)
+        scaled = tuple(2 * v for v in original[0][1:])
+        if modality == "IR":
+            assert rows[0][1:] == pytest.approx(scaled, abs=0.01)
+        else:   # the visible camera's loose boxes come out tightened: inside the drawn box, never larger
+            x, y, w, h = rows[0][1:]
+            assert scaled[0] - 0.01 <= x and x + w <= scaled[0] + scaled[2] + 0.01 and w * h <= scaled[2] * scaled[3] + 0.1
+            assert scaled[1] - 0.01 <= y and y + h <= scaled[1] + scaled[3] + 0.01
