@@ -16,11 +16,18 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def change_text(before, after, missing: str = "–") -> str:
+    """after − before in points, signed; never "-0.0" (a change that rounds to nothing is +0.0)."""
+    if before is None or after is None:
+        return missing
+    return f"{round(100 * (after - before), 1) + 0.0:+.1f}"
+
+
 def _table(rows: list[dict]) -> list[str]:
     lines = ["| held-out data | metric (%) | before | after | change |", "|---|---|---|---|---|"]
     for row in rows:
         before, after = row["before"], row["after"]
-        change = "–" if before is None or after is None else f"{100 * (after - before):+.1f}"
+        change = change_text(before, after)
         lines.append(f"| {row['part']} | {row['metric']} | {_percent(before)} | {_percent(after)} | {change} |")
     return lines
 
@@ -53,7 +60,7 @@ def _blend_lines(blended: dict | None) -> list[str]:
         name = ("0 (the start model)" if row is blended["before"] else
                 f"**{row['share']:g} (chosen)**" if row["share"] == share else f"{row['share']:g}")
         after = row["base_val_map50_95"]
-        change = "–" if before is None or after is None or row is blended["before"] else f"{100 * (after - before):+.1f}"
+        change = "–" if row is blended["before"] else change_text(before, after)
         lines.append(f"| {name} | {_percent(row['user_val_agnostic_map50'])} | {_percent(row['user_val_map50_95'])} | "
                      f"{_percent(after)} | {change} |")
     lines.append("")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from models import checkpoint_meta
 from pipeline.offline.adapt import blend
-from pipeline.offline.adapt.card import write_card
+from pipeline.offline.adapt.card import change_text, write_card
 from pipeline.offline.adapt.settings import AdaptSettings
 from pipeline.offline.data import dataset, formats
 from pipeline.offline.data.holdout import HeldOut, hold_out
@@ -264,7 +264,6 @@ def _table_text(rows: list[dict]) -> str:
 
     lines = [f"{'part':<16} {'metric':<24} {'before':>7} {'after':>7} {'change':>7}"]
     for row in rows:
-        change = (None if row["before"] is None or row["after"] is None else row["after"] - row["before"])
         lines.append(f"{row['part']:<16} {row['metric']:<24} {cell(row['before']):>7} {cell(row['after']):>7} "
-                     f"{'n/a' if change is None else f'{100 * change:+.1f}':>7}")
+                     f"{change_text(row['before'], row['after'], missing='n/a'):>7}")
     return "\n".join(lines)

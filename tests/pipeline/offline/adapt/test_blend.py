@@ -139,3 +139,10 @@ def test_the_blend_step_scores_each_blend_once_and_ships_the_chosen_one(tmp_path
     assert len(calls) == 12                                                     # only the test clips were scored
     base_rows = {row["metric"]: row for row in rows if row["part"] == "base val split"}
     assert (base_rows["mAP50:95"]["before"], base_rows["mAP50:95"]["after"]) == (0.240, 0.232)
+
+
+def test_changes_are_signed_points_and_never_minus_zero():
+    from pipeline.offline.adapt.card import change_text
+
+    assert change_text(0.5650, 0.5646) == "+0.0" and change_text(0.240, 0.228) == "-1.2"
+    assert change_text(0.2, 0.25) == "+5.0" and change_text(None, 0.2) == "–" and change_text(0.2, None, "n/a") == "n/a"
