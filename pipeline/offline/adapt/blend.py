@@ -65,8 +65,9 @@ def parse_shares(value: str) -> tuple[float, ...]:
     return tuple(sorted({round(share, 2) for share in given}, reverse=True))
 
 
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
+def percent(value: float | None, missing: str = "n/a") -> str:
+    """A score in 0..1 as percent with one decimal (the adapt log, card and tables all print it so)."""
+    return missing if value is None else f"{100 * value:.1f}"
 
 
 def _user_score(candidate: Candidate) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.offline.adapt.blend import percent
 from pipeline.offline.adapt.settings import AdaptSettings
 
 
@@ -13,7 +14,7 @@ def _one_in(stride: int) -> str:
 
 
 def _percent(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return percent(value, missing="–")
 
 
 def change_text(before, after, missing: str = "–") -> str:

@@ -259,11 +259,8 @@ def _score(clips: list, weights: Path, settings: AdaptSettings, out: Path, strid
 
 
 def _table_text(rows: list[dict]) -> str:
-    def cell(value):
-        return "n/a" if value is None else f"{100 * value:.1f}"
-
     lines = [f"{'part':<16} {'metric':<24} {'before':>7} {'after':>7} {'change':>7}"]
     for row in rows:
-        lines.append(f"{row['part']:<16} {row['metric']:<24} {cell(row['before']):>7} {cell(row['after']):>7} "
+        lines.append(f"{row['part']:<16} {row['metric']:<24} {blend.percent(row['before']):>7} {blend.percent(row['after']):>7} "
                      f"{change_text(row['before'], row['after'], missing='n/a'):>7}")
     return "\n".join(lines)
