@@ -24,7 +24,8 @@ from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
-from pipeline.runtime.remote_ends import RESEND_S, EndReceipts, await_confirmations
+from pipeline.runtime.remote_downstream import RemoteDownstream
+from pipeline.runtime.remote_ends import RESEND_S, EndReceipts
 from pipeline.runtime.transport import CurveKeys, Endpoint, close_context, open_socket, open_watched_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
@@ -164,16 +165,8 @@ class StageRunner:
             else:
                 self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve,
                                        max_message_bytes=cfg.max_message_bytes, routed=remote_upstream)
-        downstream = cfg.downstream(stage.name)
-        self.remote_downstream = cfg.runs_elsewhere(downstream)
-        if downstream is not None:
-            out_spec = connect_side(cfg.endpoint(input_key(downstream)))
-            # a link to another host: its state is logged, a receiver that does not admit us is exit 3
-            if Endpoint.parse(out_spec).is_tcp and (self.remote_downstream or curve is not None):
-                self.out, self.out_watch = open_watched_socket(self.ctx, out_spec, "client", hwm=hwm, curve=curve,
-                                                               routed=self.remote_downstream)
-            else:
-                self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve, routed=self.remote_downstream)
+        self.remote: RemoteDownstream | None = None  # the downstream stage, where it runs on another host
+        self._open_output(hwm, curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
         self.streams = set(cfg.stream_ids)  # frames and EOS of any other stream are dropped and counted
         # per stream, frames this stage let go by the live policy: stale ones before the stage saw the
@@ -196,10 +189,23 @@ class StageRunner:
         signal.signal(signal.SIGINT, self._on_term)
         self.eos_resend_due = self.downstream_gone = False
         self.sender_noted = 0.0  # when this stage last said it waits for a sender on another host
-        self.link_down_since: float | None = None  # when the link to a downstream on another host went down
-        self.handshakes_seen = 1  # connections to a downstream on another host (the first is no reconnect)
         signal.signal(signal.SIGUSR1, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_resend_eos)
+
+    def _open_output(self, hwm: int, curve: CurveKeys | None) -> None:
+        downstream = self.cfg.downstream(self.stage.name)
+        if downstream is None:
+            return
+        elsewhere = self.cfg.runs_elsewhere(downstream)
+        out_spec = connect_side(self.cfg.endpoint(input_key(downstream)))
+        # a link to another host: its state is logged, a receiver that does not admit us is exit 3
+        if Endpoint.parse(out_spec).is_tcp and (elsewhere or curve is not None):
+            self.out, self.out_watch = open_watched_socket(self.ctx, out_spec, "client", hwm=hwm, curve=curve,
+                                                           routed=elsewhere)
+        else:
+            self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve, routed=elsewhere)
+        if elsewhere:
+            self.remote = RemoteDownstream(self.out, self.out_watch, self.cfg, downstream, self.label)
 
     @property
     def ended(self) -> set[str]:
@@ -233,11 +239,11 @@ class StageRunner:
                 self._run_source()
             else:
                 self._run_filter()
-            if self.remote_downstream and self.out is not None and not (self.unreachable or self.orphaned):
+            if self.remote is not None and not (self.unreachable or self.orphaned):
                 self._await_confirmations()
             if self.fatal is not None:
                 raise self.fatal  # its EOS is in the downstream's pipe: closing with linger delivers it
-            if self.out is not None and not self.remote_downstream:
+            if self.out is not None and self.remote is None:
                 self._await_release()
             elif self.out is None and self.receipts is not None:  # the last stage, fed from another host:
                 self._answer_repeated_ends(until=time.monotonic() + 2 * RESEND_S)  # a lost answer is asked again
@@ -254,7 +260,7 @@ class StageRunner:
         # that is slow to start: linger as long as the drain may take, never forever; nothing can
         # reach a downstream that has exited (an EOS sent again for a restarted one may be left), and
         # one on another host has confirmed what it took (or was given up on: _await_confirmations)
-        gone = self.orphaned or self.downstream_gone or self.remote_downstream or self.unreachable
+        gone = self.orphaned or self.downstream_gone or self.remote is not None or self.unreachable
         linger_ms = 0 if gone else int(self.cfg.supervisor.drain_timeout_s * 1000)
         for watch in (self.in_watch, self.out_watch):
             if watch is not None:
@@ -267,46 +273,20 @@ class StageRunner:
 
     def _await_confirmations(self) -> None:
         """A downstream on another host has no supervisor here to say it is done: wait until it
-        confirms every ended stream (pipeline.runtime.remote_ends), else the run must not end quietly."""
-        downstream = self.cfg.downstream(self.stage.name)
-        log.info("%s: waiting for %s on the other host to confirm the end of %d stream(s)", self.label, downstream,
-                 len(self.frame_counts))
-        started = time.monotonic()
-        left = await_confirmations(self.out, dict(self.frame_counts), self._send_end_again,
-                                   self._beat_while_delivering, self.cfg.supervisor.drain_timeout_s,
-                                   give_up=lambda: self.terms > self.drain_terms or self.orphaned or self.unreachable,
-                                   connections=lambda: self.out_watch.handshakes if self.out_watch else 0)
-        if left:
-            problem = StageFatalError(f"{downstream} on the other host did not confirm the end of "
-                                      f"{', '.join(sorted(left))} within supervisor.drain_timeout_s: its output "
-                                      "may be incomplete")
-            if self.fatal is not None:  # (its own line goes out; this one only to the log)
-                log.error("%s: %s", self.label, problem)
-            self.fatal = self.fatal or problem
+        confirms every ended stream, else the run must not end quietly."""
+        problem = self.remote.await_confirmations(
+            self.frame_counts, self._beat_while_delivering,
+            give_up=lambda: self.terms > self.drain_terms or self.orphaned or self.unreachable)
+        if problem is None:
             return
-        log.info("%s: %s on the other host confirmed the end of %d stream(s) (%.1f s)", self.label, downstream,
-                 len(self.frame_counts), time.monotonic() - started)
+        if self.fatal is not None:  # (its own line goes out; this one only to the log)
+            log.error("%s: %s", self.label, problem)
+        self.fatal = self.fatal or StageFatalError(problem)
 
     def _beat_while_delivering(self) -> None:
         # a middle host of a chain keeps answering its own sender's repeated ends meanwhile
         self._answer_repeated_ends()
         self._beat(state="delivering")
-
-    def _send_ends_again(self) -> None:
-        if self.ended and not self.unreachable:
-            sent = sum(self._send_end_again(stream_id, self.frame_counts[stream_id]) for stream_id in sorted(self.ended))
-            log.info("%s: sent the end of %d of %d finished stream(s) again to the reconnected %s", self.label,
-                     sent, len(self.ended), self.cfg.downstream(self.stage.name))
-
-    def _send_end_again(self, stream_id: str, frame_count: int) -> bool:
-        """Sent when there is room within a moment (live links queue one message); else the next round."""
-        if not self.out.poll(200, zmq.POLLOUT):
-            return False
-        try:
-            self.out.send_multipart(FrameMessage.end_of_stream(stream_id, frame_count).encode(), zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
 
     def _await_release(self) -> None:
         """Keep the output open until the next stage is done. ZeroMQ drops what a receiver has not yet
@@ -495,30 +475,19 @@ class StageRunner:
             if self.out.poll(200, zmq.POLLOUT):
                 self.out.send_multipart(parts, copy=False)
                 self.metrics.count("sent")
-                self.link_down_since = None
+                if self.remote is not None:
+                    self.remote.sent()
                 return
             self._beat(state="blocked")
-            self._check_remote_link(msg)
+            problem = self.remote.waiting_problem(msg) if self.remote is not None else None
+            if problem is not None:
+                raise StageFatalError(problem)
             # stopping: frames go at once; an EOS waits for a live downstream, not for a dead one
             ending = self.stopping or self.fatal is not None
             gone = self.orphaned or self.downstream_gone or self.unreachable
             if ending and (not msg.is_eos or gone or time.time() > give_up):
                 self.metrics.count("dropped_full")
                 return
-
-    def _check_remote_link(self, msg: FrameMessage) -> None:
-        """A downstream on another host that stays disconnected while frames wait for it: after
-        transport.remote_wait_s, one line and exit 3 instead of blocking forever."""
-        if not self.remote_downstream or self.out_watch is None or self.out_watch.connected:
-            self.link_down_since = None
-            return
-        self.link_down_since = self.link_down_since or time.monotonic()
-        # (at least the drain timeout: a restart of the other side must fit in, whatever the start-up wait)
-        limit = max(self.cfg.transport.remote_wait_s, self.cfg.supervisor.drain_timeout_s)
-        if time.monotonic() - self.link_down_since > limit:
-            raise StageFatalError(f"{self.cfg.downstream(self.stage.name)} on the other host has been unreachable "
-                                  f"for {limit:g} s (transport.remote_wait_s, at least supervisor.drain_timeout_s) "
-                                  f"with {msg.stream_id}#{msg.frame_index} waiting to go")
 
     def _finish_stream(self, stream_id: str, frame_count: int = 0) -> None:
         if stream_id in self.ended:
@@ -561,9 +530,8 @@ class StageRunner:
         for watch in (self.in_watch, self.out_watch):
             for note in watch.notes() if watch is not None else ():
                 log.info("%s: %s", self.label, note)
-        if self.out_watch is not None and self.remote_downstream and self.out_watch.handshakes > self.handshakes_seen:
-            self.handshakes_seen = self.out_watch.handshakes
-            self._send_ends_again()  # a new receiver (a restarted stage) lacks the ends its predecessor took
+        if self.remote is not None and self.remote.reconnected() and self.ended and not self.unreachable:
+            self.remote.send_ends_again(self.frame_counts)  # a restarted receiver lacks its predecessor's ends
         watch = self.in_watch
         if watch is not None and not watch.connected and now - self.sender_noted >= NO_SENDER_NOTE_S:
             self.sender_noted = now
@@ -577,9 +545,7 @@ class StageRunner:
         state = {}
         if self.in_watch is not None:
             state["senders"] = len(self.in_watch.peers)
-        if self.out_watch is not None and self.remote_downstream:
-            state["downstream_connected"] = self.out_watch.connected
-        return state
+        return {**state, **(self.remote.state() if self.remote is not None else {})}
 
 
 def _books_problem(msg: FrameMessage) -> str | None:
