@@ -19,10 +19,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/make_synthetic.py --out $(DEMO)/input --seed 7 --frames 300 --size 640x512
 	rm -rf $(DEMO)/output  # a run into an existing folder appends (segments continue numbering): start clean
 	$(PY) -m pipeline run configs/demo.yaml
-	@echo "annotated video: $(DEMO)/output/<stream>/segment_*.mp4 (tracks.jsonl and events.jsonl beside it)"
+	@echo "annotated video: $(DEMO)/output/field/segment_*.mp4 (tracks.jsonl and events.jsonl beside it)"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -6,7 +6,7 @@ Prints, measured side by side in one run: RSS per stage in the first vs the last
 latency p50/p99 (capture -> recorded, from tracks.jsonl) first vs last fifth, frames dropped by the
 live policy vs lost, malformed messages counted, restarts, and whether every segment plays. Goals:
 RSS growth < 5 %, p99 flat (+-10 %), zero losses beyond drops, zero restarts, every segment plays.
-The two cameras are the demo clip looping, paced (make it first: `make demo`); with ``--rtsp`` the
+The two cameras are the embedded real clip (configs/assets/) looping, paced; with ``--rtsp`` the
 second one is the rehearsal RTSP camera (scripts/rtsp_server.py, GStreamer, serving the same clip
 round and round), so the soak also covers a network source.
 """
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from scripts.fuzz import FILTERS, bad_message  # noqa: E402
 
-CLIP = REPO / "out" / "demo" / "input" / "synthetic_0007.mp4"
+CLIP = REPO / "configs" / "assets" / "V_DRONE_080.mp4"  # the embedded real clip
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter whose `gi` has GStreamer's RTSP server
@@ -41,7 +41,7 @@ def soak_config(out: Path, clip: Path, rtsp_url: str | None = None) -> dict:
     if rtsp_url is not None:
         sources[1] = {"id": "cam1", "uri": rtsp_url}
     return {"mode": "live", "output_dir": str(out / "output"), "sources": sources,
-            "stages": {"detect": {"weights": "demo", "backend": "onnx"}, "record": {"segment_seconds": 30}}}
+            "stages": {"detect": {"weights": "default", "backend": "onnx"}, "record": {"segment_seconds": 30}}}
 
 
 def start_rtsp_camera(clip: Path, port: int) -> tuple[subprocess.Popen, str]:
