@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -21,9 +20,10 @@ import zmq
 
 from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.registry import stage_name
-from pipeline.runtime.remote_ends import parse_ended
+from pipeline.runtime.heartbeats import MAX_BEAT_BYTES, ended_streams, parse_beat, resume_frame
 from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
+from pipeline.runtime.status import Progress, Prometheus, format_status
 from pipeline.runtime.storage import append_line, is_storage_full, replace_file
 from pipeline.runtime.transport import Endpoint, close_context, connect_problem, open_socket, remove_ipc_sockets
 
@@ -132,69 +132,6 @@ def wait_for_remote_side(cfg: PipelineConfig) -> None:
         time.sleep(0.5)
 
 
-BEAT_NUMBERS = ("t", "pid", "fps", "latency_ms_p50", "latency_ms_p99", "received", "processed", "sent",
-                "dropped_stale", "dropped_full", "malformed", "frames_missing", "frames_unrecorded",
-                "frames_total", "next_frame")  # what the supervisor reads of a beat as a number
-MAX_BEAT_BYTES = 64 << 10
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_beat(raw: bytes) -> tuple[dict, str | None]:
-    """(heartbeat, None), or ({...}, the reason it is not one): a JSON object under MAX_BEAT_BYTES whose
-    stage is a string, whose numbers are finite numbers and whose other fields are plain values."""
-    if len(raw) > MAX_BEAT_BYTES:
-        return {}, f"{len(raw)} bytes, over {MAX_BEAT_BYTES}"
-    try:
-        beat = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        return {}, f"not JSON ({type(exc).__name__})"
-    if not isinstance(beat, dict) or not isinstance(beat.get("stage"), str):
-        return {}, "not an object with a stage name"
-    for key in BEAT_NUMBERS:
-        value = beat.get(key, 0)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not abs(value) < 1e15:  # NaN fails too
-            return beat, f"field {key!r} is not a finite number: {str(value)[:40]}"
-    if not isinstance(beat.get("pid"), int):
-        return beat, "no pid"
-    if not all(isinstance(v, (str, int, float, bool, type(None), list)) for v in beat.values()):
-        return beat, "a field holds a nested object"
-    return beat, None
-
-
-def ended_streams(argv: list[str], last_beat: dict, stream_ids: list[str]) -> dict[str, int]:
-    """The streams a stage's processes so far had finished, with the frame count of each: those named
-    to its last process (``--ended=id=count,...``) and those its last beat reported (``ended_at``, a
-    list of [stream id, frame count]; an untrusted beat, so anything else in it is ignored)."""
-    ended: dict[str, int] = {}
-    for arg in argv:
-        if arg.startswith("--ended="):
-            try:
-                ended.update(parse_ended(arg[len("--ended="):]))
-            except ValueError:
-                pass
-    for pair in last_beat.get("ended_at", []) if isinstance(last_beat.get("ended_at"), list) else []:
-        if (isinstance(pair, list) and len(pair) == 2 and pair[0] in stream_ids and isinstance(pair[1], int)
-                and not isinstance(pair[1], bool) and 0 <= pair[1] < 2 ** 53):
-            ended[pair[0]] = pair[1]
-    return {sid: count for sid, count in ended.items() if sid in stream_ids}
-
-
-def resume_frame(last_beat: dict, live: bool, now: float) -> int:
-    """Where a restarted capture starts numbering (and, for a file, reading). Replay resumes at the
-    last reported frame: the few frames sent after that beat come again and the recorder drops
-    them, nothing is lost. Live skips past every frame that may have been sent since the beat, so
-    a restarted camera never reuses an index (track and record would take the new frames for old
-    ones and drop them until the count caught up)."""
-    next_frame = int(last_beat.get("next_frame", last_beat.get("sent", 0)))
-    if not live:
-        return next_frame
-    since_beat = max(0.0, now - float(last_beat.get("t", now)))
-    return next_frame + math.ceil(float(last_beat.get("fps", 0.0)) * since_beat) + 1
-
-
 class Supervisor:
     def __init__(self, cfg: PipelineConfig, progress: bool = True):
         self.cfg = cfg
@@ -211,8 +148,8 @@ class Supervisor:
         self.stopping = False
         self.failed: str | None = None
         self.failed_code = 1  # the run's exit code when it failed: a stage's 2 (config) or 3 (input), else 1
-        self.progress = _Progress(self.stages, cfg.path_names[-1]) if progress and not cfg.live else None
-        self.metrics = _Prometheus(cfg.supervisor.prometheus_port)
+        self.progress = Progress([sp.label for sp in self.stages if sp.is_source], cfg.path_names[-1]) if progress and not cfg.live else None
+        self.metrics = Prometheus(cfg.supervisor.prometheus_port)
 
     def _plan(self) -> list[StageProcess]:
         cfg = self.cfg
@@ -532,100 +469,3 @@ class Supervisor:
             if down in snapshot:
                 depths[down] = max(0, sent_by[up] - int(snapshot[down].get("received", 0)))
         return depths
-
-
-def format_status(snapshot: dict, depths: dict[str, int]) -> str:
-    parts = []
-    for label, b in snapshot.items():
-        text = f"{label} {b.get('fps', 0):.1f}fps {b.get('latency_ms_p50', 0):.0f}ms"
-        drops = int(b.get("dropped_stale", 0)) + int(b.get("dropped_full", 0))
-        if drops:
-            text += f" drop={drops}"
-        if label in depths:
-            text += f" q={depths[label]}"
-        if b.get("malformed"):
-            text += f" bad={b['malformed']}"
-        if b.get("frames_missing"):
-            text += f" lost={b['frames_missing']}"
-        if b.get("frames_unrecorded"):
-            text += f" unrecorded={b['frames_unrecorded']}"
-        if b.get("restarts"):
-            text += f" restarts={b['restarts']}"
-        if b.get("undelivered"):  # a consumer's alerts that could not be delivered
-            text += f" undelivered={b['undelivered']}"
-        if b.get("stream") and b.get("stream") != "up":
-            text += f" [{b['stream']}]"
-        if b.get("downstream_connected") is False:  # its downstream on another host is not connected
-            text += " [remote down]"
-        if b.get("senders") == 0:  # fed from another host, and no sender there yet
-            text += " [no sender]"
-        text += _tiling_text(b.get("tiling"))
-        parts.append(text)
-    return " | ".join(reversed(parts))
-
-
-def _tiling_text(rows) -> str:
-    """The detect stage's tiled streams: share of the tiles examined per frame, the longest a tile
-    waited and the share of frames taken behind, e.g. `` tiles[cam]=25%/5f behind=8%`` (rows as
-    stages.tiling.TilePlanner.coverage gives them)."""
-    if not isinstance(rows, list):
-        return ""
-    texts = []
-    for row in rows[:8]:
-        if (isinstance(row, list) and 5 <= len(row) <= 16 and isinstance(row[0], str)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9 for v in row[1:])):
-            texts.append(f" tiles[{row[0][:24]}]={100 * row[3]:.0f}%/{int(row[4])}f")
-            if len(row) >= 7 and row[6] > 0:  # the share of frames the stage took behind (its budget shed)
-                texts.append(f" behind={100 * min(row[6], 1):.0f}%")
-    return "".join(texts)
-
-
-class _Progress:
-    """Replay mode: a progress bar of recorded frames over frames in the sources."""
-
-    def __init__(self, stages: list[StageProcess], last_stage: str):
-        from tqdm import tqdm
-
-        self.sources = [sp.label for sp in stages if sp.is_source]
-        self.last_stage = last_stage  # the frame path's end: what it processed is done
-        self.bar = tqdm(total=0, unit="frame", desc="replay", file=sys.stderr, disable=not sys.stderr.isatty())
-
-    def update(self, snapshot: dict, final: bool) -> None:
-        total = sum(int(snapshot.get(label, {}).get("frames_total", 0)) for label in self.sources)
-        done = int(snapshot.get(self.last_stage, {}).get("processed", 0))
-        self.bar.total = max(total, done)
-        self.bar.n = done
-        self.bar.refresh()
-        if final:
-            self.bar.close()
-
-
-class _Prometheus:
-    """Per-stage gauges on 127.0.0.1:<port> (prometheus_client), when a port is configured."""
-
-    FIELDS = ("fps", "latency_ms_p50", "latency_ms_p99", "received", "processed", "sent", "dropped_stale",
-              "dropped_full", "malformed", "restarts")
-
-    def __init__(self, port: int | None):
-        self.gauges = None
-        if port is None:
-            return
-        from prometheus_client import Gauge, start_http_server
-
-        try:
-            start_http_server(port, addr="127.0.0.1")
-        except OSError as exc:
-            raise ConfigError(f"config key 'supervisor.prometheus_port': cannot serve on 127.0.0.1:{port} "
-                              f"({exc.strerror or exc})") from None
-        self.gauges = {f: Gauge(f"lss_stage_{f}", f"per-stage {f}", ["stage"]) for f in self.FIELDS}
-        self.gauges["queue_depth"] = Gauge("lss_stage_queue_depth", "frames waiting before a stage", ["stage"])
-
-    def update(self, snapshot: dict, depths: dict[str, int]) -> None:
-        if self.gauges is None:
-            return
-        for label, beat in snapshot.items():
-            for f in self.FIELDS:
-                if f in beat:
-                    self.gauges[f].labels(stage=label).set(float(beat[f]))
-        for label, depth in depths.items():
-            self.gauges["queue_depth"].labels(stage=label).set(depth)

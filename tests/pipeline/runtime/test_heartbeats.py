@@ -1,5 +1,6 @@
-"""The supervisor's control socket takes only heartbeats: a forged or broken one is dropped and counted,
-never a crash of the supervisor (which would stop every stage)."""
+"""pipeline/runtime/heartbeats.py and the supervisor's control socket: it takes only heartbeats (a forged or
+broken one is dropped and counted, never a crash of the supervisor, which would stop every stage), and a
+restart takes only what it can trust from the last beat."""
 import json
 import sys
 
@@ -8,7 +9,8 @@ import yaml
 import zmq
 
 from pipeline.runtime.config import connect_side, load_config
-from pipeline.runtime.supervisor import StageProcess, Supervisor, parse_beat
+from pipeline.runtime.heartbeats import ended_streams, parse_beat, resume_frame
+from pipeline.runtime.supervisor import StageProcess, Supervisor
 
 
 @pytest.mark.parametrize("raw, problem", [
@@ -56,3 +58,22 @@ def test_forged_beats_are_counted_and_the_supervisor_goes_on(tmp_path):
         forger.close(0)
         sleeper.proc.kill()
         supervisor.control.close(0), supervisor.status_pub.close(0), supervisor.ctx.term()
+
+
+@pytest.mark.parametrize("live, beat, now, expected", [
+    (False, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 120),  # replay: resend, lose nothing
+    (True, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 151),   # live: past all sent since
+    (True, {"sent": 7, "t": 100.0}, 100.0, 8),                                        # a beat from before next_frame
+])
+def test_restarted_capture_resumes_its_numbering(live, beat, now, expected):
+    assert resume_frame(beat, live, now) == expected
+
+
+def test_a_restart_names_the_streams_its_predecessors_ended_and_ignores_forged_ones():
+    """A stage fed from another host is restarted with the streams its earlier processes finished
+    (their sender may have gone): from the last beat (untrusted: only known streams with whole
+    counts) and from what its last process was itself told."""
+    beat = {"ended_at": [["cam0", 30], ["cam9", 4], ["cam1", -1], ["cam1", True], "x", ["cam1"], ["cam1", 2.5]]}
+    assert ended_streams(["--restarts=1", "--ended=cam1=5"], beat, ["cam0", "cam1"]) == {"cam0": 30, "cam1": 5}
+    assert ended_streams(["--ended=garbage", "--ended=cam7=3"], {"ended_at": "x"}, ["cam0"]) == {}
+    assert ended_streams([], {}, ["cam0"]) == {}

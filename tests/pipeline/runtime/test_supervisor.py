@@ -295,17 +295,6 @@ def test_stage_given_truncated_weights_exits_2_with_one_line(tmp_path, synthetic
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: detect: config key 'stages.detect.weights': {truncated}")
 
 
-@pytest.mark.parametrize("live, beat, now, expected", [
-    (False, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 120),  # replay: resend, lose nothing
-    (True, {"next_frame": 120, "sent": 118, "fps": 30.0, "t": 100.0}, 101.0, 151),   # live: past all sent since
-    (True, {"sent": 7, "t": 100.0}, 100.0, 8),                                        # a beat from before next_frame
-])
-def test_restarted_capture_resumes_its_numbering(live, beat, now, expected):
-    from pipeline.runtime.supervisor import resume_frame
-
-    assert resume_frame(beat, live, now) == expected
-
-
 def test_replay_onto_a_full_disk_stops_with_one_line_not_a_hang(tmp_path, small_disk, synthetic_clip, random_weights):
     """A replay's recording must be complete: a full disk ends the run (exit != 0) with one line."""
     fill_disk(small_disk, 20_000)  # room for run_config.yaml and status.json (~2 kB each), not for the video
@@ -315,40 +304,6 @@ def test_replay_onto_a_full_disk_stops_with_one_line_not_a_hang(tmp_path, small_
     assert code != 0
     assert "error: record: disk full under" in err and "replay's recording would be incomplete" in err, err
     assert "Traceback" not in err, err
-
-
-def test_the_status_line_shows_a_link_to_another_host_that_is_down():
-    from pipeline.runtime.supervisor import format_status
-
-    line = format_status({"preprocess": {"fps": 0.0, "downstream_connected": False},
-                          "detect": {"fps": 0.0, "senders": 0}, "track": {"fps": 2.0}}, {})
-    assert line == "track 2.0fps 0ms | detect 0.0fps 0ms [no sender] | preprocess 0.0fps 0ms [remote down]"
-    assert "[" not in format_status({"preprocess": {"downstream_connected": True}, "detect": {"senders": 1}}, {})
-
-
-def test_the_status_line_shows_how_much_of_each_tiled_stream_was_examined():
-    from pipeline.runtime.supervisor import format_status
-
-    line = format_status({"detect": {"fps": 25.0, "tiling": [["cam", 12, 3.0, 0.25, 5, 0.2, 0.08],
-                                                             ["4k", 35, 35.0, 1.0, 1, 1.0, 0.0]]}}, {})
-    assert line == "detect 25.0fps 0ms tiles[cam]=25%/5f behind=8% tiles[4k]=100%/1f"
-    old_rows = [["cam", 12, 3.0, 0.25, 5]]  # a detect stage of the release before (5 fields)
-    assert format_status({"detect": {"fps": 1.0, "tiling": old_rows}}, {}) == "detect 1.0fps 0ms tiles[cam]=25%/5f"
-    for forged in ("x", [["cam", "12", 3.0, 0.25, 5]], [[1, 2, 3, 4, 5]], [["cam", 1, 2, True, 4]], [None],
-                   [["cam", 1, 1, 1, float("inf")]], [["cam", 1, 1, 1, float("nan")]], [["cam", 1, 1, -1, 1e300]]):
-        assert format_status({"detect": {"fps": 1.0, "tiling": forged}}, {}) == "detect 1.0fps 0ms"
-
-
-def test_a_restart_names_the_streams_its_predecessors_ended_and_ignores_forged_ones():
-    """A stage fed from another host is restarted with the streams its earlier processes finished
-    (their sender may have gone): from the last beat (untrusted: only known streams with whole
-    counts) and from what its last process was itself told."""
-    from pipeline.runtime.supervisor import ended_streams
-
-    beat = {"ended_at": [["cam0", 30], ["cam9", 4], ["cam1", -1], ["cam1", True], "x", ["cam1"], ["cam1", 2.5]]}
-    assert ended_streams(["--restarts=1", "--ended=cam1=5"], beat, ["cam0", "cam1"]) == {"cam0": 30, "cam1": 5}
-    assert ended_streams(["--ended=garbage", "--ended=cam7=3"], {"ended_at": "x"}, ["cam0"]) == {}
-    assert ended_streams([], {}, ["cam0"]) == {}
 
 
 def test_a_frame_over_the_message_limit_stops_the_run_with_one_line(tmp_path, synthetic_clip, random_weights):
