@@ -13,7 +13,8 @@ Per (model, backend):
              dataset): the share of its detections above conf 0.3 that the backend finds at IoU >= 0.9,
              and the largest objectness difference.
   accuracy   test-split mAP50:95 and AP tiny (pipeline eval on every --eval-stride-th frame, at most
-             --eval-max-frames per clip, tiling off: the model alone) and the demo clip's drone recall.
+             --eval-max-frames per clip, tiling off: the model alone) and the synthetic seed-7 clip's drone
+             recall (scripts/demo_recall.py).
 Also the GSSAM-vs-baseline latency ratio per backend. INT8 models are made first where missing
 (python -m pipeline quantize). Prints Markdown tables; writes JSON (--json).
 """

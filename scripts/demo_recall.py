@@ -1,8 +1,8 @@
-"""How many drones of `make demo`'s synthetic clip a model finds: recall at IoU 0.5 / 0.3, by size.
+"""How many drones of the synthetic seed-7 clip a model finds: recall at IoU 0.5 / 0.3, by size.
 
     python scripts/demo_recall.py [--weights W|default|demo] [--conf 0.25] [--backend onnx] [--json out.json]
 
-Renders the demo clip (seed 7, 300 frames, 640x512, exactly what `make demo` replays) into a
+Renders the synthetic clip (seed 7, 300 frames, 640x512; `make demo` replayed it until 2026-12-07) into a
 temporary folder and scores every 3rd frame (pipeline.offline.eval.clip_recall).
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pipeline.offline.data.synthetic import make_clip  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", default="demo", help="checkpoint or shipped name (default: demo, what `make demo` runs)")
+    p.add_argument("--weights", default="demo", help="checkpoint or shipped name (default: demo, the model trained with such renders)")
     p.add_argument("--backend", default="onnx", choices=BACKENDS)
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--class-aware-nms", action="store_true",
-                   help="COCO-style NMS per class (default: the pipeline's class-agnostic NMS, what `make demo` draws)")
+                   help="COCO-style NMS per class (default: the pipeline's class-agnostic NMS, as the pipeline draws)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args()
     detector = models.Detector(models.weights_file(args.weights), backend=args.backend, conf_threshold=args.conf,

@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=dataset.DEFAULT_ROOT)
     p.add_argument("--out", type=Path, default=ASSETS)
     args = p.parse_args(argv)
-    test_clips = {clip.name: clip for clip in dataset.load_split("test", args.root)}
+    try:
+        test_clips = {clip.name: clip for clip in dataset.load_split("test", args.root)}
+    except dataset.DatasetError as exc:  # no ../shared here, or a dataset without that split
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.clip not in test_clips:
         print(f"error: {args.clip} is not a clip of the test split (configs/splits.json)", file=sys.stderr)
         return 2

@@ -191,7 +191,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out, args.clip = args.out.resolve(), args.clip.resolve()  # the config resolves paths against its folder
     if not args.clip.is_file():
-        print(f"error: {args.clip} is missing: run `make demo` first (or give --clip)", file=sys.stderr)
+        print(f"error: {args.clip} is missing: the embedded clip is configs/assets/V_DRONE_080.mp4 (git checkout it), or give --clip", file=sys.stderr)
         return 2
     report(run_soak(args))
     return 0

@@ -56,7 +56,7 @@ log = logging.getLogger("stages.detect")
 @dataclass
 class DetectConfig:
     # a checkpoint path, or the name of a shipped one (models/weights/NAME.pt): "default" the field
-    # model, "demo" the one trained with the synthetic renders `make demo` replays
+    # model, "demo" the one trained with synthetic renders (scripts/make_synthetic.py)
     weights: str = "default"
     # models.backends: onnx, openvino, torch (CPU or CUDA), ..., or auto (the fastest this machine runs
     # at the fp32 mAP, measured: openvino-bf16 where the CPU has bf16 and openvino is installed, else onnx)

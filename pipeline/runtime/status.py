@@ -7,6 +7,7 @@ import sys
 
 from pipeline.runtime.config import ConfigError
 
+
 def format_status(snapshot: dict, depths: dict[str, int]) -> str:
     parts = []
     for label, b in snapshot.items():

@@ -19,8 +19,8 @@ import yaml
 import zmq
 
 from pipeline.runtime.config import ConfigError, PipelineConfig
-from pipeline.runtime.registry import stage_name
 from pipeline.runtime.heartbeats import MAX_BEAT_BYTES, ended_streams, parse_beat, resume_frame
+from pipeline.runtime.registry import stage_name
 from pipeline.runtime.schema import to_plain
 from pipeline.runtime.stage import curve_keys
 from pipeline.runtime.status import Progress, Prometheus, format_status
@@ -148,7 +148,8 @@ class Supervisor:
         self.stopping = False
         self.failed: str | None = None
         self.failed_code = 1  # the run's exit code when it failed: a stage's 2 (config) or 3 (input), else 1
-        self.progress = Progress([sp.label for sp in self.stages if sp.is_source], cfg.path_names[-1]) if progress and not cfg.live else None
+        sources = [sp.label for sp in self.stages if sp.is_source]
+        self.progress = Progress(sources, cfg.path_names[-1]) if progress and not cfg.live else None
         self.metrics = Prometheus(cfg.supervisor.prometheus_port)
 
     def _plan(self) -> list[StageProcess]:

@@ -272,7 +272,7 @@ def render_clip(seed: int = 0, frames: int = 300, size: tuple[int, int] = (640, 
                 ) -> Iterator[tuple[np.ndarray, list[Box]]]:
     """(BGR uint8 frame, boxes) per frame, deterministic from ``seed``. ``varied``: a per-clip sky, haze,
     target contrast and polarity, noise and blur (``_Look``) for training; off, every existing seed
-    renders exactly as before (the demo clip, fixtures)."""
+    renders exactly as before (the synthetic seed-7 clip, fixtures)."""
     width, height = size
     rng = np.random.default_rng(seed)
     kind = background or str(rng.choice(["sky", "treeline", "buildings", "ground"]))

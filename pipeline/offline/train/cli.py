@@ -82,7 +82,7 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-frames", type=int, default=150)
     p.add_argument("--synthetic-look", choices=("plain", "varied"), default="plain",
                    help="varied: each synthetic clip gets its own sky (blue, overcast, dusk), haze, target contrast "
-                        "and polarity, noise and blur; plain: all look like the demo clip")
+                        "and polarity, noise and blur; plain: all look like the synthetic seed-7 clip")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

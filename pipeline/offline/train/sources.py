@@ -22,7 +22,7 @@ from pipeline.offline.train.settings import TrainError, TrainSettings
 log = logging.getLogger("pipeline.offline.train")
 
 SYNTHETIC_V_SIZE, SYNTHETIC_IR_SIZE = (640, 512), (320, 256)   # (w, h): the real cameras' frame sizes
-SYNTHETIC_FIRST_SEED = 10_000   # disjoint from the low seeds of the demo clip and the test fixtures
+SYNTHETIC_FIRST_SEED = 10_000   # disjoint from the low seeds of the synthetic seed-7 clip and the test fixtures
 
 
 @dataclass

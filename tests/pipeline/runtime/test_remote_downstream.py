@@ -28,8 +28,15 @@ def sender(tmp_path):
     receivers = []
 
     def bind():
-        receivers.append(open_socket(ctx, f"pull+bind:tcp://127.0.0.1:{port}", routed=True))
-        return receivers[-1]
+        deadline = time.monotonic() + 5
+        while True:  # (a receiver closed just before frees its port in ZeroMQ's I/O thread, a moment later)
+            try:
+                receivers.append(open_socket(ctx, f"pull+bind:tcp://127.0.0.1:{port}", routed=True))
+                return receivers[-1]
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     remote = RemoteDownstream(sock, watch, _config(tmp_path), "detect", "preprocess")
     yield remote, bind
@@ -83,6 +90,7 @@ def test_ends_go_again_to_a_receiver_and_confirmations_end_the_wait(sender):
     receiver = bind()
     assert _until(lambda: (remote.watch.problem(), remote.connected)[1])
     remote.send_ends_again({"a": 12})
+    assert receiver.poll(2000), "no end of stream came"
     parts = receiver.recv_multipart()
     peer, msg = parts[0], FrameMessage.decode(parts[1:])
     assert msg.is_eos and (msg.stream_id, msg.frame_index) == ("a", 12)
@@ -98,3 +106,45 @@ def test_no_confirmation_within_the_drain_timeout_is_a_line_naming_the_streams(s
                        "its output may be incomplete")
     assert time.monotonic() - started < 3
     assert remote.await_confirmations({"a": 3}, beat=lambda: None, give_up=lambda: True) is not None
+
+
+def test_the_wait_sends_the_ends_again_until_one_is_confirmed(sender):
+    """The first end may go to a connection that broke: the wait repeats it (RESEND_S) and a receiver
+    that answers only the repeat still ends the wait."""
+    remote, bind = sender
+    remote.cfg.supervisor.drain_timeout_s = 5.0
+    receiver = bind()
+    assert _until(lambda: (remote.watch.problem(), remote.connected)[1])
+    seen = []
+
+    def answer_the_second_end():
+        while receiver.poll(0):
+            parts = receiver.recv_multipart()
+            seen.append(FrameMessage.decode(parts[1:]).stream_id)
+            if len(seen) == 2:
+                receiver.send_multipart([parts[0], confirmation("a", 4)])
+
+    assert remote.await_confirmations({"a": 4}, beat=answer_the_second_end, give_up=lambda: False) is None
+    assert seen == ["a", "a"]
+
+
+def test_a_new_connection_during_the_wait_gives_the_wait_a_new_deadline(sender):
+    """A receiver restarted on the other host (a new handshake) is progress: the drain timeout starts
+    again, so a restart that takes most of it does not fail the run."""
+    remote, bind = sender
+    remote.cfg.supervisor.drain_timeout_s = 2.0
+    receiver = bind()
+    assert _until(lambda: (remote.watch.problem(), remote.connected)[1])
+    started, state = time.monotonic(), {}
+
+    def restart_once_then_answer():
+        remote.watch.problem()                                  # the stage's beat reads the link's events
+        if "receiver" not in state and time.monotonic() - started > 0.5:
+            receiver.close(0)
+            state["receiver"] = bind()
+        elif "receiver" in state and time.monotonic() - started > 2.3 and state["receiver"].poll(0):
+            parts = state["receiver"].recv_multipart()
+            state["receiver"].send_multipart([parts[0], confirmation("a", 4)])
+
+    assert remote.await_confirmations({"a": 4}, beat=restart_once_then_answer, give_up=lambda: False) is None
+    assert time.monotonic() - started > 2.3                     # past the first deadline: the new connection moved it
