@@ -31,7 +31,7 @@ def export_onnx(model, path, input_size: tuple[int, int], opset: int = OPSET, fl
     """Export an eval copy of ``model`` (an nn.Module) for inputs N x 3 x H x W (dynamic batch) to ``path``."""
     import torch
 
-    from .gssam import ChannelReduction
+    from .gssam import ChannelReduction, SingleChannelConv3x3
     from .yolox_gssam import focus_as_strided_conv, gssam_modules
 
     _check_flavor(flavor)
@@ -39,9 +39,11 @@ def export_onnx(model, path, input_size: tuple[int, int], opset: int = OPSET, fl
     export_model = focus_as_strided_conv(copy.deepcopy(model).float().cpu().eval())
     for _, gssam in gssam_modules(export_model):  # ONNX Runtime cannot fold the BNs of the 1-channel 3-D convs;
         gssam.fuse()                              # the rest it folds itself (pre-folded measured 7 % slower)
-    for module in export_model.modules():
+    for module in export_model.modules():  # each runtime's faster form of GSSAM's 1-channel steps
         if isinstance(module, ChannelReduction):
             module.export_as_matmul = flavor == "onnxruntime"
+        if isinstance(module, SingleChannelConv3x3):
+            module.export_as_conv3d = flavor == "onnxruntime"
     export_model.head.decode_in_inference = False
     dummy = torch.zeros(1, 3, *input_size)
     path.parent.mkdir(parents=True, exist_ok=True)

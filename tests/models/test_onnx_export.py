@@ -125,8 +125,16 @@ def test_the_stem_reads_the_image_with_one_strided_conv(weights, tmp_path):
 
 def _reductions(path) -> dict[str, int]:
     """GSSAM channel reductions in an exported graph, by op type."""
-    nodes = [n for n in onnx.load(str(path)).graph.node if "attend_output/context.0/" in n.name]
+    nodes = [n for n in onnx.load(str(path)).graph.node if "attend_output/" in n.name and "context.0/" in n.name]
     return {op: sum(n.op_type == op for n in nodes) for op in ("MatMul", "Conv")}
+
+
+def _context_kernel_ranks(path) -> list[int]:
+    """Ranks of the kernels of the GSSAM context convs after the reduction (context.1 ...), in graph order."""
+    graph = onnx.load(str(path)).graph
+    ranks = {t.name: len(t.dims) for t in graph.initializer}
+    return [ranks[n.input[1]] for n in graph.node if n.op_type == "Conv" and "attend_output/" in n.name
+            and "context." in n.name and "context.0/" not in n.name]
 
 
 def test_each_runtime_gets_its_own_export_with_the_reduction_it_runs_fast(weights, tmp_path):
@@ -138,6 +146,10 @@ def test_each_runtime_gets_its_own_export_with_the_reduction_it_runs_fast(weight
     assert ensure_onnx(weights, INPUT_SIZE, tmp_path, flavor="openvino") == for_openvino
     assert _reductions(for_onnxruntime) == {"MatMul": modules, "Conv": 0}
     assert _reductions(for_openvino) == {"MatMul": 0, "Conv": modules}
+    # the 1-channel 3x3 convs: 3-D for ONNX Runtime (out of its blocked layout), plain 2-D for OpenVINO
+    context_convs = sum(m.num_convs for _, m in gssam_modules(load_checkpoint(weights)[0]))
+    assert _context_kernel_ranks(for_onnxruntime) == [5] * context_convs
+    assert _context_kernel_ranks(for_openvino) == [4] * context_convs
     with pytest.raises(ValueError, match="unknown export flavor 'tensorrt'"):
         cached_onnx_path(weights, INPUT_SIZE, tmp_path, flavor="tensorrt")
 
