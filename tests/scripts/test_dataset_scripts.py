@@ -1,5 +1,6 @@
 """scripts/dataset_stats.py and scripts/tighten_report.py read any label format formats/ reads, and
-scripts/make_camera_proxy.py writes a YOLO folder that reads back with the boxes it was given."""
+scripts/make_camera_proxy.py writes a YOLO folder that reads back with the boxes it was given, and
+scripts/make_demo_clip.py remakes the embedded demo clip."""
 from __future__ import annotations
 
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.offline.data.dataset import DEFAULT_ROOT, load_split
 from tests.pipeline.offline.data.test_formats import write_yolo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,3 +67,23 @@ def test_camera_proxy_writes_a_yolo_folder_with_the_clips_boxes_scaled(tmp_path,
             x, y, w, h = rows[0][1:]
             assert scaled[0] - 0.01 <= x and x + w <= scaled[0] + scaled[2] + 0.01 and w * h <= scaled[2] * scaled[3] + 0.1
             assert scaled[1] - 0.01 <= y and y + h <= scaled[1] + scaled[3] + 0.01
+
+
+def test_make_demo_clip_without_the_dataset_is_one_line(tmp_path):
+    result = script("make_demo_clip.py", "--root", str(tmp_path / "absent"), "--out", str(tmp_path / "assets"))
+    assert result.returncode == 2 and result.stderr.startswith("error: dataset path not found"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "assets").exists()
+
+
+@pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason=f"real dataset absent at {DEFAULT_ROOT}")
+def test_make_demo_clip_remakes_the_committed_clip_and_refuses_a_training_clip(tmp_path):
+    """The embedded demo clip is what the script makes (video and boxes), and only a test-split clip
+    may become one: a clip the models trained on would flatter them."""
+    result = script("make_demo_clip.py", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for name in ("V_DRONE_080.mp4", "V_DRONE_080.json"):
+        assert (tmp_path / name).read_bytes() == (REPO / "configs" / "assets" / name).read_bytes(), name
+    train_clip = load_split("train")[0].name
+    refused = script("make_demo_clip.py", "--clip", train_clip, "--out", str(tmp_path / "other"))
+    assert refused.returncode == 2 and "is not a clip of the test split" in refused.stderr
+    assert not (tmp_path / "other").exists()
