@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,11 +61,11 @@ def model_call_ms(backend: str, repeats: int = 30, threads: int = 2, spin: bool 
 
 
 def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | None = None,
-             record: dict | None = None) -> dict:
+             record: dict | None = None, shared_memory: bool = True) -> dict:
     detect = {"backend": backend, "tiling": tiling, **(detect or {})}
     record = {"segment_seconds": 600, **(record or {})}
     cfg = {"mode": "live", "sources": [{"id": "cam", "uri": str(clip), "pace": True}], "output_dir": str(out),
-           "stages": {"detect": detect, "record": record},
+           "transport": {"shared_memory": shared_memory}, "stages": {"detect": detect, "record": record},
            "consumers": [], "supervisor": {"status_interval_s": 1}}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -100,38 +101,65 @@ def print_table(results: dict, call_ms: float, run_call_ms: float | None = None)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20, help="length of the paced 1080p25 clip")
-    parser.add_argument("--backend", default="onnx", choices=BACKEND_CHOICES)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--threads", type=int, default=2, help="stages.detect.threads (per worker)")
-    parser.add_argument("--workers", type=int, default=1, help="stages.detect.workers")
-    parser.add_argument("--no-spin", action="store_true", help="stages.detect.spin: false")
-    parser.add_argument("--only", nargs="+", choices=range(len(SETTINGS)), type=int, metavar="N",
-                        help=f"run only these settings (0-{len(SETTINGS) - 1}, in the order of SETTINGS); "
-                             "a number given twice runs twice")
-    parser.add_argument("--event-recording", action="store_true",
-                        help="stages.record.mode: event (video only around alerts) instead of continuous")
-    args = parser.parse_args()
+    args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip", args.seconds)
         call_ms = model_call_ms(args.backend)
         run_call_ms = None if args.threads == 2 else model_call_ms(args.backend, threads=args.threads,
                                                                     spin=not args.no_spin)
-        detect = {"threads": args.threads, "workers": args.workers, "spin": not args.no_spin}
         record = {"mode": "event"} if args.event_recording else {}
         names = list(SETTINGS)
         chosen = args.only if args.only else range(len(SETTINGS))
+        variants = run_variants(args)
         results = {}
-        for run, index in enumerate(chosen):
-            label = names[index] + (f" (run {run + 1})" if args.only and args.only.count(index) > 1 else "")
-            results[label] = run_live(clip, tmp / f"run{run}", SETTINGS[names[index]], args.backend, detect, record)
+        for run, (index, (suffix, detect, shared)) in enumerate((i, v) for i in chosen for v in variants):
+            repeat = f" (run {run // len(variants) + 1})" if args.only and args.only.count(index) > 1 else ""
+            results[names[index] + repeat + suffix] = run_live(clip, tmp / f"run{run}", SETTINGS[names[index]],
+                                                               args.backend, detect, record, shared)
     print_table(results, call_ms, run_call_ms)
     if args.json:
         args.json.write_text(json.dumps({"model_call_ms": call_ms, "run_model_call_ms": run_call_ms,
                                          "results": results}, indent=1))
     return 0
+
+
+def run_variants(args) -> list[tuple[str, dict, bool]]:
+    """(label suffix, stages.detect settings, transport.shared_memory) of each run of a setting: the
+    --detect layouts times --shared-memory, in a row, so that they are compared minutes apart."""
+    layouts = [tuple(int(v) for v in text.split("x")) for text in args.detect] if args.detect else \
+        [(args.workers, args.threads)]
+    sharing = {"on": [True], "off": [False], "both": [True, False]}[args.shared_memory]
+    variants = []
+    for workers, threads in layouts:
+        for shared in sharing:
+            suffix = f", {workers}x{threads}" if args.detect else ""
+            suffix += "" if args.shared_memory != "both" else (", shared memory" if shared else ", socket copies")
+            variants.append((suffix, {"threads": threads, "workers": workers, "spin": not args.no_spin}, shared))
+    return variants
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20, help="length of the paced 1080p25 clip")
+    parser.add_argument("--backend", default="onnx", choices=BACKEND_CHOICES)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--threads", type=int, default=2, help="stages.detect.threads (per worker)")
+    parser.add_argument("--workers", type=int, default=1, help="stages.detect.workers")
+    parser.add_argument("--detect", nargs="+", metavar="WORKERSxTHREADS",
+                        type=lambda v: v if re.fullmatch(r"[1-8]x[1-8]", v) else parser.error(f"--detect {v}: WxT"),
+                        help="instead of --workers/--threads: run each setting with each of these layouts in a "
+                             "row, e.g. 2x1 1x2")
+    parser.add_argument("--no-spin", action="store_true", help="stages.detect.spin: false")
+    parser.add_argument("--only", nargs="+", choices=range(len(SETTINGS)), type=int, metavar="N",
+                        help=f"run only these settings (0-{len(SETTINGS) - 1}, in the order of SETTINGS); "
+                             "a number given twice runs twice")
+    parser.add_argument("--shared-memory", choices=("on", "off", "both"), default="on",
+                        help="transport.shared_memory (frames between stages through /dev/shm); both: each "
+                             "chosen setting runs twice in a row, on then off")
+    parser.add_argument("--event-recording", action="store_true",
+                        help="stages.record.mode: event (video only around alerts) instead of continuous")
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

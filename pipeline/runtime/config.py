@@ -97,6 +97,11 @@ class TransportConfig:
     hwm: int = setting(4, gt=0)  # messages queued per socket side (replay); live mode uses 1
     # the largest message part a stage takes in: a 3840x2160 BGR frame is 24.9 MB; larger ones are refused
     max_message_mb: float = setting(64.0, gt=0)
+    # live mode, stages of one host (ipc): frames go through /dev/shm, each stage reads a slot instead of
+    # a socket copy (pipeline.runtime.frame_store); a slot is reused this many frames later, so a frame
+    # older than that when a stage reads it is dropped as stale (16 at 25 fps: 0.64 s)
+    shared_memory: bool = True
+    shared_memory_slots: int = setting(16, ge=2, le=1024)
     # a link to a stage on another host that is not up yet: how long the run waits for it (0: fail at once)
     remote_wait_s: float = setting(60.0, ge=0)
     curve: CurveConfig | None = None

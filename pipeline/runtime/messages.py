@@ -2,7 +2,8 @@
 
 Wire format (ZeroMQ multipart, no pickle):
   part 0    UTF-8 JSON header
-  part 1..n one raw buffer per entry of header["buffers"] (name, shape, dtype), sent zero-copy
+  part 1..n one raw buffer per entry of header["buffers"] (name, shape, dtype), sent zero-copy, except
+            entries that name a slot of shared memory instead ("shared": pipeline.runtime.frame_store)
 
 A header with ``kind == "eos"`` carries no buffers and marks the end of one stream; its ``frame_index``
 is the stream's frame count as its source counted it (the index after its last frame; 0: unknown).
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.runtime.frame_store import FrameStore, FrameStoreReader, RingError, StaleBuffer
+
 WIRE_VERSION = 1
 FRAME, EOS = "frame", "eos"
 _ALLOWED_DTYPES = {"uint8", "float32", "float16", "int32", "int64"}
@@ -32,6 +35,15 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 class MessageError(ValueError):
     """A received message does not follow the wire format; the stage drops and counts it."""
+
+
+class StaleFrame(MessageError):
+    """A well-formed frame whose shared-memory slot was overwritten before it was read: the stage
+    drops it as stale (live mode), not as malformed."""
+
+    def __init__(self, stream_id: str, why: str):
+        super().__init__(why)
+        self.stream_id = stream_id
 
 
 @dataclass
@@ -54,6 +66,9 @@ class FrameMessage:
     meta: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, float] = field(default_factory=dict)
     kind: str = FRAME
+    # buffers read from shared memory: name -> (reference, the array read); one passed on unchanged
+    # goes on as the same reference
+    shared: dict[str, tuple[dict, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def end_of_stream(cls, stream_id: str, frame_count: int = 0) -> "FrameMessage":
@@ -70,9 +85,18 @@ class FrameMessage:
     def age_ms(self, now: float | None = None) -> float:
         return ((now or time.time()) - self.capture_wall) * 1000.0
 
-    def encode(self) -> list:
-        """Multipart parts: JSON header, then the buffers themselves (no copy)."""
-        arrays = [np.ascontiguousarray(a) for a in self.buffers.values()]
+    def encode(self, store: FrameStore | None = None) -> list:
+        """Multipart parts: JSON header, then the buffers themselves (no copy); with a ``store``, large
+        buffers go into shared memory and the header names their slots."""
+        specs, arrays = [], []
+        for name, array in self.buffers.items():
+            spec = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+            ref = self._shared_ref(name, array, store)
+            if ref is None:
+                arrays.append(np.ascontiguousarray(array))
+            else:
+                spec["shared"] = ref
+            specs.append(spec)
         header = {
             "v": WIRE_VERSION,
             "kind": self.kind,
@@ -80,10 +104,7 @@ class FrameMessage:
             "frame_index": self.frame_index,
             "source_ts": self.source_ts,
             "capture_wall": self.capture_wall,
-            "buffers": [
-                {"name": name, "shape": list(a.shape), "dtype": str(a.dtype)}
-                for name, a in zip(self.buffers, arrays)
-            ],
+            "buffers": specs,
             "detections": None if self.detections is None else self.detections.tolist(),
             "track_ids": None if self.track_ids is None else self.track_ids.tolist(),
             "meta": self.meta,
@@ -91,27 +112,41 @@ class FrameMessage:
         }
         return [json.dumps(header, separators=(",", ":")).encode()] + [memoryview(a) for a in arrays]
 
+    def _shared_ref(self, name: str, array: np.ndarray, store: FrameStore | None) -> dict | None:
+        if store is None:
+            return None
+        ref, received = self.shared.get(name, (None, None))
+        return ref if received is array else store.share(self.stream_id, name, array)
+
     @classmethod
-    def decode(cls, parts: list) -> "FrameMessage":
+    def decode(cls, parts: list, shared: FrameStoreReader | None = None) -> "FrameMessage":
         """Parse received parts (bytes or zmq.Frame); raise MessageError on anything malformed: every
-        header field is type-checked, so what comes out can be used without further checks."""
+        header field is type-checked, so what comes out can be used without further checks. Buffers
+        in shared memory are read through ``shared`` (None: this link takes none; StaleFrame: the
+        slot was overwritten)."""
         if not parts:
             raise MessageError("empty message")
         if len(parts) > 1 + MAX_BUFFERS:
             raise MessageError(f"{len(parts)} parts: a message holds a header and at most {MAX_BUFFERS} buffers")
         header = _parse_header(parts[0])
+        stream_id = _stream_id(header)
         specs = _typed(header, "buffers", list, [])
-        if len(parts) != 1 + len(specs):
-            raise MessageError(f"header names {len(specs)} buffers but {len(parts) - 1} arrived")
-        buffers = {}
-        for spec, part in zip(specs, parts[1:]):
-            name, array = _array_from_part(spec, part)
+        inline = sum(not _in_ring(spec) for spec in specs)
+        if len(specs) > MAX_BUFFERS or len(parts) != 1 + inline:
+            raise MessageError(f"header names {inline} buffers sent inline but {len(parts) - 1} arrived")
+        buffers, received, inline_parts = {}, {}, iter(parts[1:])
+        for spec in specs:
+            if _in_ring(spec):
+                name, array = _array_from_ring(spec, shared, stream_id)
+                received[name] = (spec["shared"], array)
+            else:
+                name, array = _array_from_part(spec, next(inline_parts))
             buffers[name] = array
-        msg = cls(stream_id=_stream_id(header), frame_index=_count(header, "frame_index"),
+        msg = cls(stream_id=stream_id, frame_index=_count(header, "frame_index"),
                   source_ts=_number(header, "source_ts"), capture_wall=_number(header, "capture_wall"),
                   buffers=buffers, detections=_detections(header.get("detections")),
                   track_ids=_track_ids(header.get("track_ids")), meta=_typed(header, "meta", dict, {}),
-                  trace=_trace(header.get("trace")), kind=header["kind"])
+                  trace=_trace(header.get("trace")), kind=header["kind"], shared=received)
         if msg.track_ids is not None and (msg.detections is None or len(msg.track_ids) != len(msg.detections)):
             raise MessageError("track_ids must pair with the detections one to one")
         if not msg.is_eos:
@@ -275,7 +310,7 @@ def _check_image(image) -> None:
         raise MessageError(f"a frame needs a uint8 H x W x 3 'image' buffer, got {shape}")
 
 
-def _array_from_part(spec, part) -> tuple[str, np.ndarray]:
+def _buffer_spec(spec) -> tuple[str, list[int], str]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("shape"), list):
         raise MessageError("a buffer spec must be {name: str, shape: [ints], dtype: str}")
     name, shape, dtype = spec["name"], spec["shape"], spec.get("dtype")
@@ -283,6 +318,28 @@ def _array_from_part(spec, part) -> tuple[str, np.ndarray]:
         raise MessageError(f"buffer {name[:40]!r} has unsupported dtype {str(dtype)[:40]!r}")
     if len(shape) > 4 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 for v in shape):
         raise MessageError(f"buffer {name[:40]!r} shape must be up to 4 whole numbers >= 0")
+    return name, shape, dtype
+
+
+def _in_ring(spec) -> bool:
+    return isinstance(spec, dict) and "shared" in spec
+
+
+def _array_from_ring(spec, shared: FrameStoreReader | None, stream_id: str) -> tuple[str, np.ndarray]:
+    name, shape, dtype = _buffer_spec(spec)
+    if shared is None:
+        raise MessageError(f"buffer {name[:40]!r} is in shared memory, which this link does not take "
+                           "(live mode, same host, transport.shared_memory)")
+    try:
+        return name, shared.read(spec["shared"], shape, dtype)
+    except RingError as exc:
+        raise MessageError(f"buffer {name[:40]!r}: {exc}") from None
+    except StaleBuffer as exc:
+        raise StaleFrame(stream_id, f"buffer {name[:40]!r}: {exc}") from None
+
+
+def _array_from_part(spec, part) -> tuple[str, np.ndarray]:
+    name, shape, dtype = _buffer_spec(spec)
     raw = _raw(part)
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if raw.nbytes != expected:

@@ -19,9 +19,10 @@ from typing import ClassVar, Iterator
 import zmq
 
 from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED, stamp
+from pipeline.runtime import frame_store
 from pipeline.runtime.config import PipelineConfig, connect_side
 from pipeline.runtime.links import input_key
-from pipeline.runtime.messages import FrameMessage, MessageError
+from pipeline.runtime.messages import FrameMessage, MessageError, StaleFrame
 from pipeline.runtime.meter import Meter
 from pipeline.runtime.registry import register_stage
 from pipeline.runtime.remote_downstream import RemoteDownstream
@@ -153,6 +154,8 @@ class StageRunner:
         hwm = 1 if cfg.live else cfg.transport.hwm
         curve = curve_keys(cfg)
         self.inp = self.out = self.in_watch = self.out_watch = None
+        self.shared_in: frame_store.FrameStoreReader | None = None  # live, same host: frames in /dev/shm
+        self.shared_out: frame_store.FrameStore | None = None
         self.unreachable = False  # the downstream refused us: nothing queued for it can ever go
         # fed from another host: the sender there waits for this stage to confirm its ends of stream
         remote_upstream = stage.role != "source" and cfg.runs_elsewhere(cfg.upstream(stage.name))
@@ -165,6 +168,8 @@ class StageRunner:
             else:
                 self.inp = open_socket(self.ctx, in_spec, hwm=hwm, curve=curve,
                                        max_message_bytes=cfg.max_message_bytes, routed=remote_upstream)
+            if shares_memory(cfg, in_spec, remote_upstream):
+                self.shared_in = frame_store.FrameStoreReader(cfg.max_message_bytes)
         self.remote: RemoteDownstream | None = None  # the downstream stage, where it runs on another host
         self._open_output(hwm, curve)
         self.control = open_socket(self.ctx, connect_side(cfg.endpoint("control")), hwm=16, curve=curve)
@@ -206,6 +211,8 @@ class StageRunner:
             self.out = open_socket(self.ctx, out_spec, hwm=hwm, curve=curve, routed=elsewhere)
         if elsewhere:
             self.remote = RemoteDownstream(self.out, self.out_watch, self.cfg, downstream, self.label)
+        elif shares_memory(self.cfg, out_spec, elsewhere):
+            self.shared_out = frame_store.FrameStore(self.cfg.transport.shared_memory_slots)
 
     @property
     def ended(self) -> set[str]:
@@ -270,6 +277,10 @@ class StageRunner:
                 sock.close(linger=linger_ms if sock is self.out else
                            CONTROL_LINGER_MS if sock is self.control or self.receipts is not None else 0)
         close_context(self.ctx)  # returns once ZeroMQ has handed every queued message to its peer
+        if self.shared_in is not None:
+            self.shared_in.close()
+        if self.shared_out is not None:  # its files stay for the frames in flight: the supervisor removes
+            self.shared_out.close(unlink=self.orphaned)  # them once this process exited (if it is there)
 
     def _await_confirmations(self) -> None:
         """A downstream on another host has no supervisor here to say it is done: wait until it
@@ -391,7 +402,12 @@ class StageRunner:
     def _decode(self, parts) -> FrameMessage | None:
         """The message, or None after counting why it was dropped: untrusted input never leaves here."""
         try:
-            msg = FrameMessage.decode(parts)
+            msg = FrameMessage.decode(parts, self.shared_in)
+        except StaleFrame as exc:
+            if exc.stream_id not in self.streams:
+                return self._drop(f"stream {exc.stream_id!r} is not one of this run's {sorted(self.streams)}")
+            self._dropped("dropped_stale", exc.stream_id)  # its slot was reused: live mode's stale frame
+            return None
         except MessageError as exc:
             return self._drop(str(exc))
         if msg.stream_id not in self.streams:
@@ -456,8 +472,8 @@ class StageRunner:
     def _send(self, msg: FrameMessage) -> None:
         if not msg.is_eos:  # (its stale drops were stamped as it arrived: _arrived)
             stamp(msg.meta, self.drops_full.get(msg.stream_id, 0))
-        parts = msg.encode()
-        largest = max([len(parts[0]), *(part.nbytes for part in parts[1:])])
+        parts = msg.encode(None if msg.is_eos else self.shared_out)
+        largest = max([len(parts[0]), *(buffer.nbytes for buffer in msg.buffers.values())])
         if largest > self.cfg.max_message_bytes:  # the next stage's ZeroMQ would cut the link, silently
             raise StageFatalError(f"{msg.stream_id}#{msg.frame_index}: a {largest / (1 << 20):.1f} MB message part is over "
                                   f"transport.max_message_mb ({self.cfg.transport.max_message_mb:g}), which the next "
@@ -545,7 +561,16 @@ class StageRunner:
         state = {}
         if self.in_watch is not None:
             state["senders"] = len(self.in_watch.peers)
+        if self.shared_in is not None or self.shared_out is not None:
+            state["shared_memory"] = True  # frames to or from stages of this host go through /dev/shm
         return {**state, **(self.remote.state() if self.remote is not None else {})}
+
+
+def shares_memory(cfg: PipelineConfig, spec: str, other_host: bool) -> bool:
+    """Whether a frame link sends large buffers through shared memory (pipeline.runtime.frame_store):
+    live mode, both ends on this host over ipc, and transport.shared_memory on."""
+    return (cfg.live and cfg.transport.shared_memory and not other_host and Endpoint.parse(spec).ipc_path is not None
+            and frame_store.available())
 
 
 def _books_problem(msg: FrameMessage) -> str | None:

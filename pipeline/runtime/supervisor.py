@@ -19,6 +19,7 @@ import yaml
 import zmq
 
 from pipeline.runtime.config import ConfigError, PipelineConfig
+from pipeline.runtime.frame_store import remove_dead_rings, remove_rings
 from pipeline.runtime.heartbeats import MAX_BEAT_BYTES, ended_streams, parse_beat, resume_frame
 from pipeline.runtime.registry import stage_name
 from pipeline.runtime.schema import to_plain
@@ -49,6 +50,7 @@ class StageProcess:
     upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
     carried: dict = field(default_factory=dict)  # counters of this stage's earlier processes
+    pids: list[int] = field(default_factory=list)  # its processes so far: their shared-memory rings go at the end
 
     def __post_init__(self):
         self.stage = self.stage or self.label.split(":")[0]
@@ -70,6 +72,7 @@ class StageProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
+        self.pids.append(self.proc.pid)
         self.started, self.exit_code, self.last_beat_time, self.release_sent = time.time(), None, 0.0, False
 
     def alive(self) -> bool:
@@ -175,6 +178,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
+        if remove_dead_rings():  # an earlier run's, whose supervisor was killed before it could
+            log.info("removed shared-memory frame rings of processes that no longer run")
+        try:
+            return self._run()
+        finally:  # the stages have exited (or the supervisor failed): nobody reads their frames any more
+            for sp in self.stages:
+                for pid in sp.pids:
+                    remove_rings(pid)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         self._start_consumers_then_sources()

@@ -141,3 +141,58 @@ def test_a_stage_books_its_own_stale_drops_as_drops_not_losses(tmp_path):
         assert [(m.frame_index, m.meta[DROPPED]) for m in sent] == [(0, 0), (3, 2), (6, 4), (9, 6)]
         later = FrameBooks()  # the next stage: 9 frames missing of 10, every one a drop, none lost
         assert sum(later.arrive("a", m.frame_index, m.meta[DROPPED]).lost for m in sent) == 0
+
+
+# ---------------------------------------------------------------- shared memory (live, same host)
+def _big_frame(stream_id="a", index=0) -> FrameMessage:
+    return FrameMessage(stream_id, index, 0.0, time.time(), {"image": np.full((240, 320, 3), index, np.uint8)})
+
+
+@pytest.fixture
+def live_runner(tmp_path):
+    """A live passthrough runner (ipc links); the ring files it and the test wrote go afterwards."""
+    from pipeline.runtime.frame_store import remove_rings
+
+    with runner_for(_config(tmp_path, mode="live")) as pair:
+        yield pair
+    remove_rings(os.getpid())
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="needs /dev/shm (Linux shared memory)")
+def test_live_frames_between_stages_of_one_host_go_through_shared_memory(live_runner):
+    from pipeline.runtime.frame_store import FrameStoreReader
+
+    runner, downstream = live_runner
+    runner._handle(runner._take([_big_frame(index=7)]))
+    assert downstream.poll(2000)
+    parts = downstream.recv_multipart(copy=False)
+    assert len(parts) == 1 and "shared" in json.loads(bytes(parts[0]))["buffers"][0]  # a reference, no bytes
+    assert FrameMessage.decode(parts, FrameStoreReader(1 << 26)).image[0, 0, 0] == 7
+    assert runner._link_state() == {"shared_memory": True}
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="needs /dev/shm (Linux shared memory)")
+def test_a_frame_whose_slot_was_reused_is_dropped_as_stale_not_malformed(live_runner):
+    from pipeline.runtime.frame_store import FrameStore
+
+    runner, downstream = live_runner
+    upstream = FrameStore(slots=2)
+    try:
+        parts = [bytes(p) for p in _big_frame(index=1).encode(upstream)]
+        for index in (2, 3):  # the upstream stage wrote two more frames into its two slots
+            upstream.share("a", "image", np.zeros((240, 320, 3), np.uint8))
+        assert runner._decode(parts) is None
+        assert runner.metrics.counts["dropped_stale"] == 1 and runner.metrics.counts["malformed"] == 0
+        fresh = runner._decode([bytes(p) for p in _big_frame(index=4).encode(upstream)])
+        assert fresh.image[0, 0, 0] == 4
+        runner._arrived(fresh)  # the drop is booked with the stream's next frame
+        assert fresh.meta["dropped_upstream"] == 1
+    finally:
+        upstream.close()
+
+
+def test_replay_sends_the_bytes(runner_and_downstream):
+    """Replay must not lose a frame, and a slot cannot wait for a slow reader: no shared memory."""
+    runner, downstream = runner_and_downstream
+    runner._handle([_big_frame(index=3)])
+    assert received(downstream).image[0, 0, 0] == 3 and runner.shared_out is None and runner.shared_in is None

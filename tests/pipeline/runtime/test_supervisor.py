@@ -1,5 +1,6 @@
 """The whole pipeline as separate OS processes over real ZeroMQ sockets, on real video files."""
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -186,16 +187,22 @@ def test_malformed_message_is_dropped_and_counted_and_the_stage_lives(tmp_path, 
     assert len(jsonl(tmp_path / "out" / "a" / "tracks.jsonl")) == 90
 
 
-def test_live_mode_drops_stale_frames_and_accounts_for_every_one(tmp_path, synthetic_clip, random_weights):
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-memory", "socket-copies"])
+def test_live_mode_drops_stale_frames_and_accounts_for_every_one(tmp_path, synthetic_clip, random_weights,
+                                                                 shared_memory):
     long_clip = tmp_path / "long.mp4"
     _concat(synthetic_clip.video, long_clip, times=4)
     # a 640x640 input makes the detector slower than the 30 fps source on this CPU
     proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip)}], random_weights, mode="live",
                           stages={"detect": {"weights": str(random_weights), "backend": "torch"},
-                                  "preprocess": {"input_size": [640, 640]}})
+                                  "preprocess": {"input_size": [640, 640]}},
+                          transport={"shared_memory": shared_memory})
     code, err = finish(proc)
     assert code == 0, err
     final = status(tmp_path)
+    assert all(final[label].get("shared_memory", False) == shared_memory for label in
+               ("capture:a", "preprocess", "detect", "track", "record"))
+    assert not [path for s in final.values() for path in Path("/dev/shm").glob(f"lss-{s['pid']}-*")]  # removed
     captured = final["capture:a"]["received"]
     dropped = sum(s.get("dropped_stale", 0) + s.get("dropped_full", 0) for s in final.values())
     recorded = final["record"]["frames_recorded"]
@@ -241,10 +248,12 @@ def test_live_rtsp_camera_frozen_then_back_no_stage_blocks(tmp_path, rtsp_server
     assert decoded_frames(tmp_path / "out" / "cam") == len(rows) > 20
 
 
-def test_stages_stop_when_the_supervisor_is_killed(tmp_path, synthetic_clip, random_weights):
+@pytest.mark.parametrize("mode", ["replay", "live"])
+def test_stages_stop_when_the_supervisor_is_killed(tmp_path, synthetic_clip, random_weights, mode):
+    """... and, live, remove the shared-memory rings nobody else is left to remove."""
     long_clip = tmp_path / "long.mp4"
     _concat(synthetic_clip.video, long_clip, times=10)
-    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights)
+    proc = start_pipeline(tmp_path, [{"id": "a", "uri": str(long_clip), "pace": True}], random_weights, mode=mode)
     wait_for(lambda: status(tmp_path)["record"]["processed"] > 5)
     pids = {label: s["pid"] for label, s in status(tmp_path).items()}
     proc.kill()  # SIGKILL: no drain, no cleanup by the supervisor
@@ -263,6 +272,7 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path, synthetic_clip, ran
         proc.communicate(timeout=30)
     rows = jsonl(tmp_path / "out" / "a" / "tracks.jsonl")
     assert decoded_frames(tmp_path / "out" / "a") >= len(rows) - 2  # what was recorded still plays
+    assert not [path for pid in pids.values() for path in Path("/dev/shm").glob(f"lss-{pid}-*")]
 
 
 def _alive(pid: int) -> bool:
