@@ -4,14 +4,19 @@ Runs the whole pipeline (`python -m pipeline run`, live mode, a paced synthetic 
 acting as the camera) five ways, one after another in one run, and prints side by side: capture ->
 recorded latency p50/p99, frames recorded of the source (the rest dropped as stale, counted), the detect
 stage's fps, the tiles examined per frame and the longest a tile waited (in source frames), against the
-goal: p99 <= 2 x one model call + one frame interval, every tile examined at least every 5 source frames.
+goal: p99 <= 2 x one model call + one frame interval, every tile examined at least every 5 source frames;
+then the CPU cores each stage process used. ``--shared-memory both`` and ``--detect 2x1 1x2`` run each
+setting once per transport / detector layout, in a row, so that those are compared minutes apart.
 
     python scripts/bench_tiling_live.py --seconds 20
+    python scripts/bench_tiling_live.py --seconds 16 --backend auto --threads 1 --workers 2 --no-spin \
+        --only 3 3 3 0 --shared-memory both
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -69,8 +74,11 @@ def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | N
            "consumers": [], "supervisor": {"status_interval_s": 1}}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-progress"], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-progress"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cores = stage_cores(out / "status.json", proc)
+    if proc.wait() != 0:
+        raise SystemExit(f"the pipeline run for {out.name} failed (exit {proc.returncode})")
     rows = [json.loads(line) for line in (out / "cam" / "tracks.jsonl").read_text().splitlines()]
     status = json.loads((out / "status.json").read_text())
     latency = np.array([(r["recorded_wall"] - r["capture_wall"]) * 1e3 for r in rows[FPS:]])  # after warm-up
@@ -80,7 +88,36 @@ def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | N
     return {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99)),
             "recorded": len(rows), "source_frames": source_frames,
             "detect_fps": (len(rows) - 1) / max(rows[-1]["capture_wall"] - rows[0]["capture_wall"], 1e-9),
-            "tiles": coverage[1], "tiles_per_frame": coverage[2], "longest_gap": coverage[4]}
+            "tiles": coverage[1], "tiles_per_frame": coverage[2], "longest_gap": coverage[4], "cores": cores}
+
+
+def stage_cores(status_path: Path, proc: subprocess.Popen, warm_up_s: float = 4, window_s: float = 8) -> dict:
+    """CPU cores each stage process used over ``window_s`` seconds once the source ran ``warm_up_s``
+    (user + system time from /proc, all threads); {} where /proc is not there or the run ended first."""
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and "capture:cam" not in _status(status_path):
+        time.sleep(0.2)
+    time.sleep(warm_up_s)
+    pids = {label: beat["pid"] for label, beat in _status(status_path).items() if isinstance(beat, dict) and "pid" in beat}
+    try:
+        start, started = {label: _cpu_seconds(pid) for label, pid in pids.items()}, time.time()
+        time.sleep(window_s)
+        return {label: round((_cpu_seconds(pid) - start[label]) / (time.time() - started), 2)
+                for label, pid in pids.items()}
+    except OSError:
+        return {}
+
+
+def _status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def print_table(results: dict, call_ms: float, run_call_ms: float | None = None) -> None:
@@ -98,6 +135,14 @@ def print_table(results: dict, call_ms: float, run_call_ms: float | None = None)
         print(f"| {name} | {r['p50']:.0f} | {r['p99']:.0f} | {ok} | {r['recorded']}/{r['source_frames']} | "
               f"{r['detect_fps']:.1f} | {r['tiles_per_frame']:.1f} of {r['tiles']} | "
               f"{r['longest_gap']} |")
+    print("\nCPU cores per stage process (8 s after 4 s of warm-up; all threads):\n")
+    labels = list(dict.fromkeys(label for r in results.values() for label in r.get("cores", {})))
+    print("| setting | " + " | ".join(labels) + " | all |")
+    print("|---|" + "---|" * (len(labels) + 1))
+    for name, r in results.items():
+        cores = r.get("cores", {})
+        print(f"| {name} | " + " | ".join(f"{cores.get(label, float('nan')):.2f}" for label in labels)
+              + f" | {sum(cores.values()):.2f} |")
 
 
 def main() -> int:
