@@ -98,7 +98,8 @@ def stage_cores(status_path: Path, proc: subprocess.Popen, warm_up_s: float = 4,
     while proc.poll() is None and time.time() < deadline and "capture:cam" not in _status(status_path):
         time.sleep(0.2)
     time.sleep(warm_up_s)
-    pids = {label: beat["pid"] for label, beat in _status(status_path).items() if isinstance(beat, dict) and "pid" in beat}
+    beats = _status(status_path)
+    pids = {label: beat["pid"] for label, beat in beats.items() if isinstance(beat, dict) and "pid" in beat}
     try:
         start, started = {label: _cpu_seconds(pid) for label, pid in pids.items()}, time.time()
         time.sleep(window_s)

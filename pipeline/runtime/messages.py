@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime.frame_store import FrameStore, FrameStoreReader, RingError, StaleBuffer
+from pipeline.runtime.frame_store import FrameStore, FrameStoreReader, RingError, StaleBuffer, canonical_reference
 
 WIRE_VERSION = 1
 FRAME, EOS = "frame", "eos"
@@ -66,9 +67,9 @@ class FrameMessage:
     meta: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, float] = field(default_factory=dict)
     kind: str = FRAME
-    # buffers read from shared memory: name -> (reference, the array read); one passed on unchanged
-    # goes on as the same reference
-    shared: dict[str, tuple[dict, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+    # buffers still in shared memory (decoded with defer): name -> (reference, shape, dtype); read_shared
+    # reads them into ``buffers``
+    pending: dict[str, tuple[dict, list, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def end_of_stream(cls, stream_id: str, frame_count: int = 0) -> "FrameMessage":
@@ -91,7 +92,7 @@ class FrameMessage:
         specs, arrays = [], []
         for name, array in self.buffers.items():
             spec = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
-            ref = self._shared_ref(name, array, store)
+            ref = None if store is None else store.share(self.stream_id, name, array)
             if ref is None:
                 arrays.append(np.ascontiguousarray(array))
             else:
@@ -112,46 +113,70 @@ class FrameMessage:
         }
         return [json.dumps(header, separators=(",", ":")).encode()] + [memoryview(a) for a in arrays]
 
-    def _shared_ref(self, name: str, array: np.ndarray, store: FrameStore | None) -> dict | None:
-        if store is None:
-            return None
-        ref, received = self.shared.get(name, (None, None))
-        return ref if received is array else store.share(self.stream_id, name, array)
-
     @classmethod
-    def decode(cls, parts: list, shared: FrameStoreReader | None = None) -> "FrameMessage":
+    def decode(cls, parts: list, shared: FrameStoreReader | None = None, defer: bool = False) -> "FrameMessage":
         """Parse received parts (bytes or zmq.Frame); raise MessageError on anything malformed: every
         header field is type-checked, so what comes out can be used without further checks. Buffers
-        in shared memory are read through ``shared`` (None: this link takes none; StaleFrame: the
-        slot was overwritten)."""
+        in shared memory are read through ``shared`` (None: this link takes none) once all the rest
+        is checked, or with ``defer`` only by ``read_shared`` (a live stage reads only the frames it
+        keeps)."""
         if not parts:
             raise MessageError("empty message")
         if len(parts) > 1 + MAX_BUFFERS:
             raise MessageError(f"{len(parts)} parts: a message holds a header and at most {MAX_BUFFERS} buffers")
         header = _parse_header(parts[0])
         stream_id = _stream_id(header)
-        specs = _typed(header, "buffers", list, [])
-        inline = sum(not _in_ring(spec) for spec in specs)
-        if len(specs) > MAX_BUFFERS or len(parts) != 1 + inline:
-            raise MessageError(f"header names {inline} buffers sent inline but {len(parts) - 1} arrived")
-        buffers, received, inline_parts = {}, {}, iter(parts[1:])
-        for spec in specs:
-            if _in_ring(spec):
-                name, array = _array_from_ring(spec, shared, stream_id)
-                received[name] = (spec["shared"], array)
-            else:
-                name, array = _array_from_part(spec, next(inline_parts))
-            buffers[name] = array
+        buffers, pending = _buffers(_typed(header, "buffers", list, []), parts[1:], shared is not None)
         msg = cls(stream_id=stream_id, frame_index=_count(header, "frame_index"),
                   source_ts=_number(header, "source_ts"), capture_wall=_number(header, "capture_wall"),
                   buffers=buffers, detections=_detections(header.get("detections")),
                   track_ids=_track_ids(header.get("track_ids")), meta=_typed(header, "meta", dict, {}),
-                  trace=_trace(header.get("trace")), kind=header["kind"], shared=received)
+                  trace=_trace(header.get("trace")), kind=header["kind"], pending=pending)
         if msg.track_ids is not None and (msg.detections is None or len(msg.track_ids) != len(msg.detections)):
             raise MessageError("track_ids must pair with the detections one to one")
         if not msg.is_eos:
-            _check_image(buffers.get("image"))
+            image = buffers.get("image")
+            _, *spec = pending.get("image", (None, None, None))  # (a frame's image may still be in a ring)
+            _check_image(*((image.shape, image.dtype) if image is not None else spec))
+        if not defer and pending:
+            msg.read_shared(shared)
         return msg
+
+    def read_shared(self, shared: FrameStoreReader) -> None:
+        """Read the buffers still in shared memory; StaleFrame where a slot was overwritten."""
+        for name, (ref, shape, dtype) in list(self.pending.items()):
+            try:
+                self.buffers[name] = shared.read(ref, shape, dtype)
+            except RingError as exc:
+                raise MessageError(f"buffer {name[:40]!r}: {exc}") from None
+            except StaleBuffer as exc:
+                raise StaleFrame(self.stream_id, f"buffer {name[:40]!r}: {exc}") from None
+            del self.pending[name]
+
+
+def _buffers(specs: list, parts: list, takes_shared: bool) -> tuple[dict, dict]:
+    """(buffers sent inline, buffers in shared memory as name -> (reference, shape, dtype))."""
+    in_ring = [_in_ring(spec) for spec in specs]
+    if len(specs) > MAX_BUFFERS:
+        raise MessageError(f"header names {len(specs)} buffers: a message holds at most {MAX_BUFFERS}")
+    if len(parts) != in_ring.count(False):
+        raise MessageError(f"header names {in_ring.count(False)} buffers sent inline but {len(parts)} arrived")
+    buffers, pending, inline_parts = {}, {}, iter(parts)
+    for spec, shared in zip(specs, in_ring):
+        name, shape, dtype = _buffer_spec(spec)
+        if name in buffers or name in pending:
+            raise MessageError(f"buffer {name[:40]!r} is named twice")
+        if not shared:
+            buffers[name] = _array_from_part(name, shape, dtype, next(inline_parts))
+        elif not takes_shared:
+            raise MessageError(f"buffer {name[:40]!r} is in shared memory, which this link does not take "
+                               "(live mode, same host, transport.shared_memory)")
+        else:
+            try:
+                pending[name] = (canonical_reference(spec["shared"]), shape, dtype)
+            except RingError as exc:
+                raise MessageError(f"buffer {name[:40]!r}: {exc}") from None
+    return buffers, pending
 
 
 def _raw(part) -> memoryview:
@@ -304,10 +329,11 @@ def _trace(values) -> dict[str, float]:
     return dict(values)
 
 
-def _check_image(image) -> None:
-    if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        shape = None if image is None else f"{image.dtype} {list(image.shape)}"
-        raise MessageError(f"a frame needs a uint8 H x W x 3 'image' buffer, got {shape}")
+def _check_image(shape, dtype) -> None:
+    """The image buffer's shape and dtype (read or still in shared memory; None: there is none)."""
+    if dtype is None or np.dtype(dtype) != np.uint8 or shape is None or len(shape) != 3 or shape[2] != 3 or 0 in shape:
+        got = None if shape is None else f"{dtype} {list(shape)}"
+        raise MessageError(f"a frame needs a uint8 H x W x 3 'image' buffer, got {got}")
 
 
 def _buffer_spec(spec) -> tuple[str, list[int], str]:
@@ -325,25 +351,9 @@ def _in_ring(spec) -> bool:
     return isinstance(spec, dict) and "shared" in spec
 
 
-def _array_from_ring(spec, shared: FrameStoreReader | None, stream_id: str) -> tuple[str, np.ndarray]:
-    name, shape, dtype = _buffer_spec(spec)
-    if shared is None:
-        raise MessageError(f"buffer {name[:40]!r} is in shared memory, which this link does not take "
-                           "(live mode, same host, transport.shared_memory)")
-    try:
-        return name, shared.read(spec["shared"], shape, dtype)
-    except RingError as exc:
-        raise MessageError(f"buffer {name[:40]!r}: {exc}") from None
-    except StaleBuffer as exc:
-        raise StaleFrame(stream_id, f"buffer {name[:40]!r}: {exc}") from None
-
-
-def _array_from_part(spec, part) -> tuple[str, np.ndarray]:
-    name, shape, dtype = _buffer_spec(spec)
+def _array_from_part(name: str, shape: list[int], dtype: str, part) -> np.ndarray:
     raw = _raw(part)
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
     if raw.nbytes != expected:
         raise MessageError(f"buffer {name[:40]!r} holds {raw.nbytes} bytes, shape/dtype need {expected}")
-    return name, np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -212,7 +212,7 @@ class StageRunner:
         if elsewhere:
             self.remote = RemoteDownstream(self.out, self.out_watch, self.cfg, downstream, self.label)
         elif shares_memory(self.cfg, out_spec, elsewhere):
-            self.shared_out = frame_store.FrameStore(self.cfg.transport.shared_memory_slots)
+            self.shared_out = frame_store.FrameStore(self.cfg.transport.shared_memory_slots, self.stage.session)
 
     @property
     def ended(self) -> set[str]:
@@ -386,10 +386,28 @@ class StageRunner:
     def _take(self, batch: list[FrameMessage]) -> list[FrameMessage]:
         """The frames (and EOS) of a received batch this stage will handle, booked as they arrive."""
         batch = self._newest_per_stream(batch) if self.cfg.live else batch
+        batch = [msg for msg in batch if msg.is_eos or self._readable(msg)]
         for msg in batch:
             if not msg.is_eos:
                 self._arrived(msg)
         return batch
+
+    def _readable(self, msg: FrameMessage) -> bool:
+        """Read what is still in shared memory (only the frames kept: live stages drop the rest
+        unread), then ask the stage: a slot written over is a stale drop, anything else malformed."""
+        try:
+            if msg.pending:
+                msg.read_shared(self.shared_in)
+        except StaleFrame:
+            self._dropped("dropped_stale", msg.stream_id)  # it came too late: its slot was reused
+            return False
+        except MessageError as exc:
+            self._drop(f"{msg.stream_id}#{msg.frame_index}: {exc}")
+            return False
+        problem = self.stage.accept(msg)
+        if problem is not None:
+            self._drop(f"{msg.stream_id}#{msg.frame_index}: {problem}")
+        return problem is None
 
     def _arrived(self, msg: FrameMessage) -> None:
         """Book what was dropped before the stage sees the frame: upstream's count as it came (apart,
@@ -401,18 +419,13 @@ class StageRunner:
 
     def _decode(self, parts) -> FrameMessage | None:
         """The message, or None after counting why it was dropped: untrusted input never leaves here."""
-        try:
-            msg = FrameMessage.decode(parts, self.shared_in)
-        except StaleFrame as exc:
-            if exc.stream_id not in self.streams:
-                return self._drop(f"stream {exc.stream_id!r} is not one of this run's {sorted(self.streams)}")
-            self._dropped("dropped_stale", exc.stream_id)  # its slot was reused: live mode's stale frame
-            return None
+        try:  # (buffers in shared memory are read once the frame is kept: _take)
+            msg = FrameMessage.decode(parts, self.shared_in, defer=True)
         except MessageError as exc:
             return self._drop(str(exc))
         if msg.stream_id not in self.streams:
             return self._drop(f"stream {msg.stream_id!r} is not one of this run's {sorted(self.streams)}")
-        problem = None if msg.is_eos else (_books_problem(msg) or self.stage.accept(msg))
+        problem = None if msg.is_eos else _books_problem(msg)
         return self._drop(f"{msg.stream_id}#{msg.frame_index}: {problem}") if problem else msg
 
     def _drop(self, why: str) -> None:
@@ -472,6 +485,9 @@ class StageRunner:
     def _send(self, msg: FrameMessage) -> None:
         if not msg.is_eos:  # (its stale drops were stamped as it arrived: _arrived)
             stamp(msg.meta, self.drops_full.get(msg.stream_id, 0))
+        if self.cfg.live and not msg.is_eos and not self.out.poll(0, zmq.POLLOUT):
+            self._dropped("dropped_full", msg.stream_id)  # refused before it costs a copy or a slot
+            return
         parts = msg.encode(None if msg.is_eos else self.shared_out)
         largest = max([len(parts[0]), *(buffer.nbytes for buffer in msg.buffers.values())])
         if largest > self.cfg.max_message_bytes:  # the next stage's ZeroMQ would cut the link, silently

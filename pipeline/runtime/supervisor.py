@@ -50,7 +50,6 @@ class StageProcess:
     upstream_eos_due: bool = False  # restarted: its upstream must send the EOS it may have lost
 
     carried: dict = field(default_factory=dict)  # counters of this stage's earlier processes
-    pids: list[int] = field(default_factory=list)  # its processes so far: their shared-memory rings go at the end
 
     def __post_init__(self):
         self.stage = self.stage or self.label.split(":")[0]
@@ -72,7 +71,6 @@ class StageProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches only the supervisor
-        self.pids.append(self.proc.pid)
         self.started, self.exit_code, self.last_beat_time, self.release_sent = time.time(), None, 0.0, False
 
     def alive(self) -> bool:
@@ -147,6 +145,8 @@ class Supervisor:
         self.stream_states: dict[str, str] = {}
         self.bad_beats = 0
         self.disk_full_reported: set[str] = set()
+        # this run's id: its frames carry it, and its shared-memory rings are named by it
+        self.session = os.urandom(6).hex()
         self.stages = self._plan()
         self.stopping = False
         self.failed: str | None = None
@@ -160,7 +160,7 @@ class Supervisor:
         base = [sys.executable, "-m", "pipeline", "stage"]
         plan = []
         # frames carry this run's id: a recorder on another host that restarts knows its books go on
-        session = [f"--session={os.urandom(6).hex()}"]
+        session = [f"--session={self.session}"]
         for name in reversed(cfg.path_names):  # receivers first, so their sockets are bound early
             if name not in cfg.run_stages:
                 continue
@@ -183,9 +183,7 @@ class Supervisor:
         try:
             return self._run()
         finally:  # the stages have exited (or the supervisor failed): nobody reads their frames any more
-            for sp in self.stages:
-                for pid in sp.pids:
-                    remove_rings(pid)
+            remove_rings(self.session)
 
     def _run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)

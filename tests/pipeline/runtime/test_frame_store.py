@@ -20,7 +20,7 @@ def store():
     store = FrameStore(slots=4)
     yield store
     store.close()
-    remove_rings(os.getpid())
+    remove_rings("")  # (a stage run alone names its rings as run "0")
 
 
 def frame(value: int, shape=(240, 320, 3)) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_a_slot_reused_before_it_was_read_is_stale_not_wrong(store):
 def test_a_slot_being_written_is_stale(store):
     ref = store.share("cam", "image", frame(7))
     store.rings[("cam", "image")].tokens[ref["slot"]] = 0  # what a reader sees in the middle of a write
-    with pytest.raises(StaleBuffer):
+    with pytest.raises(StaleBuffer, match="overwritten$"):  # (the check before the copy)
         FrameStoreReader(MAX_BYTES).read(ref, [240, 320, 3], "uint8")
 
 
@@ -90,14 +90,15 @@ def test_ring_files_are_private_and_removed_by_pid(store):
     ref = store.share("cam", "image", frame(1))
     path = SHM_DIR / ref["ring"]
     assert path.stat().st_mode & 0o777 == 0o600
-    assert remove_rings(os.getpid()) == 1 and not path.exists()
+    assert remove_rings("", os.getpid()) == 1 and not path.exists()
     with pytest.raises(StaleBuffer):  # a ring gone before anyone opened it: its frames are stale
         FrameStoreReader(MAX_BYTES).read(ref, [240, 320, 3], "uint8")
 
 
 @pytest.mark.parametrize("change, why", [
     ({"ring": "../../etc/passwd"}, "not one of this pipeline's"),
-    ({"ring": "lss-1-0123456789abcdef/../x"}, "not one of this pipeline's"),
+    ({"ring": "lss-0-1-0123456789abcdef/../x"}, "not one of this pipeline's"),
+    ({"ring": "lss-0-007-0123456789abcdef"}, "not one of this pipeline's"),  # (no leading zeros in a pid)
     ({"ring": 5}, "not one of this pipeline's"),
     ({"slot": -1}, "whole number"),
     ({"slot": True}, "whole number"),
@@ -121,13 +122,58 @@ def test_a_shape_larger_than_the_slot_or_the_message_limit_is_refused(store):
 
 
 def test_a_file_that_is_not_a_ring_is_refused(tmp_path):
-    name = f"lss-{os.getpid()}-{'ab' * 8}"
+    name = f"lss-0-{os.getpid()}-{'ab' * 8}"
     (SHM_DIR / name).write_bytes(b"x" * 4096)
+    (SHM_DIR / name).chmod(0o600)
     try:
         with pytest.raises(RingError, match="not a frame ring"):
             FrameStoreReader(MAX_BYTES).read({"ring": name, "slot": 0, "token": 1}, [4, 4, 3], "uint8")
     finally:
-        remove_rings(os.getpid())
+        remove_rings("")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "readable by others"])
+def test_what_is_not_a_private_ring_file_is_refused_without_hanging(store, kind):
+    """A name of the right form in /dev/shm that some other process of this host put there: a FIFO
+    must not block the stage, a directory or a link must not crash it or be followed."""
+    real = store.share("cam", "image", frame(1))
+    path = SHM_DIR / f"lss-0-{os.getpid()}-{'ef' * 8}"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        path.mkdir(0o700)
+    elif kind == "symlink":
+        path.symlink_to(SHM_DIR / real["ring"])
+    else:
+        path.write_bytes((SHM_DIR / real["ring"]).read_bytes())
+        path.chmod(0o644)
+    try:
+        with pytest.raises(RingError):
+            FrameStoreReader(MAX_BYTES).read({**real, "ring": path.name}, [240, 320, 3], "uint8")
+    finally:
+        path.rmdir() if kind == "directory" else path.unlink()
+
+
+def test_a_full_shm_folder_sends_bytes_from_then_on_and_leaves_no_file(store, monkeypatch, caplog):
+    def no_room(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frame_store.os, "posix_fallocate", no_room)
+    assert store.share("cam", "image", frame(1)) is None and store.failed
+    assert not list(SHM_DIR.glob(f"lss-0-{os.getpid()}-*"))
+    assert "frames go through the sockets" in caplog.text
+    assert store.share("cam", "image", frame(2)) is None  # (said once, not tried again every frame)
+
+
+def test_a_stream_shares_a_few_buffers_and_sends_the_rest_inline(store):
+    refs = [store.share("cam", f"buffer{i}", frame(i)) for i in range(frame_store.RINGS_PER_STREAM + 2)]
+    assert all(refs[:frame_store.RINGS_PER_STREAM]) and refs[-2:] == [None, None]
+    assert store.share("other", "buffer9", frame(1)) is not None  # (per stream)
+
+
+def test_a_ring_outgrown_by_small_steps_is_replaced_rarely(store):
+    names = {store.share("cam", "image", np.zeros(200_000 + step * 1000, np.uint8))["ring"] for step in range(40)}
+    assert len(names) == 2  # the second ring has room for 1.5 x the frame that outgrew the first
 
 
 # ---------------------------------------------------------------- through the message format
@@ -142,21 +188,45 @@ def test_a_message_names_its_slot_instead_of_sending_the_bytes(store):
         FrameMessage.decode(parts)
 
 
-def test_a_buffer_passed_on_unchanged_keeps_its_slot_and_a_new_one_is_written(store):
+def test_each_stage_writes_what_it_sends_into_its_own_ring(store):
+    """A buffer passed on unchanged is written again by the stage that sends it: a slot then only has
+    to outlive one link's queue, not the whole frame path (a slow stage would otherwise get frames
+    whose first slot was long reused)."""
     first = FrameMessage.decode(FrameMessage("cam", 0, 0.0, 0.0, {"image": frame(5)}).encode(store),
                                 FrameStoreReader(MAX_BYTES))
     next_stage = FrameStore(slots=4)
     try:
-        first.buffers["annotated"] = frame(9)
-        parts = first.encode(next_stage)
-        spec = {s["name"]: s["shared"] for s in json.loads(bytes(parts[0]))["buffers"]}
-        assert spec["image"] == first.shared["image"][0]  # the same slot of the first stage's ring
-        assert list(next_stage.rings) == [("cam", "annotated")]  # only the new picture was written
-        first.buffers["image"] = frame(6)  # a stage that replaced the image: its own copy goes out
         spec = {s["name"]: s["shared"] for s in json.loads(bytes(first.encode(next_stage)[0]))["buffers"]}
-        assert spec["image"]["ring"] != first.shared["image"][0]["ring"]
+        assert spec["image"]["ring"] == next_stage.rings[("cam", "image")].name
+        for i in range(4):  # the first stage's ring goes round: the second stage's copy is still there
+            store.share("cam", "image", frame(i))
+        assert FrameStoreReader(MAX_BYTES).read(spec["image"], [240, 320, 3], "uint8")[0, 0, 0] == 5
     finally:
         next_stage.close()
+
+
+def test_a_deferred_frame_is_checked_first_and_read_later(store):
+    parts = FrameMessage("cam", 0, 0.0, 0.0, {"image": frame(5)}).encode(store)
+    msg = FrameMessage.decode(parts, FrameStoreReader(MAX_BYTES), defer=True)
+    assert "image" not in msg.buffers and list(msg.pending) == ["image"]
+    msg.read_shared(FrameStoreReader(MAX_BYTES))
+    assert msg.image[0, 0, 0] == 5 and not msg.pending
+    header = json.loads(bytes(parts[0]))
+    header["buffers"][0]["shape"] = [240, 320, 4]  # the image's shape is checked before anything is read
+    with pytest.raises(MessageError, match="H x W x 3"):
+        FrameMessage.decode([json.dumps(header).encode()], FrameStoreReader(MAX_BYTES), defer=True)
+
+
+def test_a_buffer_named_twice_or_of_an_absurd_shape_is_malformed(store):
+    parts = FrameMessage("cam", 0, 0.0, 0.0, {"image": frame(5)}).encode(store)
+    header = json.loads(bytes(parts[0]))
+    twice = {**header, "buffers": header["buffers"] * 2}
+    with pytest.raises(MessageError, match="named twice"):
+        FrameMessage.decode([json.dumps(twice).encode()], FrameStoreReader(MAX_BYTES))
+    for shape in ([2 ** 30, 2 ** 30, 16], [2 ** 31 - 1] * 4):
+        huge = {**header, "buffers": [{**header["buffers"][0], "name": "extra", "shape": shape}, header["buffers"][0]]}
+        with pytest.raises(MessageError, match="max_message_mb"):
+            FrameMessage.decode([json.dumps(huge).encode()], FrameStoreReader(MAX_BYTES))
 
 
 def test_a_stale_slot_is_a_stale_frame_of_its_stream(store):
@@ -183,13 +253,23 @@ def test_rings_of_processes_that_no_longer_run_are_removed(store):
 
     ref = store.share("cam", "image", frame(1))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftover = SHM_DIR / f"lss-{int(dead.stdout)}-{'cd' * 8}"  # what a killed run leaves
+    leftover = SHM_DIR / f"lss-0a1b-{int(dead.stdout)}-{'cd' * 8}"  # what a killed run leaves
     leftover.write_bytes(b"x")
     try:
         assert frame_store.remove_dead_rings() >= 1
         assert not leftover.exists() and (SHM_DIR / ref["ring"]).exists()  # this live process's ring stays
     finally:
         leftover.unlink(missing_ok=True)
+
+
+def test_a_run_removes_its_own_rings_and_no_other_runs(store):
+    other_run = FrameStore(slots=2, session="abc123")
+    try:
+        mine, theirs = store.share("cam", "image", frame(1)), other_run.share("cam", "image", frame(1))
+        assert remove_rings("abc123") == 1
+        assert (SHM_DIR / mine["ring"]).exists() and not (SHM_DIR / theirs["ring"]).exists()
+    finally:
+        other_run.close()
 
 
 def test_a_store_closed_with_unlink_leaves_no_file(store):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from pipeline.runtime import frame_store
 from pipeline.runtime.config import config_from_dict
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.stage import Stage, StageRunner
@@ -99,7 +100,7 @@ def test_untrusted_input_is_dropped_and_counted_and_the_loop_goes_on(runner_and_
     for parts in bad + [_frame_parts("a", 1)]:
         feeder.send_multipart(parts)
     deadline = time.time() + 5
-    while runner.metrics.counts["malformed"] < len(bad) and time.time() < deadline:
+    while (runner.metrics.counts["malformed"] < len(bad) or not downstream.poll(0)) and time.time() < deadline:
         if runner.inp.poll(100):
             runner._handle(runner._receive_batch())
     feeder.close(0)
@@ -151,14 +152,12 @@ def _big_frame(stream_id="a", index=0) -> FrameMessage:
 @pytest.fixture
 def live_runner(tmp_path):
     """A live passthrough runner (ipc links); the ring files it and the test wrote go afterwards."""
-    from pipeline.runtime.frame_store import remove_rings
-
     with runner_for(_config(tmp_path, mode="live")) as pair:
         yield pair
-    remove_rings(os.getpid())
+    frame_store.remove_rings("")
 
 
-@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="needs /dev/shm (Linux shared memory)")
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
 def test_live_frames_between_stages_of_one_host_go_through_shared_memory(live_runner):
     from pipeline.runtime.frame_store import FrameStoreReader
 
@@ -171,7 +170,7 @@ def test_live_frames_between_stages_of_one_host_go_through_shared_memory(live_ru
     assert runner._link_state() == {"shared_memory": True}
 
 
-@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="needs /dev/shm (Linux shared memory)")
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
 def test_a_frame_whose_slot_was_reused_is_dropped_as_stale_not_malformed(live_runner):
     from pipeline.runtime.frame_store import FrameStore
 
@@ -181,12 +180,30 @@ def test_a_frame_whose_slot_was_reused_is_dropped_as_stale_not_malformed(live_ru
         parts = [bytes(p) for p in _big_frame(index=1).encode(upstream)]
         for index in (2, 3):  # the upstream stage wrote two more frames into its two slots
             upstream.share("a", "image", np.zeros((240, 320, 3), np.uint8))
-        assert runner._decode(parts) is None
+        assert runner._take([runner._decode(parts)]) == []
         assert runner.metrics.counts["dropped_stale"] == 1 and runner.metrics.counts["malformed"] == 0
-        fresh = runner._decode([bytes(p) for p in _big_frame(index=4).encode(upstream)])
+        fresh, = runner._take([runner._decode([bytes(p) for p in _big_frame(index=4).encode(upstream)])])
         assert fresh.image[0, 0, 0] == 4
-        runner._arrived(fresh)  # the drop is booked with the stream's next frame
-        assert fresh.meta["dropped_upstream"] == 1
+        assert fresh.meta["dropped_upstream"] == 1  # the drop is booked with the stream's next frame
+    finally:
+        upstream.close()
+
+
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
+def test_a_live_stage_reads_only_the_newest_frame_and_checks_it_after_reading(live_runner):
+    """Frames queued behind a newer one of their stream are dropped unread (no copy out of shared
+    memory); the frame kept is asked about (Stage.accept) once its buffers are read."""
+    runner, downstream = live_runner
+    upstream = frame_store.FrameStore(slots=8)
+    seen = []
+    runner.stage.accept = lambda msg: seen.append(msg.image[0, 0, 0]) or (None if msg.frame_index < 3 else "no")
+    try:
+        queued = [runner._decode([bytes(p) for p in _big_frame(index=i).encode(upstream)]) for i in range(3)]
+        kept = runner._take(queued)
+        assert [m.frame_index for m in kept] == [2] and seen == [2]
+        assert "image" in queued[0].pending  # the others were never read
+        assert runner._take([runner._decode([bytes(p) for p in _big_frame(index=3).encode(upstream)])]) == []
+        assert runner.metrics.counts["malformed"] == 1 and runner.metrics.counts["dropped_stale"] == 2
     finally:
         upstream.close()
 
