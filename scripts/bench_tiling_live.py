@@ -74,13 +74,17 @@ def run_live(clip: Path, out: Path, tiling: dict, backend: str, detect: dict | N
            "consumers": [], "supervisor": {"status_interval_s": 1}}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-progress"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cores = stage_cores(out / "status.json", proc)
-    if proc.wait() != 0:
-        raise SystemExit(f"the pipeline run for {out.name} failed (exit {proc.returncode})")
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-progress"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=log)
+        cores = stage_cores(out / "status.json", proc)
+        proc.wait()
     rows = [json.loads(line) for line in (out / "cam" / "tracks.jsonl").read_text().splitlines()]
     status = json.loads((out / "status.json").read_text())
+    if proc.returncode != 0 or len(rows) <= FPS:
+        log_tail = (out.parent / f"{out.name}.log").read_text()[-3000:]
+        raise SystemExit(f"the pipeline run for {out.name} failed (exit {proc.returncode}, {len(rows)} frames "
+                         f"recorded); the end of its log:\n{log_tail}\nstatus: {json.dumps(status)[:2000]}")
     latency = np.array([(r["recorded_wall"] - r["capture_wall"]) * 1e3 for r in rows[FPS:]])  # after warm-up
     detect = status.get("detect", {})
     coverage = (detect.get("tiling") or [["cam", 0, 0.0, 0.0, 0]])[0]
