@@ -31,9 +31,18 @@ INVALID = {  # per header field, values that field may never hold (a real peer n
 }
 
 
+_RING = "lss-0-1-0123456789abcdef"  # a ring name of the right form
+BAD_REFERENCES = [  # a buffer "in shared memory" that names no slot a stage may read (frame_store)
+    {"ring": "../../etc/passwd", "slot": 0, "token": 1}, {"ring": _RING + "/..", "slot": 0, "token": 1},
+    {"ring": "lss-0-007-0123456789abcdef", "slot": 0, "token": 1}, {"ring": 5, "slot": 0, "token": 1},
+    {"ring": _RING, "slot": -1, "token": 1}, {"ring": _RING, "slot": True, "token": 1},
+    {"ring": _RING, "slot": 0, "token": 0}, _RING, None, [],
+]
+
+
 def bad_message(rng: random.Random) -> list[bytes]:
     """One malformed (or foreign) message, of a randomly chosen kind."""
-    kind = rng.randrange(7)
+    kind = rng.randrange(9)
     header = _frame_header(rng)
     if kind == 0:  # random bytes
         return [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))]
@@ -54,6 +63,13 @@ def bad_message(rng: random.Random) -> list[bytes]:
     elif kind == 6:  # an image that is not one
         header["buffers"][0]["shape"] = [4, 4]
         return [json.dumps(header).encode(), bytes(16)]
+    elif kind == 7:  # an image said to be in shared memory, under a reference to no valid slot
+        header["buffers"][0]["shared"] = rng.choice(BAD_REFERENCES)
+        return [json.dumps(header).encode()]
+    elif kind == 8:  # a shape whose byte count overflows 64 bits, or a buffer named twice
+        header["buffers"] = ([{**header["buffers"][0], "shape": [2 ** 31 - 1] * 4}] if rng.random() < 0.5
+                             else header["buffers"] * 2)
+        return [json.dumps(header).encode()] + [bytes(48)] * len(header["buffers"])
     image = bytes(48)
     return [json.dumps(header).encode()] + ([image] if isinstance(header.get("buffers"), list) and
                                             len(header["buffers"]) == 1 else [])
