@@ -213,3 +213,17 @@ def test_replay_sends_the_bytes(runner_and_downstream):
     runner, downstream = runner_and_downstream
     runner._handle([_big_frame(index=3)])
     assert received(downstream).image[0, 0, 0] == 3 and runner.shared_out is None and runner.shared_in is None
+
+
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
+def test_only_live_links_between_stages_of_this_host_share_memory(tmp_path):
+    from pipeline.runtime.stage import shares_memory
+
+    live, replay = _config(tmp_path, mode="live"), _config(tmp_path)
+    ipc = live.endpoint("record_in")
+    off = _config(tmp_path, mode="live", transport={"ipc_dir": str(tmp_path / "ipc"), "shared_memory": False})
+    assert shares_memory(live, ipc, other_host=False)
+    assert not shares_memory(live, ipc, other_host=True)  # (a stage on another host cannot map our files)
+    assert not shares_memory(live, "pull+bind:tcp://127.0.0.1:5551", other_host=False)
+    assert not shares_memory(replay, replay.endpoint("record_in"), other_host=False)  # replay loses nothing
+    assert not shares_memory(off, ipc, other_host=False)
