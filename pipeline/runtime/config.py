@@ -99,11 +99,13 @@ class TransportConfig:
     max_message_mb: float = setting(64.0, gt=0)
     # live mode, stages of one host (ipc): frames go through /dev/shm, each stage reads a slot instead of
     # a socket copy (pipeline.runtime.frame_store); a slot is reused this many frames later, so a frame
-    # older than that when the next stage reads it is dropped as stale (16 at 25 fps: 0.64 s). Memory:
-    # slots x frame size per stream, buffer and sending stage (1080p: 16 x 6 MB = 100 MB each; ~5 per
-    # stream); where /dev/shm is too small (Docker's default 64 MB) frames go through the sockets
+    # older than that when the next stage reads it is dropped as stale. A stage reads the newest frame
+    # of its queue at once (it is never more than a frame or two old: measured, 2 slots lose nothing
+    # more than 8), so 8 is room to spare. Memory: slots x frame size per stream, buffer and sending
+    # stage (1080p: 8 x 6 MB = 50 MB each, ~5 per stream); where /dev/shm is too small (Docker's
+    # default is 64 MB) frames go through the sockets
     shared_memory: bool = True
-    shared_memory_slots: int = setting(16, ge=2, le=1024)
+    shared_memory_slots: int = setting(8, ge=2, le=1024)
     # a link to a stage on another host that is not up yet: how long the run waits for it (0: fail at once)
     remote_wait_s: float = setting(60.0, ge=0)
     curve: CurveConfig | None = None
