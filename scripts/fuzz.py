@@ -50,7 +50,7 @@ def bad_message(rng: random.Random) -> list[bytes]:
         field = rng.choice(sorted(INVALID))
         header[field] = rng.choice(INVALID[field])
     elif kind == 2:  # a buffer that does not match its spec
-        header["buffers"][0]["dtype"] = rng.choice(["object", "float64", "uint8"])
+        header["buffers"][0]["dtype"] = rng.choice(["object", "float64", "uint8", ["uint8"], {"a": 1}])
         return [json.dumps(header).encode(), bytes(rng.choice([1, 7, 47, 49, 96]))]  # 48 would fit
     elif kind == 3:  # a stream the run does not have (frame or end of stream)
         header["stream_id"] = rng.choice(["ghost", "cam-x", "CAM0"])
@@ -66,8 +66,9 @@ def bad_message(rng: random.Random) -> list[bytes]:
     elif kind == 7:  # an image said to be in shared memory, under a reference to no valid slot
         header["buffers"][0]["shared"] = rng.choice(BAD_REFERENCES)
         return [json.dumps(header).encode()]
-    elif kind == 8:  # a shape whose byte count overflows 64 bits, or a buffer named twice
-        header["buffers"] = ([{**header["buffers"][0], "shape": [2 ** 31 - 1] * 4}] if rng.random() < 0.5
+    elif kind == 8:  # a shape whose byte count overflows 64 bits (with a 0 in it, or not), or a buffer named twice
+        huge = rng.choice([[2 ** 31 - 1] * 4, [0] + [2 ** 31 - 1] * 3])
+        header["buffers"] = ([{**header["buffers"][0], "shape": huge}] if rng.random() < 0.5
                              else header["buffers"] * 2)
         return [json.dumps(header).encode()] + [bytes(48)] * len(header["buffers"])
     image = bytes(48)

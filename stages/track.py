@@ -30,6 +30,7 @@ flies (``alert_track_ids``, insets, ``track_lost``). Tracks that never alerted a
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import numpy as np
 import zmq
 
 from pipeline.runtime.books import DROPPED, FrameBooks
-from pipeline.runtime.config import PipelineConfig
+from pipeline.runtime.config import ConfigError, PipelineConfig
 from pipeline.runtime.messages import FrameMessage
 from pipeline.runtime.records import frame_session
 from pipeline.runtime.meter import Meter
@@ -295,13 +296,22 @@ class TrackStage(Stage):
     port_offset = 2
     binds = {"events": ("pub", 5)}  # events and annotated frames for the view and other consumers
 
+    @classmethod
+    def preflight(cls, cfg: PipelineConfig) -> None:
+        """The libraries it loads beside its first beat must be there: a missing one is one line
+        before the run, not a crash at the first frame."""
+        for package in ("supervision", "trackers"):
+            if importlib.util.find_spec(package) is None:
+                raise ConfigError(f"stage track needs the Python package {package!r} (pip install -r requirements.txt)")
+
     def __init__(self, cfg: PipelineConfig):
         super().__init__(cfg)
         # supervision and trackers take ~0.7 s to import: loaded beside the first beat, not before it
         # (the supervisor starts the sources once every stage beats, and the first frame needs capture,
         # preprocess and detect before it reaches this stage); a frame that comes sooner waits for the
         # import lock, never for a half-loaded module
-        threading.Thread(target=_load_libraries, name="track-imports", daemon=True).start()
+        self.imports = threading.Thread(target=_load_libraries, name="track-imports", daemon=True)
+        self.imports.start()
 
         self.meter = Meter(())  # per-stream frame rate for the HUD
         self.streams: dict[str, StreamState] = {}
@@ -331,6 +341,7 @@ class TrackStage(Stage):
             del self.streams[stream_id]
             self.ids.start_after_reserved(stream_id)  # the new tracker's ids follow every id handed out
         if stream_id not in self.streams:
+            self.imports.join()  # (at once after the first stream: the libraries are in)
             first_id = self.ids.first_id(stream_id)
             self.streams[stream_id] = StreamState(self.settings, first_id, session)
             if first_id > 1:  # ids of an earlier track process exist in this output folder

@@ -10,8 +10,8 @@ on: a slot then only has to outlive the queue of one link, not the whole frame p
 A slot is reused ``slots`` frames later. Each slot has a token: 0 while it is being written, then a
 number that only grows. A reader copies the slot out and checks the token before and after: a slot
 overwritten meanwhile is a stale frame (``StaleBuffer``, dropped and counted as such), never a torn
-one. This relies on x86's store order (the writer's memcpy ends in a store fence), so other
-architectures send bytes (``available``). Live mode only: replay must never lose a frame, and a slot
+one. This relies on x86's store order (a locked instruction after the 0 orders it before memcpy's
+streaming stores, and memcpy ends in a store fence), so other architectures send bytes (``available``). Live mode only: replay must never lose a frame, and a slot
 cannot wait for a slow reader, so replay sends bytes.
 
 Ring files are named ``lss-<run>-<pid>-<random>``, mode 0600, allocated up front (a full /dev/shm is
@@ -31,6 +31,7 @@ import re
 import secrets
 import stat
 import struct
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -96,12 +97,15 @@ class FrameRing:
         self.map[:HEADER.size] = HEADER.pack(MAGIC, slots, slot_bytes)
         self.tokens = np.ndarray((slots,), np.uint64, self.map, HEADER.size)
         self.written = 0
+        self.fence = threading.Lock()
 
     def put(self, array: np.ndarray) -> dict:
         """Write ``array`` into the next slot; its reference."""
         slot = self.written % self.slots
         self.written += 1
         self.tokens[slot] = 0  # being written: a reader of the slot's last frame sees it changed
+        with self.fence:  # a locked instruction: the 0 is visible before any of memcpy's streaming stores
+            pass
         target = np.ndarray((array.nbytes,), np.uint8, self.map, self.first + slot * self.stride)
         np.copyto(target, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         self.tokens[slot] = self.written
@@ -222,9 +226,12 @@ def _map_ring(fd: int, name: str) -> tuple[mmap.mmap, int, int]:
     this user's private ring files."""
     try:
         info = os.fstat(fd)
-        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077
-                or info.st_size < HEADER.size):
-            raise RingError(f"ring {name} is not a private frame ring of this user")
+    except OSError as exc:
+        raise RingError(f"ring {name} cannot be read ({exc.strerror})") from None
+    if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077
+            or info.st_size < HEADER.size):
+        raise RingError(f"ring {name} is not a private frame ring of this user")
+    try:
         ring = mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ)
     except (OSError, ValueError, OverflowError) as exc:
         raise RingError(f"ring {name} cannot be mapped ({exc})") from None

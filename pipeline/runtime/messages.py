@@ -29,6 +29,7 @@ _ALLOWED_DTYPES = {"uint8", "float32", "float16", "int32", "int64"}
 _MAX_HEADER_BYTES = 1 << 20
 _MAX_DEPTH = 8  # levels of nesting a header may have (meta holds small facts, not trees)
 MAX_BUFFERS = 8  # buffers a message may carry (image, input, annotated, ...)
+MAX_BUFFER_EXTENT = 1 << 40  # bytes a buffer's shape may span, its zero dimensions counted as 1
 MAX_SECONDS = 1e11  # about 3,000 years: past any wall clock or source time
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -340,10 +341,13 @@ def _buffer_spec(spec) -> tuple[str, list[int], str]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("shape"), list):
         raise MessageError("a buffer spec must be {name: str, shape: [ints], dtype: str}")
     name, shape, dtype = spec["name"], spec["shape"], spec.get("dtype")
-    if dtype not in _ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
         raise MessageError(f"buffer {name[:40]!r} has unsupported dtype {str(dtype)[:40]!r}")
     if len(shape) > 4 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 for v in shape):
         raise MessageError(f"buffer {name[:40]!r} shape must be up to 4 whole numbers >= 0")
+    if math.prod(max(v, 1) for v in shape) * np.dtype(dtype).itemsize > MAX_BUFFER_EXTENT:
+        # (numpy refuses such a shape even with a 0 in it: "array is too big")
+        raise MessageError(f"buffer {name[:40]!r} shape {shape} is too large")
     return name, shape, dtype
 
 

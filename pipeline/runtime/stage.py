@@ -30,6 +30,9 @@ from pipeline.runtime.remote_ends import RESEND_S, EndReceipts
 from pipeline.runtime.transport import CurveKeys, Endpoint, close_context, open_socket, open_watched_socket
 
 log = logging.getLogger("pipeline.runtime.stage")
+# what decoding an untrusted message may raise beyond MessageError (a ValueError) where a check is
+# missing: still one counted drop, never the stage's end
+UNTRUSTED_ERRORS = (ValueError, TypeError, OverflowError)
 FATAL_EOS_WAIT_S = 5.0  # how long a failed source waits for a downstream to take its EOS
 MALFORMED_LOGGED = 20  # malformed messages logged one by one; after that every 1000th
 NO_SENDER_NOTE_S = 30.0  # a stage fed from another host says this often that no sender is there yet
@@ -385,8 +388,10 @@ class StageRunner:
 
     def _take(self, batch: list[FrameMessage]) -> list[FrameMessage]:
         """The frames (and EOS) of a received batch this stage will handle, booked as they arrive."""
-        batch = self._newest_per_stream(batch) if self.cfg.live else batch
-        batch = [msg for msg in batch if msg.is_eos or self._readable(msg)]
+        if self.cfg.live:
+            batch = self._newest_per_stream(batch)
+        else:
+            batch = [msg for msg in batch if msg.is_eos or self._readable(msg)]
         for msg in batch:
             if not msg.is_eos:
                 self._arrived(msg)
@@ -401,8 +406,8 @@ class StageRunner:
         except StaleFrame:
             self._dropped("dropped_stale", msg.stream_id)  # it came too late: its slot was reused
             return False
-        except MessageError as exc:
-            self._drop(f"{msg.stream_id}#{msg.frame_index}: {exc}")
+        except UNTRUSTED_ERRORS as exc:
+            self._drop(f"{msg.stream_id}#{msg.frame_index}: {exc or type(exc).__name__}")
             return False
         problem = self.stage.accept(msg)
         if problem is not None:
@@ -421,8 +426,8 @@ class StageRunner:
         """The message, or None after counting why it was dropped: untrusted input never leaves here."""
         try:  # (buffers in shared memory are read once the frame is kept: _take)
             msg = FrameMessage.decode(parts, self.shared_in, defer=True)
-        except MessageError as exc:
-            return self._drop(str(exc))
+        except UNTRUSTED_ERRORS as exc:
+            return self._drop(str(exc) or type(exc).__name__)
         if msg.stream_id not in self.streams:
             return self._drop(f"stream {msg.stream_id!r} is not one of this run's {sorted(self.streams)}")
         problem = None if msg.is_eos else _books_problem(msg)
@@ -436,19 +441,21 @@ class StageRunner:
         return None
 
     def _newest_per_stream(self, batch: list[FrameMessage]) -> list[FrameMessage]:
-        newest: dict[str, FrameMessage] = {}
-        keep: list[FrameMessage] = []
+        """Live: of each stream, the newest frame that reads and passes (one that does not lets the
+        frame before it in), up to batch_size frames; the rest go unread as stale. EOS after them."""
+        queued: dict[str, list[FrameMessage]] = {}
+        ends: list[FrameMessage] = []
         for msg in batch:
-            if msg.is_eos:
-                keep.append(msg)
-                continue
-            if msg.stream_id in newest:
-                self._dropped("dropped_stale", msg.stream_id)
-            newest[msg.stream_id] = msg
-        frames = list(newest.values())[: self.stage.batch_size]
-        for late in list(newest.values())[self.stage.batch_size:]:
-            self._dropped("dropped_stale", late.stream_id)
-        return frames + keep  # EOS after the frames of its stream
+            (ends if msg.is_eos else queued.setdefault(msg.stream_id, [])).append(msg)
+        frames: list[FrameMessage] = []
+        for stream_id, msgs in queued.items():
+            while msgs and len(frames) < self.stage.batch_size:
+                if self._readable(msg := msgs.pop()):
+                    frames.append(msg)
+                    break
+            for _ in msgs:
+                self._dropped("dropped_stale", stream_id)
+        return frames + ends
 
     def _dropped(self, counter: str, stream_id: str) -> None:
         """A frame let go by the live policy: counted here, and carried on in the stream's later frames."""

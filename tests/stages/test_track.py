@@ -463,3 +463,17 @@ def test_annotation_draws_the_zones_under_the_boxes(tmp_path, size):
     assert (annotated[220:280, 170:190] == raw[220:280, 170:190]).all()  # between the zones: untouched
     box_bottom = 258 + round(3 * scale)  # the detection's box, padded (its label sits on top), drawn over the outline
     assert (annotated[box_bottom, 420] == UNTRACKED_COLOR.as_bgr()).all() and outline[box_bottom + 1, 420]
+
+
+def test_a_missing_tracking_library_is_one_line_before_the_run(monkeypatch, tmp_path):
+    """supervision and trackers load beside the first beat; the preflight says at once if one is absent."""
+    import importlib.util
+
+    from pipeline.runtime.config import ConfigError
+
+    cfg = config_from_dict({"sources": [{"id": "a", "uri": "x.mp4"}], "output_dir": str(tmp_path)}, check_files=False)
+    TrackStage.preflight(cfg)  # both there
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackers" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the Python package 'trackers'"):
+        TrackStage.preflight(cfg)

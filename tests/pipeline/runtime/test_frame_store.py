@@ -20,7 +20,7 @@ def store():
     store = FrameStore(slots=4)
     yield store
     store.close()
-    remove_rings("")  # (a stage run alone names its rings as run "0")
+    remove_rings("", os.getpid())  # (a stage run alone names its rings as run "0"; only ours go)
 
 
 def frame(value: int, shape=(240, 320, 3)) -> np.ndarray:
@@ -129,7 +129,7 @@ def test_a_file_that_is_not_a_ring_is_refused(tmp_path):
         with pytest.raises(RingError, match="not a frame ring"):
             FrameStoreReader(MAX_BYTES).read({"ring": name, "slot": 0, "token": 1}, [4, 4, 3], "uint8")
     finally:
-        remove_rings("")
+        remove_rings("", os.getpid())
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "readable by others"])
@@ -155,14 +155,17 @@ def test_what_is_not_a_private_ring_file_is_refused_without_hanging(store, kind)
 
 
 def test_a_full_shm_folder_sends_bytes_from_then_on_and_leaves_no_file(store, monkeypatch, caplog):
+    tries = []
+
     def no_room(fd, offset, length):
+        tries.append(length)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(frame_store.os, "posix_fallocate", no_room)
     assert store.share("cam", "image", frame(1)) is None and store.failed
     assert not list(SHM_DIR.glob(f"lss-0-{os.getpid()}-*"))
     assert "frames go through the sockets" in caplog.text
-    assert store.share("cam", "image", frame(2)) is None  # (said once, not tried again every frame)
+    assert store.share("cam", "image", frame(2)) is None and len(tries) == 1  # said and tried once, not every frame
 
 
 def test_a_stream_shares_a_few_buffers_and_sends_the_rest_inline(store):
@@ -223,10 +226,19 @@ def test_a_buffer_named_twice_or_of_an_absurd_shape_is_malformed(store):
     twice = {**header, "buffers": header["buffers"] * 2}
     with pytest.raises(MessageError, match="named twice"):
         FrameMessage.decode([json.dumps(twice).encode()], FrameStoreReader(MAX_BYTES))
-    for shape in ([2 ** 30, 2 ** 30, 16], [2 ** 31 - 1] * 4):
+    for shape in ([2 ** 30, 2 ** 30, 16], [2 ** 31 - 1] * 4, [0, 2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1]):
         huge = {**header, "buffers": [{**header["buffers"][0], "name": "extra", "shape": shape}, header["buffers"][0]]}
-        with pytest.raises(MessageError, match="max_message_mb"):
+        with pytest.raises(MessageError, match="too large"):
             FrameMessage.decode([json.dumps(huge).encode()], FrameStoreReader(MAX_BYTES))
+    inline = FrameMessage("cam", 0, 0.0, 0.0, {"image": frame(5)}).encode()
+    header = json.loads(bytes(inline[0]))
+    header["buffers"].append({"name": "empty", "shape": [0, 2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1], "dtype": "uint8"})
+    with pytest.raises(MessageError, match="too large"):  # (0 bytes, yet numpy cannot make that shape)
+        FrameMessage.decode([json.dumps(header).encode(), inline[1], b""])
+    for dtype in (["uint8"], {"a": 1}, 5):
+        header["buffers"] = [{**header["buffers"][0], "dtype": dtype}]
+        with pytest.raises(MessageError, match="unsupported dtype"):
+            FrameMessage.decode([json.dumps(header).encode(), inline[1]])
 
 
 def test_a_stale_slot_is_a_stale_frame_of_its_stream(store):
@@ -263,10 +275,11 @@ def test_rings_of_processes_that_no_longer_run_are_removed(store):
 
 
 def test_a_run_removes_its_own_rings_and_no_other_runs(store):
-    other_run = FrameStore(slots=2, session="abc123")
+    session = os.urandom(6).hex()  # (not one a parallel run could have)
+    other_run = FrameStore(slots=2, session=session)
     try:
         mine, theirs = store.share("cam", "image", frame(1)), other_run.share("cam", "image", frame(1))
-        assert remove_rings("abc123") == 1
+        assert remove_rings(session) == 1
         assert (SHM_DIR / mine["ring"]).exists() and not (SHM_DIR / theirs["ring"]).exists()
     finally:
         other_run.close()

@@ -154,7 +154,7 @@ def live_runner(tmp_path):
     """A live passthrough runner (ipc links); the ring files it and the test wrote go afterwards."""
     with runner_for(_config(tmp_path, mode="live")) as pair:
         yield pair
-    frame_store.remove_rings("")
+    frame_store.remove_rings("", os.getpid())
 
 
 @pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
@@ -206,6 +206,34 @@ def test_a_live_stage_reads_only_the_newest_frame_and_checks_it_after_reading(li
         assert runner.metrics.counts["malformed"] == 1 and runner.metrics.counts["dropped_stale"] == 2
     finally:
         upstream.close()
+
+
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
+def test_a_refused_newest_frame_lets_the_one_before_it_in(live_runner):
+    runner, downstream = live_runner
+    upstream = frame_store.FrameStore(slots=8)
+    runner.stage.accept = lambda msg: "no" if msg.frame_index == 2 else None
+    try:
+        queued = [runner._decode([bytes(p) for p in _big_frame(index=i).encode(upstream)]) for i in range(3)]
+        assert [m.frame_index for m in runner._take(queued)] == [1]
+        assert runner.metrics.counts["malformed"] == 1 and runner.metrics.counts["dropped_stale"] == 1
+    finally:
+        upstream.close()
+
+
+@pytest.mark.skipif(not frame_store.available(), reason="needs /dev/shm (Linux shared memory) on x86")
+def test_bad_shared_memory_references_on_a_live_link_are_counted_drops(live_runner):
+    """The fuzzer's references, where a live stage of this host would read them (the fuzz run is a
+    replay, whose links take no shared memory at all)."""
+    from scripts.fuzz import BAD_REFERENCES
+
+    runner, downstream = live_runner
+    for index, ref in enumerate(BAD_REFERENCES):
+        header = json.loads(bytes(_big_frame(index=index).encode()[0]))
+        header["buffers"][0]["shared"] = ref
+        msg = runner._decode([json.dumps(header).encode()])
+        assert msg is None or runner._take([msg]) == []
+    assert runner.metrics.counts["malformed"] == len(BAD_REFERENCES)
 
 
 def test_replay_sends_the_bytes(runner_and_downstream):
