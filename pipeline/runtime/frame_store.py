@@ -69,6 +69,12 @@ def run_tag(session: str) -> str:
     return session if re.fullmatch(r"[0-9a-f]{1,32}", session or "") else "0"
 
 
+def buffer_bytes(shape: list[int], dtype: str) -> int:
+    """The bytes of a buffer of a checked shape (whole numbers; math.prod: np.prod is slow on a list
+    and wraps around in int64)."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
 def _layout(slots: int, slot_bytes: int) -> tuple[int, int, int]:
     """(offset of the first slot, stride between slots, file size)."""
     first = -(-(HEADER.size + 8 * slots) // ALIGN) * ALIGN
@@ -175,7 +181,7 @@ class FrameStoreReader:
         """A read-only copy of the slot ``ref`` names; RingError for a bad reference, StaleBuffer for
         an overwritten slot or a ring that is gone."""
         name, slot, token = _reference(ref)
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # (shape: checked ints; np.prod is slow on a list)
+        nbytes = buffer_bytes(shape, dtype)
         if nbytes > self.max_bytes:
             raise RingError(f"a {nbytes}-byte shared buffer is over transport.max_message_mb")
         ring, slots, slot_bytes = self._open(name)

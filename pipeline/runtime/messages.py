@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime.frame_store import FrameStore, FrameStoreReader, RingError, StaleBuffer, canonical_reference
+from pipeline.runtime.frame_store import (FrameStore, FrameStoreReader, RingError, StaleBuffer, buffer_bytes,
+                                          canonical_reference)
 
 WIRE_VERSION = 1
 FRAME, EOS = "frame", "eos"
@@ -345,7 +345,7 @@ def _buffer_spec(spec) -> tuple[str, list[int], str]:
         raise MessageError(f"buffer {name[:40]!r} has unsupported dtype {str(dtype)[:40]!r}")
     if len(shape) > 4 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 for v in shape):
         raise MessageError(f"buffer {name[:40]!r} shape must be up to 4 whole numbers >= 0")
-    if math.prod(max(v, 1) for v in shape) * np.dtype(dtype).itemsize > MAX_BUFFER_EXTENT:
+    if buffer_bytes([max(v, 1) for v in shape], dtype) > MAX_BUFFER_EXTENT:
         # (numpy refuses such a shape even with a 0 in it: "array is too big")
         raise MessageError(f"buffer {name[:40]!r} shape {shape} is too large")
     return name, shape, dtype
@@ -357,7 +357,7 @@ def _in_ring(spec) -> bool:
 
 def _array_from_part(name: str, shape: list[int], dtype: str, part) -> np.ndarray:
     raw = _raw(part)
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    expected = buffer_bytes(shape, dtype)
     if raw.nbytes != expected:
         raise MessageError(f"buffer {name[:40]!r} holds {raw.nbytes} bytes, shape/dtype need {expected}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -18,8 +18,8 @@ from typing import ClassVar, Iterator
 
 import zmq
 
-from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED, stamp
 from pipeline.runtime import frame_store
+from pipeline.runtime.books import DROPPED, OWN_DROPPED, REMOTE_DROPPED, stamp
 from pipeline.runtime.config import PipelineConfig, connect_side
 from pipeline.runtime.links import input_key
 from pipeline.runtime.messages import FrameMessage, MessageError, StaleFrame
